@@ -1,0 +1,88 @@
+"""Per-epoch checkpoints: weights and optimiser state as safetensors, metadata as JSON. Never pickles.
+
+An epoch's checkpoint is complete when its ``meta.json`` exists: it is written after both tensor files, each
+of which is itself written atomically (`rayrs.storage`). A crash therefore leaves either a whole epoch or an
+epoch that readers do not see, and training resumes from the last complete one.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from rayrs import storage as layout
+from rayrs.errors import UserError
+from rayrs.storage import Storage
+
+_EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
+
+
+def save_epoch(
+    storage: Storage, trial: str, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any]
+) -> None:
+    """Write the checkpoint of ``trial`` after ``epoch``: weights, optimiser state, then meta.json."""
+    weights = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+    storage.write_bytes(layout.weights(trial, epoch), save_safetensors(weights))
+    storage.write_bytes(layout.optimizer_state(trial, epoch), save_safetensors(_optimizer_tensors(model, optimizer)))
+    storage.write_json(layout.epoch_meta(trial, epoch), {"trial": trial, "epoch": epoch, **meta})
+
+
+def completed_epochs(storage: Storage, trial: str) -> list[int]:
+    """Epochs of ``trial`` whose checkpoint is complete, ascending."""
+    epochs = []
+    for entry in storage.list_dir(layout.trial_dir(trial)):
+        match = _EPOCH_DIR.match(entry)
+        if match and storage.exists(layout.epoch_meta(trial, int(match[1]))):
+            epochs.append(int(match[1]))
+    return sorted(epochs)
+
+
+def read_meta(storage: Storage, trial: str, epoch: int) -> dict[str, Any]:
+    return storage.read_json(layout.epoch_meta(trial, epoch))
+
+
+def load_weights(storage: Storage, trial: str, epoch: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The state dict of ``trial`` after ``epoch``, on ``device``."""
+    return _read_tensors(storage, layout.weights(trial, epoch), trial, device)
+
+
+def restore(
+    storage: Storage, trial: str, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """Load weights and optimiser state of ``epoch`` into ``model``/``optimizer``; return its meta.json."""
+    device = next(model.parameters()).device
+    model.load_state_dict(load_weights(storage, trial, epoch, device))
+    state = _read_tensors(storage, layout.optimizer_state(trial, epoch), trial, device)
+    by_name = dict(model.named_parameters())
+    for key, tensor in state.items():
+        name, slot = key.rsplit(":", 1)
+        optimizer.state[by_name[name]][slot] = tensor
+    return read_meta(storage, trial, epoch)
+
+
+def _optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Optimiser state keyed ``<parameter name>:<slot>`` (e.g. SGD's momentum_buffer), tensors only."""
+    names = {parameter: name for name, parameter in model.named_parameters()}
+    tensors = {}
+    for parameter, slots in optimizer.state.items():
+        for slot, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{names[parameter]}:{slot}"] = value.detach().contiguous().cpu()
+    return tensors
+
+
+def _read_tensors(storage: Storage, path: str, trial: str, device: torch.device | str) -> dict[str, torch.Tensor]:
+    try:
+        tensors = load_safetensors(storage.read_bytes(path))
+    except (SafetensorError, OSError) as error:
+        raise UserError(
+            f"checkpoint {storage.full_path(path)} is unreadable ({error}); "
+            f"rerun the sweep with --redo {trial} to retrain that trial"
+        ) from None
+    return {name: tensor.to(device) for name, tensor in tensors.items()}

@@ -1,0 +1,530 @@
+"""Image datasets by name, held as uint8 tensors on one device, and batched on-device augmentation.
+
+The registry `DATASETS` maps a name (what a sweep file says) to a `DatasetInfo`: a one-line description
+for ``--help``, a loader, and the per-dataset facts the training loop needs (default image size, crop
+padding, whether horizontal flips are label-preserving). `load_dataset` is the one entry point::
+
+    ds = load_dataset("cifar10", root="~/data", device="cuda")
+    x = augment(to_float(ds.train_images[idx]), generator=g, crop_padding=4, flip=True)
+
+Every loader returns the whole train and test split at once as ``(N, C, H, W)`` uint8 tensors on the
+requested device: these datasets are small enough to keep on the accelerator for the whole run, so the
+training loop never goes back to the disk or the CPU (airbench's habit), and augmentation is a few
+batched tensor ops there (`augment`).
+
+Datasets are never downloaded: loaders read the standard on-disk formats and, when files are missing,
+raise a one-line `UserError` saying which path was searched, what was expected and where to get it.
+
+- ``digits``: scikit-learn's 8x8 handwritten digits (ships inside scikit-learn; the quickstart's data).
+- ``cifar10``: the CIFAR-10 python batches (``cifar-10-batches-py``), read by torchvision.
+- ``imagenette``, ``imagewoof``: fast.ai's ImageNet subsets as ``train/<wnid>/*.JPEG`` and
+  ``val/<wnid>/*.JPEG`` folder trees, decoded by torchvision.
+
+torchvision and scikit-learn are imported inside the loaders that need them: each costs seconds to
+import, and ``rayrs --help`` or the digits quickstart should not pay for the other datasets' readers.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rayrs.errors import UserError
+
+__all__ = [
+    "DATASETS",
+    "DatasetInfo",
+    "ImageDataset",
+    "augment",
+    "get_dataset_info",
+    "load_dataset",
+    "to_float",
+]
+
+
+# eq=False: the fields are tensors, whose `==` is elementwise, so a generated __eq__ would be meaningless.
+@dataclass(frozen=True, eq=False)
+class ImageDataset:
+    """One dataset's train and test split, resident on one device.
+
+    Attributes:
+        name: registry name, e.g. ``"cifar10"``.
+        train_images: ``(N, C, H, W)`` uint8 in 0..255, with ``H == W``.
+        train_labels: ``(N,)`` int64 class indices into `classes`, same device.
+        test_images: ``(M, C, H, W)`` uint8, same device.
+        test_labels: ``(M,)`` int64, same device.
+        classes: human-readable class names, index i names label i.
+    """
+
+    name: str
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        # A malformed dataset here is a bug in a loader (or a test), so it raises ValueError, not UserError.
+        for split in ("train", "test"):
+            images: torch.Tensor = getattr(self, f"{split}_images")
+            labels: torch.Tensor = getattr(self, f"{split}_labels")
+            if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != images.shape[-2]:
+                raise ValueError(
+                    f"{self.name}: {split}_images must be (N, C, H, H) uint8, got {tuple(images.shape)} {images.dtype}"
+                )
+            if labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
+                raise ValueError(
+                    f"{self.name}: {split}_labels must be ({images.shape[0]},) int64, "
+                    f"got {tuple(labels.shape)} {labels.dtype}"
+                )
+            if images.device != self.train_images.device or labels.device != self.train_images.device:
+                raise ValueError(f"{self.name}: all tensors must be on one device")
+        if self.train_images.shape[1:] != self.test_images.shape[1:]:
+            raise ValueError(f"{self.name}: train and test images differ in shape")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (the classifier's output width)."""
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        """Image channels C: 1 for digits, 3 for the colour datasets."""
+        return self.train_images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        """Side length H (= W) of the square images."""
+        return self.train_images.shape[-1]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One registry entry: how to load a dataset and how to augment it.
+
+    Attributes:
+        name: registry key.
+        description: one line, listed in ``rayrs sweep --help``.
+        load: ``(root, image_size, device) -> ImageDataset``; `load_dataset` checks the arguments first.
+        default_image_size: side length used when a sweep does not set one.
+        crop_padding: zero padding, in pixels, of the random-crop augmentation at the default size.
+        flip: whether random horizontal flips preserve the label.
+        needs_root: whether the files must be found under a user-given folder.
+        source: where a user gets the files (quoted in the "missing dataset" error).
+        check: ``(root) -> None``, a cheap look for the files (no decoding) that raises the "missing dataset"
+            `UserError`; the sweep runs it before any worker starts.
+    """
+
+    name: str
+    description: str
+    load: Callable[[Path | None, int, torch.device], ImageDataset]
+    default_image_size: int
+    crop_padding: int
+    flip: bool
+    needs_root: bool
+    source: str
+    check: Callable[[Path], None] = lambda root: None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# digits: scikit-learn's 8x8 handwritten digits
+
+
+DIGITS_SOURCE = "ships inside scikit-learn (sklearn.datasets.load_digits); nothing to download"
+
+
+def _load_digits(root: Path | None, image_size: int, device: torch.device) -> ImageDataset:
+    """Load scikit-learn's digits: 1797 8x8 images (values 0..16), upsampled to ``image_size``.
+
+    A fixed stratified split (25% test, ``random_state=0``) gives 1347 train and 450 test images. Pixels are
+    scaled to [0, 1], bilinearly upsampled (so conv nets and 8x8-block attacks have room to work) and stored
+    as ``round(255 x)``. `root` is ignored: the data ships inside scikit-learn.
+
+    Returns:
+        train ``(1347, 1, image_size, image_size)`` and test ``(450, 1, image_size, image_size)`` uint8.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float().div_(16.0).unsqueeze(1)  # (1797, 1, 8, 8) in [0, 1]
+    labels = torch.from_numpy(digits.target).long()
+    train_x, test_x, train_y, test_y = train_test_split(
+        images, labels, test_size=0.25, stratify=labels.numpy(), random_state=0
+    )
+
+    def prepare(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != image_size:
+            # Upsampling from 8x8: antialiasing would change nothing, and plain bilinear is what we promise.
+            x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+        return (x * 255.0).round_().to(torch.uint8).to(device)
+
+    return ImageDataset(
+        name="digits",
+        train_images=prepare(train_x),
+        train_labels=train_y.to(device),
+        test_images=prepare(test_x),
+        test_labels=test_y.to(device),
+        classes=tuple(str(d) for d in range(10)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# cifar10: the CIFAR-10 python batches
+
+
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
+CIFAR10_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar.html"
+
+
+def _cifar10_folder(root: Path) -> Path:
+    """The ``cifar-10-batches-py`` folder for `root`: ``root/cifar-10-batches-py``, or `root` itself if it is one.
+
+    Raises:
+        UserError: if any batch file is missing.
+    """
+    if root.name == CIFAR10_FOLDER and not (root / CIFAR10_FOLDER).is_dir():
+        root = root.parent  # the user pointed at the batches folder itself: accept it
+    folder = root / CIFAR10_FOLDER
+    missing = [f for f in CIFAR10_FILES if not (folder / f).is_file()]
+    if missing:
+        what = "no CIFAR-10 python batches" if len(missing) == len(CIFAR10_FILES) else f"missing {', '.join(missing)}"
+        raise UserError(
+            f"cifar10: {what} at {folder} (expected data_batch_1..5, test_batch and batches.meta); "
+            f"download cifar-10-python.tar.gz from {CIFAR10_SOURCE} and extract it into {root}"
+        )
+    return folder
+
+
+def _cifar10_split(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """Read one split with torchvision's reader.
+
+    Returns:
+        images ``(N, 3, 32, 32)`` uint8 on the CPU, labels ``(N,)`` int64, and the class names.
+    """
+    from torchvision.datasets import CIFAR10
+
+    class PresentCIFAR10(CIFAR10):
+        """torchvision's CIFAR10, checking that the files exist instead of their md5 sums.
+
+        torchvision checks each file's md5 on every construction; that hashes 180 MB per load and rejects any
+        file that is not byte-identical to the official archive (tiny test files, re-pickled copies).
+        torchvision's `check_integrity` treats a `None` checksum as "the file exists", so no method is overridden.
+        """
+
+        train_list = [[name, None] for name, _ in CIFAR10.train_list]
+        test_list = [[name, None] for name, _ in CIFAR10.test_list]
+        meta = {**CIFAR10.meta, "md5": None}
+
+    try:
+        split = PresentCIFAR10(str(root), train=train, download=False)
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise UserError(
+            f"cifar10: could not read the batches in {root / CIFAR10_FOLDER} ({reason}); "
+            f"they look corrupted: extract cifar-10-python.tar.gz from {CIFAR10_SOURCE} again"
+        ) from err
+    images = torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous()  # torchvision keeps NHWC
+    labels = torch.tensor(split.targets, dtype=torch.int64)
+    return images, labels, tuple(split.classes)
+
+
+def _load_cifar10(root: Path | None, image_size: int, device: torch.device) -> ImageDataset:
+    """Load CIFAR-10 from ``root/cifar-10-batches-py``: 50000 train and 10000 test ``(3, 32, 32)`` images.
+
+    Images are moved to `device` first and resized there (antialiased bilinear) when `image_size` is not 32.
+    """
+    from torchvision.transforms.v2.functional import resize
+
+    assert root is not None  # load_dataset guarantees it (needs_root)
+    folder = _cifar10_folder(root)
+    train_x, train_y, classes = _cifar10_split(folder.parent, train=True)
+    test_x, test_y, _ = _cifar10_split(folder.parent, train=False)
+    return ImageDataset(
+        name="cifar10",
+        train_images=resize(train_x.to(device), [image_size, image_size], antialias=True),
+        train_labels=train_y.to(device),
+        test_images=resize(test_x.to(device), [image_size, image_size], antialias=True),
+        test_labels=test_y.to(device),
+        classes=classes,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# imagenette / imagewoof: fast.ai's ImageNet subsets as folder trees
+
+IMAGENETTE_SOURCE = "https://github.com/fastai/imagenette"
+
+# WordNet ids (the folder names) -> ImageNet class names, as listed by fast.ai.
+IMAGENETTE_CLASSES = {
+    "n01440764": "tench",
+    "n02102040": "English springer",
+    "n02979186": "cassette player",
+    "n03000684": "chain saw",
+    "n03028079": "church",
+    "n03394916": "French horn",
+    "n03417042": "garbage truck",
+    "n03425413": "gas pump",
+    "n03445777": "golf ball",
+    "n03888605": "parachute",
+}
+IMAGEWOOF_CLASSES = {
+    "n02086240": "Shih-Tzu",
+    "n02087394": "Rhodesian ridgeback",
+    "n02088364": "beagle",
+    "n02089973": "English foxhound",
+    "n02093754": "Border terrier",
+    "n02096294": "Australian terrier",
+    "n02099601": "golden retriever",
+    "n02105641": "Old English sheepdog",
+    "n02111889": "Samoyed",
+    "n02115641": "dingo",
+}
+
+_FOLDER_LAYOUT = "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG"
+
+
+def _folder_hint(name: str, root: Path) -> str:
+    """The end of a missing-files message: which archive to get, and a guess if `root` holds the extracted tree."""
+    nested = sorted(p.name for p in root.iterdir() if (p / "train").is_dir()) if root.is_dir() else []
+    guess = f" (did you mean {root / nested[0]}?)" if nested else ""
+    return (
+        f"download {name}2-320.tgz (or {name}2.tgz, {name}2-160.tgz) from {IMAGENETTE_SOURCE}, extract it "
+        f"and pass the extracted folder, the one holding train/ and val/{guess}"
+    )
+
+
+def _decode_folder(name: str, folder: Path, image_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Decode every image under ``folder/<class>/`` with torchvision's ImageFolder.
+
+    Each image is converted to RGB, its short side resized to `image_size` (antialiased), then centre-cropped
+    to a square, as in the standard ImageNet evaluation transform.
+
+    Returns:
+        images ``(N, 3, image_size, image_size)`` uint8 on the CPU, labels ``(N,)`` int64 (class folders in
+        sorted order, as ImageFolder numbers them), and the class folder names.
+    """
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
+
+    transform = v2.Compose([v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size), v2.PILToTensor()])
+    try:
+        dataset = ImageFolder(str(folder), transform=transform)
+    except FileNotFoundError as err:  # no class folders, or a class folder without images
+        reason = " ".join(str(err).split())
+        raise UserError(
+            f"{name}: no images at {folder} ({reason}); expected {_FOLDER_LAYOUT}; {_folder_hint(name, folder.parent)}"
+        ) from err
+    # JPEG decoding dominates; worker processes decode in parallel. Below a few hundred images starting
+    # the workers costs more than it saves.
+    workers = min(8, os.cpu_count() or 1) if len(dataset) >= 512 else 0
+    loader = DataLoader(dataset, batch_size=128, shuffle=False, num_workers=workers)
+    images, labels = [], []
+    for batch_images, batch_labels in loader:
+        images.append(batch_images)
+        labels.append(batch_labels)
+    return torch.cat(images), torch.cat(labels).long(), list(dataset.classes)
+
+
+def _check_image_folders(root: Path, *, name: str) -> None:
+    """Raise a `UserError` unless ``root`` holds the ``train/`` and ``val/`` folders of an Imagenette-style tree."""
+    missing = " and ".join(f"{split}/" for split in ("train", "val") if not (root / split).is_dir())
+    if missing:
+        what = f"no folder {root}" if not root.is_dir() else f"no {missing} in {root}"
+        raise UserError(f"{name}: {what} (expected {_FOLDER_LAYOUT}); {_folder_hint(name, root)}")
+
+
+def _load_image_folders(
+    root: Path | None, image_size: int, device: torch.device, *, name: str, class_names: dict[str, str]
+) -> ImageDataset:
+    """Load an Imagenette-style tree ``root/{train,val}/<wnid>/*.JPEG`` (val is the test split).
+
+    Class names are the readable ImageNet names of known wnids, else the folder names.
+    """
+    assert root is not None  # load_dataset guarantees it (needs_root)
+    _check_image_folders(root, name=name)
+    train_x, train_y, train_classes = _decode_folder(name, root / "train", image_size)
+    test_x, test_y, test_classes = _decode_folder(name, root / "val", image_size)
+    if train_classes != test_classes:
+        raise UserError(
+            f"{name}: train/ and val/ under {root} hold different class folders "
+            f"({len(train_classes)} vs {len(test_classes)}); re-extract the archive from {IMAGENETTE_SOURCE}"
+        )
+    return ImageDataset(
+        name=name,
+        train_images=train_x.to(device),
+        train_labels=train_y.to(device),
+        test_images=test_x.to(device),
+        test_labels=test_y.to(device),
+        classes=tuple(class_names.get(wnid, wnid) for wnid in train_classes),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The registry
+
+# Imagenette/Imagewoof default to 224 pixels: the paper trains standard ImageNet ResNets on them, whose
+# stem and stride schedule are built for 224 inputs (a 7x7 final feature map); layer-wise CKA is then
+# measured on the representations those networks were designed to produce. A sweep can set 160 to save
+# compute (and to match the imagenette2-160 files).
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        DatasetInfo(
+            name="digits",
+            description="handwritten digits, 8x8 upsampled to 16x16; ships with scikit-learn (the quickstart's data)",
+            load=_load_digits,
+            default_image_size=16,
+            crop_padding=2,  # 1/8 of the side, as for CIFAR-10
+            flip=False,  # a mirrored digit is another symbol (or none)
+            needs_root=False,
+            source=DIGITS_SOURCE,
+        ),
+        DatasetInfo(
+            name="cifar10",
+            description="CIFAR-10, 32x32 colour images in 10 classes; reads cifar-10-batches-py in the data root",
+            load=_load_cifar10,
+            default_image_size=32,
+            crop_padding=4,
+            flip=True,
+            needs_root=True,
+            source=f"{CIFAR10_SOURCE} (cifar-10-python.tar.gz)",
+            check=_cifar10_folder,
+        ),
+        DatasetInfo(
+            name="imagenette",
+            description="Imagenette, 10 easy ImageNet classes at 224x224; reads the train/ and val/ folder tree",
+            load=partial(_load_image_folders, name="imagenette", class_names=IMAGENETTE_CLASSES),
+            default_image_size=224,
+            crop_padding=28,  # 1/8 of the side, as for CIFAR-10
+            flip=True,
+            needs_root=True,
+            source=f"{IMAGENETTE_SOURCE} (imagenette2-320.tgz)",
+            check=partial(_check_image_folders, name="imagenette"),
+        ),
+        DatasetInfo(
+            name="imagewoof",
+            description="Imagewoof, 10 ImageNet dog breeds at 224x224; reads the train/ and val/ folder tree",
+            load=partial(_load_image_folders, name="imagewoof", class_names=IMAGEWOOF_CLASSES),
+            default_image_size=224,
+            crop_padding=28,
+            flip=True,
+            needs_root=True,
+            source=f"{IMAGENETTE_SOURCE} (imagewoof2-320.tgz)",
+            check=partial(_check_image_folders, name="imagewoof"),
+        ),
+    )
+}
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    """The registry entry for `name`.
+
+    Raises:
+        UserError: for an unknown name, listing the valid ones.
+    """
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}") from None
+
+
+def load_dataset(
+    name: str,
+    *,
+    root: str | Path | None = None,
+    image_size: int | None = None,
+    device: torch.device | str = "cpu",
+) -> ImageDataset:
+    """Load dataset `name` whole onto `device`.
+
+    Args:
+        name: a key of `DATASETS`.
+        root: folder holding the dataset's files (ignored by datasets that ship with a package); ``~`` expands.
+        image_size: side length of the square images; the dataset's default when None.
+        device: where the tensors live for the rest of the run.
+
+    Returns:
+        The dataset, images ``(N, C, image_size, image_size)`` uint8 and labels ``(N,)`` int64 on `device`.
+
+    Raises:
+        UserError: unknown name, bad image size, missing root or missing/corrupted files.
+    """
+    info = get_dataset_info(name)
+    size = info.default_image_size if image_size is None else image_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise UserError(f"{name}: image_size must be a positive integer, got {size!r}")
+    if info.needs_root and root is None:
+        raise UserError(f"{name}: no data root given; point it at the folder holding the files from {info.source}")
+    path = None if root is None else Path(root).expanduser()
+    return info.load(path, size, torch.device(device))
+
+
+def check_dataset(name: str, root: str | Path | None) -> None:
+    """Raise the one-line "missing dataset" `UserError` if `name`'s files are not under `root` (reads nothing)."""
+    info = get_dataset_info(name)
+    if not info.needs_root:
+        return
+    if root is None:
+        raise UserError(f"{name}: no data root given (data.root); point it at the folder holding the files from {info.source}")
+    info.check(Path(root).expanduser())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# On-device batch preparation
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images ``(B, C, H, W)`` in 0..255 -> float32 ``(B, C, H, W)`` in [0, 1], same device and layout."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"to_float expects uint8 images, got {images.dtype}")
+    return images.float().div_(255.0)
+
+
+def augment(images: torch.Tensor, *, generator: torch.Generator, crop_padding: int, flip: bool) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, for a whole batch at once on its device.
+
+    Each image gets its own crop offset ``(dy, dx)``, uniform in ``0..2 * crop_padding``, and, if `flip`, a
+    fair coin for mirroring. Output pixel ``(y, x)`` of image b is padded pixel ``(y + dy_b, x' + dx_b)`` with
+    ``x' = x`` or ``W - 1 - x`` (mirrored): one gather does crop and flip together, no loop over images.
+
+    Args:
+        images: float ``(B, C, H, W)``.
+        generator: the only source of randomness; must live on ``images.device``.
+        crop_padding: zero padding in pixels on each side; 0 disables cropping.
+        flip: whether to mirror a random half of the images.
+
+    Returns:
+        ``(B, C, H, W)``, same dtype and device, in channels_last memory layout (what the gather yields,
+        and what conv nets on GPUs prefer). With ``crop_padding=0`` and ``flip=False``, `images` itself.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"augment expects (B, C, H, W) images, got shape {tuple(images.shape)}")
+    if crop_padding < 0:
+        raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+    if crop_padding == 0 and not flip:
+        return images
+    b, _, h, w = images.shape
+    device = images.device
+    p = crop_padding
+    padded = F.pad(images, (p, p, p, p))  # (B, C, H + 2p, W + 2p), zeros outside
+    dy = torch.randint(0, 2 * p + 1, (b, 1), generator=generator, device=device)
+    dx = torch.randint(0, 2 * p + 1, (b, 1), generator=generator, device=device)
+    rows = dy + torch.arange(h, device=device)  # (B, H) source rows in `padded`
+    cols = dx + torch.arange(w, device=device)  # (B, W) source columns
+    if flip:
+        mirrored = torch.randint(0, 2, (b, 1), generator=generator, device=device).bool()
+        cols = torch.where(mirrored, cols.flip(1), cols)
+    batch = torch.arange(b, device=device)[:, None, None]
+    # Advanced indices on dims 0, 2, 3 around a slice: the result is (B, H, W, C).
+    out = padded[batch, :, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2)

@@ -1,0 +1,368 @@
+"""The paper's architectures, by name, and the layers whose representations the paper compares.
+
+Cianfarani et al. train WideResNets (WRN-28-{1,2,5,10}) on CIFAR-10 and torchvision's ImageNet ResNets on
+Imagenette / Imagewoof (paper §2, "Models and datasets"), and compare "all layers, including convolutions,
+pooling, activation, and batch-normalization layers" (§2, "Representation similarity").
+
+- ``MODELS`` / ``build_model``: a registry from architecture name to constructor. Every model takes images
+  with pixels in [0, 1]: attacks work in pixel space, so any normalisation lives inside the model.
+- ``comparable_layers``: the ordered list of compared layers of a built model, found by tracing one forward
+  pass; a module that runs twice (torchvision's ``BasicBlock.relu``) is two layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from rayrs.errors import UserError
+
+# ---------------------------------------------------------------------------------------------------------------
+# WideResNet (Zagoruyko & Komodakis 2016, arXiv:1605.07146), the CIFAR-10 variant of robust training
+# (Madry et al. 2018; Rice et al. 2020): pre-activation basic blocks, no dropout.
+# ---------------------------------------------------------------------------------------------------------------
+
+WRN_DEFAULT_DEPTH = 28  # the paper's WRN-28-10
+WRN_DEFAULT_WIDTH = 10
+WRN_STEM_CHANNELS = 16
+WRN_GROUP_CHANNELS = (16, 32, 64)  # times the width factor k
+WRN_GROUP_STRIDES = (1, 2, 2)
+
+
+class WideBasicBlock(nn.Module):
+    """Pre-activation basic block: bn1 -> relu1 -> conv1 3x3 -> bn2 -> relu2 -> conv2 3x3, plus a shortcut.
+
+    The shortcut is the identity when shape is kept, else a 1x1 strided conv applied to the pre-activated input
+    relu1(bn1(x)) (as in the WRN reference code). Submodules are registered in execution order; each ReLU is
+    its own (not in-place) module so every activation is a separate layer.
+
+    Shapes: ``(n, in_channels, h, w) -> (n, out_channels, ceil(h / stride), ceil(w / stride))``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.relu1 = nn.ReLU()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu2 = nn.ReLU()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
+        keeps_shape = in_channels == out_channels and stride == 1
+        self.shortcut = (
+            None if keeps_shape else nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.relu1(self.bn1(x))
+        out = self.conv2(self.relu2(self.bn2(self.conv1(pre))))
+        # The shortcut runs last so that execution order matches registration order.
+        return out + (x if self.shortcut is None else self.shortcut(pre))
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-k for small images: stem conv, 3 groups of n = (depth - 4) / 6 blocks, bn -> relu -> pool -> fc.
+
+    Groups have 16k, 32k, 64k channels and strides 1, 2, 2; global average pooling makes any input size work.
+    WRN-28-10 has about 36.5M parameters (Zagoruyko & Komodakis 2016, Table 1 lists 36.5M).
+
+    Shapes: ``(n, in_channels, h, w)`` pixels in [0, 1] -> ``(n, num_classes)`` logits.
+    """
+
+    def __init__(self, *, depth: int, width: int, num_classes: int, in_channels: int = 3) -> None:
+        super().__init__()
+        blocks_per_group = wrn_blocks_per_group(depth)
+        channels = [c * width for c in WRN_GROUP_CHANNELS]
+        self.conv1 = nn.Conv2d(in_channels, WRN_STEM_CHANNELS, 3, stride=1, padding=1, bias=False)
+        self.block1 = _wrn_group(WRN_STEM_CHANNELS, channels[0], WRN_GROUP_STRIDES[0], blocks_per_group)
+        self.block2 = _wrn_group(channels[0], channels[1], WRN_GROUP_STRIDES[1], blocks_per_group)
+        self.block3 = _wrn_group(channels[1], channels[2], WRN_GROUP_STRIDES[2], blocks_per_group)
+        self.bn = nn.BatchNorm2d(channels[2])
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels[2], num_classes)
+        _init_wrn(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block3(self.block2(self.block1(self.conv1(x))))
+        x = self.pool(self.relu(self.bn(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+def wrn_blocks_per_group(depth: int) -> int:
+    """Blocks per group n of a WRN of the given depth; depth = 6n + 4 (n >= 1), else a UserError."""
+    if depth < 10 or (depth - 4) % 6 != 0:
+        raise UserError(
+            f"depth {depth} is not valid for wrn: use depth = 6n + 4 with n >= 1 (10, 16, 22, 28, 34, 40, ...)"
+        )
+    return (depth - 4) // 6
+
+
+def _wrn_group(in_channels: int, out_channels: int, stride: int, num_blocks: int) -> nn.Sequential:
+    """One WRN group: the first block changes shape (channels, stride), the rest keep it."""
+    blocks = [WideBasicBlock(in_channels, out_channels, stride)]
+    blocks += [WideBasicBlock(out_channels, out_channels, 1) for _ in range(num_blocks - 1)]
+    return nn.Sequential(*blocks)
+
+
+def _init_wrn(model: nn.Module) -> None:
+    """The WRN reference initialisation: He-normal (fan_out) convs, unit BN scale, zero BN/fc biases."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.zeros_(module.bias)
+
+
+def build_wrn(
+    *, num_classes: int, in_channels: int = 3, depth: int | None = None, width: int | None = None
+) -> WideResNet:
+    """WRN-depth-width (default WRN-28-10); depth must be 6n + 4 (n >= 1) and width a positive integer."""
+    depth = WRN_DEFAULT_DEPTH if depth is None else depth
+    width = WRN_DEFAULT_WIDTH if width is None else width
+    wrn_blocks_per_group(depth)  # validate before allocating anything
+    if width < 1:
+        raise UserError(f"width {width} is not valid for wrn: use a positive integer widening factor (1, 2, 5, 10)")
+    return WideResNet(depth=depth, width=width, num_classes=num_classes, in_channels=in_channels)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# torchvision's ImageNet ResNets (He et al. 2016), for Imagenette / Imagewoof.
+# ---------------------------------------------------------------------------------------------------------------
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Normalize(nn.Module):
+    """Fixed per-channel ``(x - mean) / std``; not a compared layer. Shapes: ``(n, c, h, w) -> (n, c, h, w)``.
+
+    The statistics are non-persistent buffers: they follow ``.to(device)`` but stay out of the state dict, so a
+    model's weights load into plain torchvision and back.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def imagenet_stats(in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet mean/std for RGB; for any other channel count every channel gets the RGB average."""
+    if in_channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    mean, std = sum(IMAGENET_MEAN) / 3, sum(IMAGENET_STD) / 3
+    return (mean,) * in_channels, (std,) * in_channels
+
+
+class NormalizedResNet(ResNet):
+    """torchvision's ``ResNet`` behind a fixed ImageNet normalisation, so it takes [0, 1] pixels.
+
+    Subclassing (rather than wrapping) keeps torchvision's module names (``layer1.0.relu``) and state dict.
+    With ``in_channels != 3`` the 7x7 stem conv is replaced by one with that many input channels.
+
+    Shapes: ``(n, in_channels, h, w)`` pixels in [0, 1] -> ``(n, num_classes)`` logits.
+    """
+
+    def __init__(
+        self, block: type[BasicBlock | Bottleneck], layers: list[int], *, num_classes: int, in_channels: int = 3
+    ) -> None:
+        super().__init__(block, layers, num_classes=num_classes)
+        if in_channels != 3:
+            self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        self.normalize = Normalize(*imagenet_stats(in_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.normalize(x))
+
+
+# The block types and stage sizes of torchvision's resnet18 / resnet34 / resnet50 (He et al. 2016, Table 1).
+RESNET_LAYOUTS: dict[int, tuple[type[BasicBlock | Bottleneck], list[int]]] = {
+    18: (BasicBlock, [2, 2, 2, 2]),
+    34: (BasicBlock, [3, 4, 6, 3]),
+    50: (Bottleneck, [3, 4, 6, 3]),
+}
+
+
+def _resnet_builder(fixed_depth: int) -> Callable[..., NormalizedResNet]:
+    """A builder for torchvision's ResNet-``fixed_depth``; depth must be None or ``fixed_depth``, width None."""
+
+    def build(
+        *, num_classes: int, in_channels: int = 3, depth: int | None = None, width: int | None = None
+    ) -> NormalizedResNet:
+        arch = f"resnet{fixed_depth}"
+        if depth not in (None, fixed_depth):
+            raise UserError(f"depth {depth} is not valid for {arch}: its depth is fixed; leave depth unset")
+        if width is not None:
+            raise UserError(f"width {width} is not valid for {arch}: it has no width factor; leave width unset")
+        block, layers = RESNET_LAYOUTS[fixed_depth]
+        return NormalizedResNet(block, layers, num_classes=num_classes, in_channels=in_channels)
+
+    return build
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One architecture users can pick by name."""
+
+    name: str
+    description: str  # one line, shown in `rayrs sweep --help`
+    build: Callable[..., nn.Module]  # build(num_classes=, in_channels=, depth=, width=)
+    default_depth: int | None
+    default_width: int | None
+
+
+MODELS: dict[str, ModelInfo] = {
+    "wrn": ModelInfo(
+        "wrn", "WideResNet-depth-width for CIFAR-sized images (depth = 6n+4; paper: WRN-28-{1,2,5,10})",
+        build_wrn, default_depth=WRN_DEFAULT_DEPTH, default_width=WRN_DEFAULT_WIDTH,
+    ),
+    "resnet18": ModelInfo(
+        "resnet18", "torchvision ImageNet ResNet-18 (Imagenette/Imagewoof); depth and width are fixed",
+        _resnet_builder(18), default_depth=18, default_width=None,
+    ),
+    "resnet34": ModelInfo(
+        "resnet34", "torchvision ImageNet ResNet-34 (Imagenette/Imagewoof); depth and width are fixed",
+        _resnet_builder(34), default_depth=34, default_width=None,
+    ),
+    "resnet50": ModelInfo(
+        "resnet50", "torchvision ImageNet ResNet-50 (Imagenette/Imagewoof); depth and width are fixed",
+        _resnet_builder(50), default_depth=50, default_width=None,
+    ),
+}
+
+
+def build_model(
+    arch: str, *, num_classes: int, in_channels: int = 3, depth: int | None = None, width: int | None = None
+) -> nn.Module:
+    """A freshly initialised model (deterministic under ``torch.manual_seed``) taking [0, 1] pixels.
+
+    ``depth`` / ``width`` default to the architecture's ``default_depth`` / ``default_width``. The ResNets have
+    a fixed depth and no width: ``depth`` must be None or their own depth, ``width`` None. An unknown ``arch``
+    or an invalid depth/width raises a ``UserError`` naming the valid values. Validation happens before any
+    allocation; to validate without the cost of initialising, build under ``torch.device("meta")``.
+    """
+    info = MODELS.get(arch)
+    if info is None:
+        raise UserError(f"unknown architecture {arch!r}: choose one of {', '.join(MODELS)}")
+    return info.build(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        depth=info.default_depth if depth is None else depth,
+        width=info.default_width if width is None else width,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The compared layers.
+# ---------------------------------------------------------------------------------------------------------------
+
+LAYER_TYPES: dict[type[nn.Module], str] = {
+    nn.Conv2d: "conv",
+    nn.BatchNorm2d: "bn",
+    nn.ReLU: "act",
+    nn.ReLU6: "act",
+    nn.LeakyReLU: "act",
+    nn.ELU: "act",
+    nn.GELU: "act",
+    nn.SiLU: "act",
+    nn.Softplus: "act",
+    nn.Tanh: "act",
+    nn.Sigmoid: "act",
+    nn.MaxPool2d: "pool",
+    nn.AvgPool2d: "pool",
+    nn.AdaptiveAvgPool2d: "pool",
+    nn.AdaptiveMaxPool2d: "pool",
+    nn.Linear: "linear",
+}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One compared layer: the output of one call of one leaf module in one forward pass."""
+
+    index: int  # position in execution order, 0..L-1
+    name: str  # module path, with "#k" appended for the k-th call (k >= 1) of a module that runs repeatedly
+    type: str  # "conv" | "bn" | "act" | "pool" | "linear"
+    module_name: str  # path of the nn.Module, as in model.named_modules()
+    call: int  # which call of that module in one forward pass (0 for most layers)
+
+
+def layer_type(module: nn.Module) -> str | None:
+    """The compared type of a leaf module ("conv", "bn", "act", "pool", "linear"), or None if not compared.
+
+    Subclasses count as their base (e.g. ``nn.LazyConv2d`` is a conv).
+    """
+    if next(module.children(), None) is not None:
+        return None
+    for cls in type(module).__mro__:
+        if cls in LAYER_TYPES:
+            return LAYER_TYPES[cls]
+    return None
+
+
+def comparable_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
+    """Every compared layer of ``model``, in the order they run on ``example``.
+
+    Runs one forward pass (eval mode, no grad) with a forward hook on each leaf module of a compared type;
+    each call of a hooked module is one ``Layer`` (torchvision's ``BasicBlock`` calls ``relu`` twice:
+    ``layer1.0.relu`` and ``layer1.0.relu#1``). Modules that never run are absent. Every module's
+    train/eval flag is restored afterwards and no gradient is recorded.
+
+    ``example``: ``(n, c, h, w)`` input on the model's device; n = 1 is enough.
+    """
+    executed: list[str] = []
+    handles = []
+    for module_name, module in model.named_modules():
+        if layer_type(module) is not None:
+            handles.append(module.register_forward_hook(_recorder(executed, module_name)))
+    modes = {module: module.training for module in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes.items():
+            module.training = training
+    return _layers_from_calls(model, executed)
+
+
+def _recorder(executed: list[str], module_name: str) -> Callable[..., None]:
+    """A forward hook that appends ``module_name`` to ``executed`` each time the module runs."""
+
+    def hook(module: nn.Module, inputs: object, output: object) -> None:
+        executed.append(module_name)
+
+    return hook
+
+
+def _layers_from_calls(model: nn.Module, executed: list[str]) -> list[Layer]:
+    """Number the recorded calls: the k-th call (k >= 1) of a module is named ``<module>#k``."""
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    layers = []
+    for index, module_name in enumerate(executed):
+        call = calls.get(module_name, 0)
+        calls[module_name] = call + 1
+        name = module_name if call == 0 else f"{module_name}#{call}"
+        kind = layer_type(modules[module_name])
+        assert kind is not None  # only compared modules were hooked
+        layers.append(Layer(index=index, name=name, type=kind, module_name=module_name, call=call))
+    return layers

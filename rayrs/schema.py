@@ -1,0 +1,71 @@
+"""The two tables rayrs writes, documented once. `analysis/` reads exactly these columns.
+
+**metrics.parquet** — one row per trial x epoch, built from the checkpoints' ``meta.json`` files.
+Accuracies are fractions in [0, 1]; losses are mean cross-entropy; ``robust`` means under the evaluation
+attack (PGD-20 in the trial's threat model at ``eval_eps``); ``train_*`` are measured on a fixed subset of
+the training set after the epoch (not the running training loss, which is ``train_objective``).
+
+**similarity/<kind>/<job>.parquet** — one row per layer pair per comparison. Side ``a`` and side ``b``
+each name a trial (``model_*``), a checkpoint epoch and a probe (the inputs fed to that model):
+``benign`` for clean test images, or an adversarial probe id. ``layer_*`` is the index of the layer in
+the model's execution order (`rayrs.models.comparable_layers`), ``name_*`` its module path and
+``type_*`` one of conv / bn / act / pool / linear. ``value`` is the measure (linear CKA, computed with the
+unbiased HSIC estimator and summed over ``n_examples`` probe inputs in minibatches, ``passes`` times).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SIMILARITY_SCHEMA = pa.schema(
+    [
+        ("kind", pa.string()),  # cross_layer | cross_model | benign_vs_adversarial | transfer | cross_epoch
+        ("measure", pa.string()),  # cka
+        ("model_a", pa.string()),
+        ("epoch_a", pa.int32()),
+        ("probe_a", pa.string()),
+        ("model_b", pa.string()),
+        ("epoch_b", pa.int32()),
+        ("probe_b", pa.string()),
+        ("layer_a", pa.int32()),
+        ("layer_b", pa.int32()),
+        ("name_a", pa.string()),
+        ("name_b", pa.string()),
+        ("type_a", pa.string()),
+        ("type_b", pa.string()),
+        ("value", pa.float64()),
+        ("n_examples", pa.int64()),
+        ("passes", pa.int32()),
+        ("job", pa.string()),
+    ]
+)
+
+# Trial parameters copied into every metrics row, so a figure can group by them without joins.
+TRIAL_COLUMNS = {
+    "experiment": pa.string(),
+    "trial": pa.string(),
+    "dataset": pa.string(),
+    "arch": pa.string(),
+    "depth": pa.int32(),
+    "width": pa.int32(),
+    "method": pa.string(),
+    "threat_model": pa.string(),
+    "eps": pa.float64(),
+    "seed": pa.int32(),
+}
+EPOCH_COLUMNS = {
+    "epoch": pa.int32(),
+    "lr": pa.float64(),
+    "train_objective": pa.float64(),
+    "eval_eps": pa.float64(),
+    "train_clean_acc": pa.float64(),
+    "train_clean_loss": pa.float64(),
+    "train_robust_acc": pa.float64(),
+    "train_robust_loss": pa.float64(),
+    "test_clean_acc": pa.float64(),
+    "test_clean_loss": pa.float64(),
+    "test_robust_acc": pa.float64(),
+    "test_robust_loss": pa.float64(),
+    "epoch_seconds": pa.float64(),
+}
+METRICS_SCHEMA = pa.schema(list(TRIAL_COLUMNS.items()) + list(EPOCH_COLUMNS.items()))

@@ -1,0 +1,212 @@
+"""Linear CKA with the unbiased HSIC estimator, for every pair of layers at once.
+
+Sources:
+  - Linear CKA: Kornblith et al. 2019, "Similarity of Neural Network Representations Revisited"
+    (paper eq. 2-3: CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) with K = X X^T, L = Y Y^T).
+  - Unbiased HSIC: Song et al. 2012, "Feature Selection via Dependence Maximization", eq. 5. With K~, L~ the
+    Grams with zeroed diagonals,
+        HSIC_1(K, L) = [tr(K~ L~) + (1^T K~ 1)(1^T L~ 1) / ((n-1)(n-2)) - 2/(n-2) 1^T K~ L~ 1] / (n(n-3)).
+  - U-centring: Székely & Rizzo 2014, "Partial distance correlation with methods for dissimilarities", §2.
+    HSIC_1(K, L) = <U(K), U(L)>_F / (n(n-3)), so a layer's Gram is U-centred once and every pair of layers
+    then costs one inner product; all pairs together are one matrix product.
+  - Minibatch CKA: Nguyen, Raghu & Kornblith 2021, "Do Wide and Deep Networks Learn the Same Things?", §3.1:
+    sum HSIC_1 over minibatches, then CKA = sum HSIC(K, L) / sqrt(sum HSIC(K, K) * sum HSIC(L, L)).
+    The paper (Cianfarani et al. §2.3) uses minibatches of 1024 and three passes over the probe set.
+
+Numerics: Grams are float32 (they are the costly part: n^2 p per layer); the HSIC sums are float64.
+Features are centred before the Gram is formed. U-centring makes that a no-op in exact arithmetic (it removes
+any term of the form a_i + b_j from the off-diagonal of a Gram, which is what a shift of the features adds),
+but in float32 it is what keeps the digits: a ReLU feature with mean 1e3 and spread 1 has a raw Gram whose
+entries are ~1e6 times the part CKA measures.
+"""
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+__all__ = ["MinibatchCKA", "centered_gram", "cka_matrix", "u_center"]
+
+# The unbiased estimator divides by n(n-3): a minibatch needs at least this many examples.
+MIN_EXAMPLES = 4
+
+
+@contextmanager
+def exact_float32(device: torch.device) -> Iterator[None]:
+    """Run the enclosed matmuls on `device` in IEEE float32, whatever precision the caller chose.
+
+    Why: training code often enables TF32 (`torch.set_float32_matmul_precision("high")`), which keeps
+    10 mantissa bits, and autocast would run a Gram in bf16; either costs CKA about three digits.
+    Only the per-backend flag of PyTorch's fp32-precision API is touched, and restored on exit.
+    """
+    backend = {"cuda": torch.backends.cuda.matmul, "cpu": torch.backends.mkldnn.matmul}.get(device.type)
+    previous = backend.fp32_precision if backend is not None else "ieee"
+    if previous != "ieee":
+        backend.fp32_precision = "ieee"
+    try:
+        with torch.autocast(device_type=device.type, enabled=False):
+            yield
+    finally:
+        if previous != "ieee":
+            backend.fp32_precision = previous
+
+
+def centered_gram(x: Tensor) -> Tensor:
+    """Linear-kernel Gram matrix of mean-centred, per-example-flattened features.
+
+    x: (n, ...) activations of n examples, any real dtype; each example is flattened to p features
+       (a conv map (n, C, H, W) gives p = C*H*W).
+    Returns: (n, n) float32, K = Xc Xc^T with Xc the features minus their minibatch mean.
+
+    Centring first is a no-op for U-centred use (see the module docstring) but keeps float32 exact enough.
+    The first example is subtracted before the mean, which is exact for features that barely vary (Sterbenz)
+    and turns a constant feature into exact zeros, so a constant layer gives an exactly zero Gram.
+    """
+    n = x.shape[0]
+    # Centre in float64 when given float64, else in float32: never in a narrower type than the Gram's.
+    work_dtype = torch.promote_types(x.dtype, torch.float32)
+    features = x.reshape(n, -1).to(work_dtype)
+    features = features - features[:1]
+    features -= features.mean(dim=0, keepdim=True)
+    features = features.to(torch.float32)
+    with exact_float32(features.device):
+        return features @ features.T
+
+
+def u_center(grams: Tensor) -> Tensor:
+    """U-centre Gram matrices (Székely & Rizzo 2014, §2), for the unbiased HSIC of Song et al. 2012.
+
+    grams: (..., n, n) Gram matrices of n examples, n >= 3.
+    Returns: same shape and dtype; with K~ = K with a zeroed diagonal, for i != j
+        U(K)_ij = K~_ij - rowsum_i(K~)/(n-2) - colsum_j(K~)/(n-2) + sum(K~)/((n-1)(n-2)),
+    and U(K)_ii = 0. Then HSIC_1(K, L) = <U(K), U(L)>_F / (n(n-3)) (Song et al. 2012, eq. 5).
+    """
+    n = grams.shape[-1]
+    if grams.shape[-2] != n or n < 3:
+        raise ValueError(f"u_center needs square Grams of at least 3 examples, got shape {tuple(grams.shape)}")
+    centred = grams.clone()
+    centred.diagonal(dim1=-2, dim2=-1).zero_()
+    row_sums = centred.sum(dim=-1, keepdim=True)  # (..., n, 1)
+    col_sums = centred.sum(dim=-2, keepdim=True)  # (..., 1, n)
+    total = row_sums.sum(dim=-2, keepdim=True)  # (..., 1, 1)
+    centred -= row_sums / (n - 2)
+    centred -= col_sums / (n - 2)
+    centred += total / ((n - 1) * (n - 2))
+    centred.diagonal(dim1=-2, dim2=-1).zero_()
+    return centred
+
+
+class MinibatchCKA:
+    """Sums of unbiased HSIC over minibatches for every (row layer, column layer) pair (Nguyen et al. 2021).
+
+    rows, cols: number of layers on each side (L_a, L_b). Feed `update` the U-centred Grams of both sides on
+    the same examples, once per minibatch, then `compute`. The sums are float64 on `device`; with
+    device=None they follow the first minibatch's device.
+
+    Attributes:
+        hsic_ab: (L_a, L_b) float64, sum over minibatches of HSIC_1(K_a, L_b).
+        hsic_aa: (L_a,) float64, sum of HSIC_1(K_a, K_a). hsic_bb: (L_b,) likewise.
+        n_examples: examples in the minibatches used. n_skipped: examples in minibatches of fewer than 4
+            examples, which the unbiased estimator cannot use (it divides by n(n-3)) and are skipped.
+    """
+
+    def __init__(self, rows: int, cols: int, device: torch.device | str | None = None) -> None:
+        self.rows, self.cols = rows, cols
+        self._follow_inputs = device is None
+        device = torch.device("cpu" if device is None else device)
+        self.hsic_ab = torch.zeros(rows, cols, dtype=torch.float64, device=device)
+        self.hsic_aa = torch.zeros(rows, dtype=torch.float64, device=device)
+        self.hsic_bb = torch.zeros(cols, dtype=torch.float64, device=device)
+        self.n_examples = 0
+        self.n_skipped = 0
+
+    def update(self, grams_a: Tensor, grams_b: Tensor) -> None:
+        """Add one minibatch.
+
+        grams_a: (L_a, n, n) U-centred Grams (see `u_center`), float32 or float64.
+        grams_b: (L_b, n, n) U-centred Grams of the SAME n examples, same dtype as grams_a.
+        All L_a * L_b cross terms are one (L_a, n^2) x (n^2, L_b) matrix product; the self terms are
+        squared row norms. A minibatch of n < 4 examples is skipped and counted in `n_skipped`.
+        """
+        n = grams_a.shape[-1]
+        expected_a, expected_b = (self.rows, n, n), (self.cols, n, n)
+        if tuple(grams_a.shape) != expected_a or tuple(grams_b.shape) != expected_b:
+            raise ValueError(
+                f"MinibatchCKA({self.rows}, {self.cols}).update expects Grams of shapes {expected_a} and "
+                f"{expected_b} (same examples on both sides), got {tuple(grams_a.shape)} and {tuple(grams_b.shape)}"
+            )
+        if n < MIN_EXAMPLES:
+            self.n_skipped += n
+            return
+        if self._follow_inputs:
+            self._follow_inputs = False
+            self.hsic_ab, self.hsic_aa, self.hsic_bb = (
+                t.to(grams_a.device) for t in (self.hsic_ab, self.hsic_aa, self.hsic_bb)
+            )
+        scale = 1.0 / (n * (n - 3))
+        flat_a = grams_a.reshape(self.rows, n * n)
+        flat_b = grams_b.reshape(self.cols, n * n)
+        with exact_float32(flat_a.device):
+            cross = flat_a @ flat_b.T
+        device = self.hsic_ab.device
+        self.hsic_ab += cross.to(device, torch.float64) * scale
+        self.hsic_aa += _squared_norms(flat_a).to(device) * scale
+        self.hsic_bb += _squared_norms(flat_b).to(device) * scale
+        self.n_examples += n
+
+    def compute(self) -> Tensor:
+        """(L_a, L_b) float64 CKA = hsic_ab / sqrt(hsic_aa hsic_bb) (Nguyen et al. 2021, §3.1).
+
+        A layer whose features were constant on every example used has hsic_aa = 0 (Grams exactly zero, see
+        `centered_gram`); its CKA is undefined and comes out NaN. The unbiased estimate may be slightly
+        negative for unrelated layers; |CKA| <= 1 by Cauchy-Schwarz.
+        """
+        if self.n_examples == 0:
+            raise RuntimeError(
+                f"MinibatchCKA.compute: no minibatch of at least {MIN_EXAMPLES} examples was added "
+                f"({self.n_skipped} examples were in smaller ones)"
+            )
+        return self.hsic_ab / torch.sqrt(torch.outer(self.hsic_aa, self.hsic_bb))
+
+
+def _squared_norms(flat: Tensor) -> Tensor:
+    """(L, m) -> (L,) float64 squared row norms, summed in float64."""
+    return torch.linalg.vector_norm(flat, dim=1, dtype=torch.float64).square()
+
+
+def cka_matrix(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
+    """Linear CKA between every layer in `xs` and every layer in `ys`, on one minibatch (unbiased HSIC).
+
+    xs: L_a activations, each (n, ...) on the same n examples (flattened per example; sizes may differ).
+    ys: L_b activations, each (n, ...) on the same n examples as xs, same device.
+    Returns: (L_a, L_b) float64 on the inputs' device; entry [i, j] = CKA(xs[i], ys[j])
+    (Kornblith et al. 2019 with HSIC_1 of Song et al. 2012). NaN for a layer constant on all n examples.
+    """
+    if len(xs) == 0 or len(ys) == 0:
+        raise ValueError("cka_matrix needs at least one activation on each side")
+    device = xs[0].device
+    n = xs[0].shape[0]
+    for side, acts in (("xs", xs), ("ys", ys)):
+        for i, act in enumerate(acts):
+            if act.shape[0] != n or act.device != device:
+                raise ValueError(
+                    f"cka_matrix: {side}[{i}] holds {act.shape[0]} examples on {act.device}, "
+                    f"expected {n} on {device} like xs[0]"
+                )
+    if n < MIN_EXAMPLES:
+        raise ValueError(f"cka_matrix: the unbiased HSIC needs at least {MIN_EXAMPLES} examples, got {n}")
+    grams_a = _u_centred_grams(xs)
+    grams_b = grams_a if ys is xs else _u_centred_grams(ys)
+    cka = MinibatchCKA(len(xs), len(ys), device=device)
+    cka.update(grams_a, grams_b)
+    return cka.compute()
+
+
+def _u_centred_grams(acts: Sequence[Tensor]) -> Tensor:
+    """L activations (n, ...) -> (L, n, n) float32 U-centred Grams, one layer at a time."""
+    n = acts[0].shape[0]
+    grams = torch.empty(len(acts), n, n, dtype=torch.float32, device=acts[0].device)
+    for slot, act in enumerate(acts):
+        grams[slot] = u_center(centered_gram(act))
+    return grams

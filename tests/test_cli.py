@@ -1,0 +1,63 @@
+"""The `rayrs` command as a person meets it: help that lists the choices, one-line errors, nothing written on a mistake."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rayrs.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def test_sweep_help_lists_datasets_models_methods_and_threat_models():
+    result = runner.invoke(app, ["sweep", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    for name in ("digits", "cifar10", "imagenette", "imagewoof", "wrn", "resnet18", "standard", "pgd", "linf", "l2",
+                 "cross_layer", "--local", "--dry-run", "--resume"):
+        assert name in result.output, name
+
+
+def test_dry_run_prints_the_trials_and_jobs_and_writes_nothing(tmp_path):
+    result = runner.invoke(app, ["sweep", str(REPO / "sweeps" / "quickstart.yaml"), "--dry-run", "--results", str(tmp_path / "r")],
+                           terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for trial in ("eps0", "eps0.05", "eps0.15"):
+        assert trial in result.output
+    assert "3 comparison jobs" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+BAD = {
+    "missing file": (None, "no such sweep file"),
+    "unknown dataset": ("data: {dataset: mnist}\n", "unknown dataset 'mnist'; choose one of: digits, cifar10"),
+    "unknown model": ("model: {arch: vit}\n", "unknown model 'vit'; choose one of: wrn"),
+    "negative eps": ("train: {eps: -1/255}\n", "train.eps: Input should be greater than or equal to 0"),
+    "unreadable YAML": ("train: [\n", "not valid YAML"),
+    "missing dataset folder": ("data: {dataset: cifar10, root: /nonexistent/cifar}\n",
+                               "cifar10: no CIFAR-10 python batches at /nonexistent/cifar/cifar-10-batches-py"),
+    "dataset without a root": ("data: {dataset: imagenette}\n", "imagenette: no data root given (data.root)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_exits_non_zero_with_one_line_and_writes_nothing(tmp_path, case):
+    text, expected = BAD[case]
+    sweep_file = tmp_path / "bad.yaml"
+    if text is not None:
+        sweep_file.write_text(text)
+    results = tmp_path / "results"
+    result = runner.invoke(app, ["sweep", str(sweep_file), "--results", str(results), "--local"], terminal_width=400)
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in result.output
+    assert not results.exists()
+
+
+def test_analyze_refuses_a_folder_without_results(tmp_path):
+    result = runner.invoke(app, ["analyze", str(tmp_path)], terminal_width=400)
+    assert result.exit_code == 1
+    assert f"{tmp_path}: no metrics.parquet here" in result.stderr
