@@ -88,22 +88,21 @@ class ModelConfig(Section):
 
 
 class AttackSettings(Section):
-    """An attack run: ``steps`` of size ``step_size`` (None: 2.5 * eps / steps, Madry et al. 2018)."""
+    """An attack run. Unset ``steps``/``step_size`` take the threat model's defaults for the dataset
+    (`rayrs.attacks.attack_schedule`): for l_inf on CIFAR-10, PGD-10 with steps of 2/255 in training and
+    PGD-20 at evaluation, as in the paper."""
 
-    steps: int = Field(default=10, ge=1)
+    steps: int | None = Field(default=None, ge=1)
     step_size: Number | None = Field(default=None, gt=0)
     random_start: bool = True
     bn_eval: bool = True  # attack with BatchNorm in eval mode (train mode restored afterwards)
-
-    def resolved_step_size(self, eps: float) -> float:
-        return self.step_size if self.step_size is not None else 2.5 * eps / self.steps
 
 
 class TrainConfig(Section):
     method: str = "pgd"
     threat_model: str = "linf"
     eps: Eps = 8 / 255
-    attack: AttackSettings = Field(default_factory=lambda: AttackSettings(steps=10))
+    attack: AttackSettings = Field(default_factory=AttackSettings)
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=128, ge=1)
     lr: Number = Field(default=0.1, gt=0)
@@ -137,7 +136,7 @@ class EvalConfig(Section):
     """Per-epoch evaluation: clean and robust accuracy on fixed subsets of the train and test sets."""
 
     eps: Eps | None = None  # None: the training eps, or for standard training the paper's eps (TrialConfig.eval_eps)
-    attack: AttackSettings = Field(default_factory=lambda: AttackSettings(steps=20))
+    attack: AttackSettings = Field(default_factory=AttackSettings)
     train_subset: int = Field(default=512, ge=1)
     test_subset: int = Field(default=512, ge=1)
     batch_size: int = Field(default=256, ge=1)
@@ -155,6 +154,16 @@ class TrialConfig(Section):
         """Short content hash: two trials with the same fingerprint produce the same checkpoints."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    def attack_schedule(self, phase: Literal["train", "eval"]) -> tuple[float, int, float]:
+        """(eps, steps, step size) of the training or evaluation attack, every default resolved."""
+        from rayrs.attacks import attack_schedule
+
+        settings, eps = (self.train.attack, self.train.eps) if phase == "train" else (self.eval.attack, self.eval_eps)
+        steps, step_size = attack_schedule(
+            self.train.threat_model, self.data.dataset, phase, eps, settings.steps, settings.step_size
+        )
+        return eps, steps, step_size
 
     @property
     def eval_eps(self) -> float:

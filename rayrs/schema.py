@@ -11,6 +11,23 @@ each name a trial (``model_*``), a checkpoint epoch and a probe (the inputs fed 
 the model's execution order (`rayrs.models.comparable_layers`), ``name_*`` its module path and
 ``type_*`` one of conv / bn / act / pool / linear. ``value`` is the measure (linear CKA, computed with the
 unbiased HSIC estimator and summed over ``n_examples`` probe inputs in minibatches, ``passes`` times).
+
+Probes: ``benign`` (clean test images), or an adversarial probe
+``adversarial:<trial>@<epoch>:<threat_model>:<eps>:<steps>`` (the same test images attacked on that
+checkpoint, in that threat model, with the evaluation attack). What each ``kind`` holds:
+
+- ``cross_layer`` (Figs 2, 3): one model, one epoch, ``benign`` on both sides; every layer pair.
+- ``cross_model`` (Figs 2d, 7): two models on ``benign`` probes; every layer pair (L_a x L_b).
+- ``benign_vs_adversarial`` (Fig 4): one model and epoch; ``probe_a`` benign, ``probe_b`` adversarial crafted
+  on that model; every layer pair (Fig 4 is the diagonal ``layer_a == layer_b``).
+- ``transfer`` (Fig 5): ``model_a`` the source, ``model_b`` the target, both fed the source's adversarial
+  probe; every layer pair. Plus one row per (source, target) with ``measure = "transfer_accuracy"``,
+  ``layer_a = layer_b = -1``, names and types ``"output"``: the target's accuracy on the source's adversarial
+  examples (Fig 5a; source == target is the white-box attack).
+- ``cross_epoch`` (Figs 6, 25): one model, ``epoch_a`` vs ``epoch_b``; same-layer pairs only
+  (``layer_a == layer_b``). Fig 6 reads ``epoch_b`` = the final epoch; Fig 25 the epoch x epoch matrix of
+  chosen layers.
+- ``measure``: ``cka``, or ``procrustes`` / ``svcca`` (App. B.1), or ``transfer_accuracy``.
 """
 
 from __future__ import annotations

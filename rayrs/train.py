@@ -24,7 +24,7 @@ from torch import nn
 from rayrs import checkpoint
 from rayrs import storage as layout
 from rayrs.attacks import THREAT_MODELS
-from rayrs.config import AttackSettings, TrialConfig, TrialSpec
+from rayrs.config import TrialConfig, TrialSpec
 from rayrs.data import DATASETS, ImageDataset, augment, load_dataset, to_float
 from rayrs.errors import UserError
 from rayrs.models import MODELS, build_model
@@ -76,13 +76,15 @@ def learning_rate(schedule: str, base_lr: float, progress: float) -> float:
     return base_lr
 
 
-def make_attack(config: TrialConfig, settings: AttackSettings, eps: float, generator: torch.Generator) -> Attack:
-    """The threat model's attack at ``eps`` with ``settings``, drawing random starts from ``generator``."""
+def make_attack(config: TrialConfig, phase: str, generator: torch.Generator) -> Attack:
+    """The trial's ``phase`` ("train" or "eval") attack, drawing random starts from ``generator``."""
+    eps, steps, step_size = config.attack_schedule(phase)
+    settings = config.train.attack if phase == "train" else config.eval.attack
     return partial(
         THREAT_MODELS[config.train.threat_model].perturb,
         eps=eps,
-        steps=settings.steps,
-        step_size=settings.resolved_step_size(eps),
+        steps=steps,
+        step_size=step_size,
         random_start=settings.random_start,
         generator=generator,
         bn_eval=settings.bn_eval,
@@ -226,9 +228,9 @@ def train_trial(
     for epoch in range((done[-1] if done else 0) + 1, config.train.epochs + 1):
         started = time.perf_counter()
         generator = epoch_generator(config.train.seed, epoch, device)
-        train_attack = make_attack(config, config.train.attack, config.train.eps, generator)
+        train_attack = make_attack(config, "train", generator)
         objective = train_epoch(model, optimizer, data, config, epoch, train_attack, generator)
-        eval_attack = make_attack(config, config.eval.attack, config.eval_eps, generator)
+        eval_attack = make_attack(config, "eval", generator)
         metrics: dict[str, Any] = {
             "epoch": epoch,
             "lr": optimizer.param_groups[0]["lr"],

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from rayrs.attacks import THREAT_MODELS, default_eps
+from rayrs.attacks import THREAT_MODELS, attack_schedule, default_eps
 from rayrs.attacks.pgd import attack_mode, pgd_l2, pgd_linf
 
 
@@ -84,9 +84,19 @@ def test_eps_zero_returns_the_benign_images(batch):
     assert torch.equal(pgd_linf(small_net(), images, labels, eps=0, steps=5, step_size=0.1), images)
 
 
-def test_every_threat_model_documents_its_unit_and_the_papers_eps():
+def test_every_threat_model_documents_its_unit_and_the_papers_settings():
     assert default_eps("linf", "cifar10") == pytest.approx(8 / 255)  # paper §2.3
     assert default_eps("linf", "imagenette") == pytest.approx(4 / 255)
+    assert attack_schedule("linf", "cifar10", "train", 8 / 255, None, None) == (10, pytest.approx(2 / 255))  # PGD-10
+    assert attack_schedule("linf", "cifar10", "eval", 8 / 255, None, None)[0] == 20  # PGD-20 at test
+    assert attack_schedule("l2", "cifar10", "eval", 1.0, None, None) == (20, pytest.approx(0.1))
     for threat in THREAT_MODELS.values():
         assert threat.unit and threat.description
-        assert set(threat.default_eps) == {"digits", "cifar10", "imagenette", "imagewoof"}
+        assert set(threat.defaults) == {"digits", "cifar10", "imagenette", "imagewoof"}
+
+
+def test_an_unset_step_size_scales_with_the_budget_and_the_step_count():
+    # Half the budget and twice the steps: a quarter of the default step, the same travel relative to the ball.
+    steps, step_size = attack_schedule("linf", "cifar10", "train", 4 / 255, 20, None)
+    assert steps == 20 and step_size == pytest.approx(2 / 255 / 4)
+    assert attack_schedule("linf", "cifar10", "train", 8 / 255, 7, 0.01) == (7, 0.01)  # explicit wins
