@@ -3,6 +3,9 @@
 Everything here reads through `rayrs.storage.Storage`, so the same call works on a local folder and on an
 object store. An experiment with nothing written yet gives empty frames that still carry the schema's
 columns, so a figure function can say "no rows" instead of failing on a missing column.
+
+Names: a *trial* is one training run (one seed); a *configuration* is what a figure averages over seeds
+(every trial parameter but the seed), labelled like "PGD-AT ε=8/255" by `trial_info`.
 """
 
 from __future__ import annotations
@@ -10,13 +13,21 @@ from __future__ import annotations
 import altair as alt
 import polars as pl
 import pyarrow as pa
+from altair.utils.schemapi import debug_mode
 
 from rayrs.errors import UserError
-from rayrs.schema import METRICS_SCHEMA, SIMILARITY_SCHEMA
+from rayrs.schema import METRICS_SCHEMA, SIMILARITY_SCHEMA, TRIAL_COLUMNS
 from rayrs.storage import METRICS, SIMILARITY_DIR, Storage
 
-# Display names of training methods, in the paper's words; an unknown method is shown as written.
+# Display names of training methods and threat models, in the paper's words; unknown ones are shown as written.
 METHOD_NAMES = {"standard": "standard", "pgd": "PGD-AT", "pgd_at": "PGD-AT", "trades": "TRADES"}
+THREAT_MODEL_NAMES = {"linf": "ℓ∞", "l2": "ℓ2", "l1": "ℓ1", "jpeg": "JPEG", "gabor": "Gabor", "snow": "Snow"}
+
+BENIGN = "benign"  # the probe of clean test images; every other probe id is adversarial (rayrs.schema)
+
+# Columns that similarity files may carry beyond the schema; kept (null where a file lacks them) when present.
+# ``seconds``: the wall time of the comparison, for App. B.1's cost of each measure.
+OPTIONAL_SIMILARITY_COLUMNS = {"seconds": pa.float64()}
 
 # Trial parameters that may tell apart two trials with the same method and eps, in the order they are named.
 _DISTINGUISHING = ("dataset", "arch", "depth", "width", "threat_model", "seed")
@@ -41,7 +52,10 @@ def read_similarity(storage: Storage) -> pl.DataFrame:
     files = storage.list_files(SIMILARITY_DIR, ".parquet")
     if not files:
         return _empty(SIMILARITY_SCHEMA)
-    return pl.from_arrow(pa.concat_tables(_conform(storage, rel, SIMILARITY_SCHEMA) for rel in files))
+    tables = [storage.read_table(rel) for rel in files]
+    extra = [name for name in OPTIONAL_SIMILARITY_COLUMNS if any(name in t.column_names for t in tables)]
+    schema = pa.schema(list(SIMILARITY_SCHEMA) + [pa.field(name, OPTIONAL_SIMILARITY_COLUMNS[name]) for name in extra])
+    return pl.from_arrow(pa.concat_tables(_conform(storage, rel, schema, table) for rel, table in zip(files, tables)))
 
 
 def trial_labels(metrics: pl.DataFrame) -> pl.DataFrame:
@@ -69,6 +83,85 @@ def trial_labels(metrics: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def trial_info(metrics: pl.DataFrame) -> pl.DataFrame:
+    """One row per trial: its parameters (`rayrs.schema.TRIAL_COLUMNS`), ``robust``, ``label`` and ``order``
+    (as `trial_labels`), ``training`` (method and eps alone: "standard", "PGD-AT ε=8/255") and its
+    configuration: ``config``, the label without the seed (trials differing only by seed share it, e.g.
+    "PGD-AT ε=8/255 (width 2)"), and ``config_order`` (0, 1, ... in label order).
+    """
+    labels = trial_labels(metrics)
+    trials = metrics.unique(subset="trial", keep="first", maintain_order=True).select(list(TRIAL_COLUMNS))
+    info = labels.join(trials.drop("eps"), on="trial", how="left")
+    configs: dict[str, str] = {}
+    sharing: dict[str, list[dict]] = {}
+    for row in info.to_dicts():
+        sharing.setdefault(_base_label(row), []).append(row)
+    for base, same in sharing.items():
+        differing = [c for c in _DISTINGUISHING if c != "seed" and len({r[c] for r in same}) > 1]
+        for row in same:
+            named = ", ".join(f"{c.replace('_', ' ')} {row[c]}" for c in differing)
+            configs[row["trial"]] = f"{base} ({named})" if named else base
+    training = {row["trial"]: _base_label(row) for row in info.to_dicts()}
+    info = info.with_columns(
+        pl.col("trial").replace_strict(configs, return_dtype=pl.String).alias("config"),
+        pl.col("trial").replace_strict(training, return_dtype=pl.String).alias("training"),
+    )
+    first = info.group_by("config").agg(pl.col("order").min().alias("first"))
+    ranked = first.sort("first").with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("config_order"))
+    return info.join(ranked.select("config", "config_order"), on="config").sort("order")
+
+
+def attach_trials(rows: pl.DataFrame, metrics: pl.DataFrame, sides: str = "ab") -> pl.DataFrame:
+    """``rows`` (similarity rows) with each side's trial: ``label_a``, ``config_a``, ``robust_a``, ``eps_a``, ...
+
+    For each side in ``sides`` every `trial_info` column is added with that side's suffix. A trial missing from
+    ``metrics`` (not built yet) is labelled by its id, with null parameters, and sorted last.
+    """
+    info = trial_info(metrics)
+    for side in sides:
+        renamed = info.rename({c: f"{c}_{side}" for c in info.columns if c != "trial"}).rename(
+            {"trial": f"model_{side}"}
+        )
+        rows = rows.join(renamed, on=f"model_{side}", how="left").with_columns(
+            pl.col(f"label_{side}").fill_null(pl.col(f"model_{side}")),
+            pl.col(f"config_{side}").fill_null(pl.col(f"model_{side}")),
+            pl.col(f"order_{side}").fill_null(info.height),
+            pl.col(f"config_order_{side}").fill_null(info.height),
+        )
+    return rows
+
+
+def last_epoch(rows: pl.DataFrame, model: str = "model_a", epoch: str = "epoch_a") -> pl.DataFrame:
+    """The rows at each model's latest ``epoch`` (a figure of trained networks shows them fully trained)."""
+    return rows.filter(pl.col(epoch) == pl.col(epoch).max().over(model))
+
+
+def probe_kind(column: str) -> pl.Expr:
+    """``"benign"`` or ``"adversarial"`` for a probe id column (any probe but `BENIGN` is adversarial)."""
+    return pl.when(pl.col(column) == BENIGN).then(pl.lit(BENIGN)).otherwise(pl.lit("adversarial"))
+
+
+def threat_model_name(threat_model: str | None) -> str:
+    """The paper's name of a threat model: "ℓ∞" for linf, "Snow" for snow; unknown names as written."""
+    return THREAT_MODEL_NAMES.get(threat_model or "", threat_model or "?")
+
+
+# Facet panels are keyed "<position>|<label>" (see `facet_key`); a header shows the label with this expression.
+FACET_LABEL = "substring(datum.label, 4)"
+
+
+def facet_key(labels: pl.Series, order: list[str] | None) -> pl.Series:
+    """``labels`` as facet keys that sort as text: "<position in ``order``>|<label>" (others last, by name).
+
+    Vega-Lite misplaces the panels of a grid with missing cells when its facets are sorted any other way than
+    by their values, so a figure sorts its panels through these keys and shows the label (`FACET_LABEL`).
+    """
+    order = list(order or [])
+    order += sorted(set(labels.drop_nulls().to_list()) - set(order))
+    position = {label: f"{i:03d}|{label}" for i, label in enumerate(order)}
+    return labels.replace_strict(position, return_dtype=pl.String)
+
+
 def format_eps(eps: float) -> str:
     """``eps`` (pixel scale [0, 1]) as people write it: a short decimal (0.1), else "k/255" (8/255)."""
     if round(eps, 3) == eps:
@@ -83,16 +176,20 @@ def chart_data(frame: pl.DataFrame) -> alt.InlineData:
     """``frame``'s rows as inline Vega-Lite data.
 
     Plain records rather than the frame itself: Altair refuses frames over 5000 rows by default, and a
-    WRN-28 layer x layer heatmap alone has more cells than that.
+    WRN-28 layer x layer heatmap alone has more cells than that. Built without validation: checking every
+    record against the Vega-Lite schema would take seconds per figure (the whole spec is validated anyway).
     """
-    return alt.InlineData(values=frame.to_dicts())
+    with debug_mode(False):
+        return alt.InlineData(values=frame.to_dicts())
 
 
 def _base_label(trial: dict) -> str:
+    """How the paper names a training: "standard", "PGD-AT ε=8/255"; a threat model other than ℓ∞ is named."""
     if not trial["robust"]:
         return "standard"
     method = METHOD_NAMES.get(trial["method"], trial["method"])
-    return f"{method} ε={format_eps(trial['eps'])}"
+    threat = "" if trial.get("threat_model") in (None, "linf") else f" {threat_model_name(trial['threat_model'])}"
+    return f"{method}{threat} ε={format_eps(trial['eps'])}"
 
 
 def _disambiguate(trial: dict, same_label: list[dict], label: str) -> str:
@@ -110,9 +207,15 @@ def _empty(schema: pa.Schema) -> pl.DataFrame:
     return pl.from_arrow(schema.empty_table())
 
 
-def _conform(storage: Storage, rel: str, schema: pa.Schema) -> pa.Table:
-    """The table at ``rel``, reduced to ``schema``'s columns and types; a missing column is the user's to fix."""
-    table = storage.read_table(rel)
+def _conform(storage: Storage, rel: str, schema: pa.Schema, table: pa.Table | None = None) -> pa.Table:
+    """The table at ``rel``, reduced to ``schema``'s columns and types; a missing column is the user's to fix.
+
+    Optional columns (`OPTIONAL_SIMILARITY_COLUMNS`) that the file lacks are added as nulls.
+    """
+    table = storage.read_table(rel) if table is None else table
+    for name in OPTIONAL_SIMILARITY_COLUMNS:
+        if name in schema.names and name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
     missing = [name for name in schema.names if name not in table.column_names]
     if missing:
         raise UserError(

@@ -6,12 +6,14 @@ so it can never disagree with what is on storage (a resumed trial's epochs appea
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import pyarrow as pa
 
 from rayrs import checkpoint
 from rayrs import storage as layout
+from rayrs.config import TrialSpec
 from rayrs.schema import EPOCH_COLUMNS, METRICS_SCHEMA, TRIAL_COLUMNS
 from rayrs.storage import Storage
 
@@ -23,9 +25,13 @@ def metrics_rows(storage: Storage, trials: Iterable[str]) -> list[dict]:
         if not storage.exists(layout.trial_spec(trial)):
             continue
         record = storage.read_json(layout.trial_spec(trial))
-        for epoch in checkpoint.completed_epochs(storage, trial):
-            metrics = checkpoint.read_meta(storage, trial, epoch)["metrics"]
-            rows.append({**{k: record.get(k) for k in TRIAL_COLUMNS}, **{k: metrics.get(k) for k in EPOCH_COLUMNS}})
+        epochs = [checkpoint.read_meta(storage, trial, epoch)["metrics"] for epoch in checkpoint.completed_epochs(storage, trial)]
+        best = max(epochs, key=lambda m: (m["test_robust_acc"], -m["epoch"]), default=None)  # earliest of ties
+        for metrics in epochs:
+            rows.append(
+                {**{k: record.get(k) for k in TRIAL_COLUMNS}, **{k: metrics.get(k) for k in EPOCH_COLUMNS},
+                 "best_epoch": best["epoch"]}
+            )
     return rows
 
 
@@ -34,3 +40,45 @@ def write_metrics(storage: Storage, trials: Iterable[str]) -> int:
     rows = metrics_rows(storage, trials)
     storage.write_table(layout.METRICS, pa.Table.from_pylist(rows, schema=METRICS_SCHEMA))
     return len(rows)
+
+
+@dataclass(frozen=True)
+class TrialStatus:
+    trial: str
+    epochs_done: int
+    epochs: int
+    test_clean_acc: float | None  # of the latest epoch
+    test_robust_acc: float | None
+    epoch_seconds: float | None  # mean over the finished epochs
+
+    @property
+    def state(self) -> str:
+        return "done" if self.epochs_done >= self.epochs else "started" if self.epochs_done else "pending"
+
+
+def trial_status(storage: Storage, trial: TrialSpec) -> TrialStatus:
+    """How far ``trial`` got, read from its checkpoints alone (no Ray)."""
+    epochs = checkpoint.completed_epochs(storage, trial.name)
+    metas = [checkpoint.read_meta(storage, trial.name, e)["metrics"] for e in epochs]
+    last = metas[-1] if metas else {}
+    seconds = [m["epoch_seconds"] for m in metas if m.get("epoch_seconds") is not None]
+    return TrialStatus(
+        trial=trial.name,
+        epochs_done=epochs[-1] if epochs else 0,
+        epochs=trial.config.train.epochs,
+        test_clean_acc=last.get("test_clean_acc"),
+        test_robust_acc=last.get("test_robust_acc"),
+        epoch_seconds=sum(seconds) / len(seconds) if seconds else None,
+    )
+
+
+def remaining_trial_seconds(statuses: Sequence[TrialStatus]) -> float | None:
+    """Training time left, summed over trials (divide by the parallel slots for wall time).
+
+    Unstarted trials are assumed to take as long per epoch as the started ones on average.
+    """
+    known = [s.epoch_seconds for s in statuses if s.epoch_seconds is not None]
+    if not known:
+        return None
+    typical = sum(known) / len(known)
+    return sum((s.epochs - s.epochs_done) * (s.epoch_seconds or typical) for s in statuses)

@@ -51,12 +51,15 @@ app = typer.Typer(
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a `UserError` into one line on stderr and exit status 1."""
+    """Turn a `UserError` into one line on stderr and exit status 1 (Ctrl-C: a hint to resume, status 130)."""
     try:
         yield
     except UserError as error:
         console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("interrupted: everything finished so far is kept; rerun with --resume to go on")
+        raise typer.Exit(130) from None
 
 
 @app.command(epilog=_choices())
@@ -68,16 +71,19 @@ def sweep(
     results: Annotated[str | None, typer.Option(help="Results folder or URI (overrides the sweep file's `results`).")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start or join a local Ray).")] = None,
     report: Annotated[bool, typer.Option(help="Render the report at the end.")] = True,
+    redo: Annotated[list[str] | None, typer.Option(help="Retrain this trial from scratch (repeatable), redoing its comparisons.")] = None,
+    gpu_tflops: Annotated[float, typer.Option(help="Sustained TFLOP/s assumed by --dry-run's GPU-hour estimate.")] = 50.0,
 ) -> None:
     """Train every trial of a sweep file, compute its comparisons, and render the report."""
     with user_errors():
         experiment = load_experiment(file)
         if dry_run:
-            _print_plan(experiment, results)
+            _print_plan(experiment, results, gpu_tflops)
             return
         from rayrs.sweep import SweepOptions, run_sweep
 
-        outcome = run_sweep(experiment, SweepOptions(local=local, resume=resume, address=address, report=report), results, console)
+        options = SweepOptions(local=local, resume=resume, address=address, report=report, redo=tuple(redo or ()))
+        outcome = run_sweep(experiment, options, results, console)
         console.print(
             f"done in {outcome.seconds:.0f} s: {len(outcome.trained)} trials trained, "
             f"{outcome.jobs_run} comparison jobs computed ({outcome.jobs_skipped} already done) -> {outcome.storage.root}"
@@ -86,24 +92,33 @@ def sweep(
             console.print(f"report: {outcome.report_dir / 'index.html'}")
 
 
-def _print_plan(experiment, results: str | None) -> None:
+def _print_plan(experiment, results: str | None, gpu_tflops: float) -> None:
+    from analysis.load import format_eps
+    from rayrs.cost import trial_gpu_hours
     from rayrs.similarity.jobs import plan_jobs
     from rayrs.sweep import experiment_storage
 
     trials = expand(experiment)
     table = Table(title=f"{experiment.name}: {len(trials)} trials -> {experiment_storage(experiment, results).root}")
-    for column in ("trial", "dataset", "model", "method", "threat model", "eps", "epochs", "seed"):
+    for column in ("trial", "dataset", "model", "method", "threat model", "eps", "epochs", "seed", "GPU-h"):
         table.add_column(column)
-    for trial in trials:
+    hours = [trial_gpu_hours(trial.config, gpu_tflops) for trial in trials]
+    for trial, trial_hours in zip(trials, hours):
         c = trial.config
-        model = f"{c.model.arch}-{c.model.depth or ''}-{c.model.width or ''}".rstrip("-")
-        table.add_row(trial.name, c.data.dataset, model, c.train.method, c.train.threat_model, f"{c.train.eps:.4g}",
-                      str(c.train.epochs), str(c.train.seed))
-    Console().print(table)
+        info = MODELS[c.model.arch]
+        depth, width = c.model.depth or info.default_depth, c.model.width or info.default_width
+        model = "-".join(str(part) for part in (c.model.arch, depth, width) if part is not None)
+        table.add_row(trial.name, c.data.dataset, model, c.train.method, c.train.threat_model, format_eps(c.train.eps),
+                      str(c.train.epochs), str(c.train.seed), f"{trial_hours:.2f}")
+    out = Console()
+    if not out.is_terminal:  # a log or a pipe: wide enough that trial names are never cut
+        out = Console(width=200)
+    out.print(table)
+    out.print(f"training: ~{sum(hours):.1f} GPU-hours at {gpu_tflops:g} sustained TFLOP/s (--gpu-tflops)")
     jobs = plan_jobs(experiment, trials)
-    Console().print(f"{len(jobs)} comparison jobs:")
+    out.print(f"{len(jobs)} comparison jobs:")
     for job in jobs:
-        Console().print(f"  {job.describe()}")
+        out.print(f"  {job.describe()}")
 
 
 @app.command()
@@ -126,3 +141,40 @@ def analyze(
         for name, reason in report.skipped.items():
             console.print(f"[yellow]skipped figure[/] {name}: {reason}")
         console.print(f"report: {report.out_dir}")
+
+
+@app.command()
+def status(
+    results_dir: Annotated[str, typer.Argument(help="An experiment's results folder or URI, e.g. results/quickstart.")],
+) -> None:
+    """Progress of a sweep read from its results alone (no Ray): trials, epochs, accuracy, comparisons, time left."""
+    with user_errors():
+        from rayrs import storage as layout
+        from rayrs.catalog import remaining_trial_seconds, trial_status
+        from rayrs.config import Experiment
+        from rayrs.similarity.jobs import plan_jobs
+        from rayrs.storage import Storage
+
+        storage = Storage(results_dir)
+        if not storage.exists(layout.SWEEP_CONFIG):
+            raise UserError(f"{storage.root}: no {layout.SWEEP_CONFIG} here; point at an experiment's results folder")
+        experiment = Experiment.model_validate(storage.read_json(layout.SWEEP_CONFIG))
+        trials = expand(experiment)
+        statuses = [trial_status(storage, trial) for trial in trials]
+        table = Table(title=f"{experiment.name} ({storage.root})")
+        for column in ("trial", "state", "epoch", "test clean", "test robust", "s/epoch"):
+            table.add_column(column)
+        for s in statuses:
+            percent = lambda value: "" if value is None else f"{value:.1%}"  # noqa: E731
+            table.add_row(s.trial, s.state, f"{s.epochs_done}/{s.epochs}", percent(s.test_clean_acc),
+                          percent(s.test_robust_acc), "" if s.epoch_seconds is None else f"{s.epoch_seconds:.1f}")
+        Console().print(table)
+        counts = {state: sum(s.state == state for s in statuses) for state in ("done", "started", "pending")}
+        jobs = plan_jobs(experiment, trials)
+        jobs_done = sum(storage.exists(job.output) for job in jobs)
+        left = remaining_trial_seconds(statuses)
+        Console().print(
+            f"trials: {counts['done']} done, {counts['started']} started, {counts['pending']} pending; "
+            f"comparison jobs: {jobs_done}/{len(jobs)} done; training left: "
+            + ("unknown (no epoch finished yet)" if left is None else f"~{left / 3600:.2f} trial-hours")
+        )

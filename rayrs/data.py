@@ -120,6 +120,7 @@ class DatasetInfo:
         source: where a user gets the files (quoted in the "missing dataset" error).
         check: ``(root) -> None``, a cheap look for the files (no decoding) that raises the "missing dataset"
             `UserError`; the sweep runs it before any worker starts.
+        train_examples: the size of the training split, for cost estimates (`rayrs sweep --dry-run`).
     """
 
     name: str
@@ -130,7 +131,8 @@ class DatasetInfo:
     flip: bool
     needs_root: bool
     source: str
-    check: Callable[[Path], None] = lambda root: None
+    check: Callable[[Path], object] = lambda root: None
+    train_examples: int = 0  # size of the training split (for cost estimates before anything is loaded)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -335,12 +337,19 @@ def _decode_folder(name: str, folder: Path, image_size: int) -> tuple[torch.Tens
     return torch.cat(images), torch.cat(labels).long(), list(dataset.classes)
 
 
-def _check_image_folders(root: Path, *, name: str) -> None:
-    """Raise a `UserError` unless ``root`` holds the ``train/`` and ``val/`` folders of an Imagenette-style tree."""
+def _image_folder_root(root: Path, *, name: str) -> Path:
+    """The folder holding ``train/`` and ``val/``: ``root`` itself, or the archive's folder inside it.
+
+    fast.ai's archives extract to ``imagenette2-320/`` (or ``imagenette2/``, ``imagenette2-160/``), so one data
+    folder can hold every dataset: ``root`` = data/ finds data/imagenette2-320/ as it finds
+    data/cifar-10-batches-py/. Raises a `UserError` naming what is missing otherwise.
+    """
+    for candidate in (root, *(root / f"{name}2{suffix}" for suffix in ("-320", "", "-160"))):
+        if (candidate / "train").is_dir() and (candidate / "val").is_dir():
+            return candidate
     missing = " and ".join(f"{split}/" for split in ("train", "val") if not (root / split).is_dir())
-    if missing:
-        what = f"no folder {root}" if not root.is_dir() else f"no {missing} in {root}"
-        raise UserError(f"{name}: {what} (expected {_FOLDER_LAYOUT}); {_folder_hint(name, root)}")
+    what = f"no folder {root}" if not root.is_dir() else f"no {missing} in {root}"
+    raise UserError(f"{name}: {what} (expected {_FOLDER_LAYOUT}); {_folder_hint(name, root)}")
 
 
 def _load_image_folders(
@@ -351,7 +360,7 @@ def _load_image_folders(
     Class names are the readable ImageNet names of known wnids, else the folder names.
     """
     assert root is not None  # load_dataset guarantees it (needs_root)
-    _check_image_folders(root, name=name)
+    root = _image_folder_root(root, name=name)
     train_x, train_y, train_classes = _decode_folder(name, root / "train", image_size)
     test_x, test_y, test_classes = _decode_folder(name, root / "val", image_size)
     if train_classes != test_classes:
@@ -381,6 +390,7 @@ DATASETS: dict[str, DatasetInfo] = {
     for info in (
         DatasetInfo(
             name="digits",
+            train_examples=1347,
             description="handwritten digits, 8x8 upsampled to 16x16; ships with scikit-learn (the quickstart's data)",
             load=_load_digits,
             default_image_size=16,
@@ -391,6 +401,7 @@ DATASETS: dict[str, DatasetInfo] = {
         ),
         DatasetInfo(
             name="cifar10",
+            train_examples=50000,
             description="CIFAR-10, 32x32 colour images in 10 classes; reads cifar-10-batches-py in the data root",
             load=_load_cifar10,
             default_image_size=32,
@@ -402,6 +413,7 @@ DATASETS: dict[str, DatasetInfo] = {
         ),
         DatasetInfo(
             name="imagenette",
+            train_examples=9469,
             description="Imagenette, 10 easy ImageNet classes at 224x224; reads the train/ and val/ folder tree",
             load=partial(_load_image_folders, name="imagenette", class_names=IMAGENETTE_CLASSES),
             default_image_size=224,
@@ -409,10 +421,11 @@ DATASETS: dict[str, DatasetInfo] = {
             flip=True,
             needs_root=True,
             source=f"{IMAGENETTE_SOURCE} (imagenette2-320.tgz)",
-            check=partial(_check_image_folders, name="imagenette"),
+            check=partial(_image_folder_root, name="imagenette"),
         ),
         DatasetInfo(
             name="imagewoof",
+            train_examples=9025,
             description="Imagewoof, 10 ImageNet dog breeds at 224x224; reads the train/ and val/ folder tree",
             load=partial(_load_image_folders, name="imagewoof", class_names=IMAGEWOOF_CLASSES),
             default_image_size=224,
@@ -420,7 +433,7 @@ DATASETS: dict[str, DatasetInfo] = {
             flip=True,
             needs_root=True,
             source=f"{IMAGENETTE_SOURCE} (imagewoof2-320.tgz)",
-            check=partial(_check_image_folders, name="imagewoof"),
+            check=partial(_image_folder_root, name="imagewoof"),
         ),
     )
 }

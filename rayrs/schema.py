@@ -4,6 +4,8 @@
 Accuracies are fractions in [0, 1]; losses are mean cross-entropy; ``robust`` means under the evaluation
 attack (PGD-20 in the trial's threat model at ``eval_eps``); ``train_*`` are measured on a fixed subset of
 the training set after the epoch (not the running training loss, which is ``train_objective``).
+``best_epoch`` is the trial's epoch of highest test robust accuracy (Rice et al. 2020's early stopping; every
+epoch is kept), the same on every row of the trial.
 
 **similarity/<kind>/<job>.parquet** — one row per layer pair per comparison. Side ``a`` and side ``b``
 each name a trial (``model_*``), a checkpoint epoch and a probe (the inputs fed to that model):
@@ -25,9 +27,13 @@ checkpoint, in that threat model, with the evaluation attack). What each ``kind`
   ``layer_a = layer_b = -1``, names and types ``"output"``: the target's accuracy on the source's adversarial
   examples (Fig 5a; source == target is the white-box attack).
 - ``cross_epoch`` (Figs 6, 25): one model, ``epoch_a`` vs ``epoch_b``; same-layer pairs only
-  (``layer_a == layer_b``). Fig 6 reads ``epoch_b`` = the final epoch; Fig 25 the epoch x epoch matrix of
-  chosen layers.
-- ``measure``: ``cka``, or ``procrustes`` / ``svcca`` (App. B.1), or ``transfer_accuracy``.
+  (``layer_a == layer_b``): every layer at every epoch against the final epoch (``epoch_b`` = final; Fig 6),
+  and for the chosen matrix layers every ordered pair of epochs once (Fig 25). Each side's probe is benign,
+  or that epoch's own adversarial probe.
+- ``measure``: ``cka`` (in [0, 1], 1 = same up to rotation and scale), ``procrustes`` (Ding et al. 2021's
+  distance 2 - 2 ||A^T B||_*, in [0, 2], 0 = same) or ``svcca`` (mean canonical correlation, in [0, 1]) —
+  both App. B.1, on the first min(probe, batch, 1024) probe inputs, so ``n_examples`` is that count and
+  ``passes`` is 1 — or ``transfer_accuracy`` (``passes`` 1).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import pyarrow as pa
 SIMILARITY_SCHEMA = pa.schema(
     [
         ("kind", pa.string()),  # cross_layer | cross_model | benign_vs_adversarial | transfer | cross_epoch
-        ("measure", pa.string()),  # cka
+        ("measure", pa.string()),  # cka | procrustes | svcca | transfer_accuracy
         ("model_a", pa.string()),
         ("epoch_a", pa.int32()),
         ("probe_a", pa.string()),
@@ -85,4 +91,4 @@ EPOCH_COLUMNS = {
     "test_robust_loss": pa.float64(),
     "epoch_seconds": pa.float64(),
 }
-METRICS_SCHEMA = pa.schema(list(TRIAL_COLUMNS.items()) + list(EPOCH_COLUMNS.items()))
+METRICS_SCHEMA = pa.schema(list(TRIAL_COLUMNS.items()) + list(EPOCH_COLUMNS.items()) + [("best_epoch", pa.int32())])

@@ -11,6 +11,7 @@ relative to that root, is defined here and nowhere else::
     trials/<trial>/epoch_<eeee>/meta.json               epoch, metrics, parameters; written LAST:
                                                         an epoch exists iff its meta.json does
     metrics.parquet                              one row per trial x epoch (built from the meta.json files)
+    summary.parquet                              numbers read off the figures (block structure, convergence)
     similarity/<kind>/<job>.parquet              one file per comparison job (schema in rayrs.schema)
     probes/<probe>.safetensors                   cached probe inputs (e.g. adversarial examples)
     report/                                      figures and index.html
@@ -37,6 +38,7 @@ from rayrs.errors import UserError
 
 SWEEP_CONFIG = "sweep.json"
 METRICS = "metrics.parquet"
+SUMMARY = "summary.parquet"
 SIMILARITY_DIR = "similarity"
 PROBES_DIR = "probes"
 REPORT_DIR = "report"
@@ -174,6 +176,10 @@ class Storage:
     def delete_dir(self, rel: str) -> None:
         if self.exists(rel):
             self.filesystem.delete_dir(self.full_path(rel))
+
+    def delete_file(self, rel: str) -> None:
+        if self.exists(rel):
+            self.filesystem.delete_file(self.full_path(rel))
 
     # -- typed files -----------------------------------------------------------------------------
     def write_json(self, rel: str, obj: Any) -> None:

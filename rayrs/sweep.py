@@ -1,8 +1,8 @@
 """Running a sweep: the Ray wiring, in one place.
 
     expand the sweep ──► train every unfinished trial (Ray Tune, one trial per grid point; or one by one with
-    --local) ──► rebuild metrics.parquet from the checkpoints ──► every unfinished comparison job as a Ray
-    remote task ──► the report.
+    --local) ──► rebuild metrics.parquet from the checkpoints ──► every unfinished comparison job, one Ray
+    (generator) task per home trial, streaming progress ──► the report.
 
 Every stage reads only what the stage before it left on storage, and skips what is already there: finished
 trials are not retrained, a trial interrupted mid-way resumes from its last checkpoint (Tune's retries rely
@@ -27,7 +27,7 @@ from rayrs import storage as layout
 from rayrs.config import Experiment, TrialConfig, TrialSpec, expand
 from rayrs.data import check_dataset
 from rayrs.errors import UserError
-from rayrs.similarity.jobs import SimilarityJob, plan_jobs, run_job
+from rayrs.similarity.jobs import JobDone, SimilarityJob, SimilarityTask, TaskProgress, plan_jobs, plan_tasks, run_task
 from rayrs.storage import Storage
 from rayrs.train import best_device, train_trial
 
@@ -39,6 +39,7 @@ class SweepOptions:
     address: str | None = None  # Ray cluster address; None starts (or joins) a local Ray instance
     report: bool = True  # render the report at the end
     max_failures: int = 2  # retries of a failed trial (each resumes from its last checkpoint)
+    redo: tuple[str, ...] = ()  # trials to retrain from scratch, with every comparison that involves them
 
 
 @dataclass
@@ -65,23 +66,31 @@ def run_sweep(experiment: Experiment, options: SweepOptions = SweepOptions(), re
     trials = expand(experiment)
     storage = experiment_storage(experiment, results)
     _check_inputs(trials)
-    _claim_results(storage, experiment, options.resume)
-    outcome = SweepOutcome(storage=storage, trials=trials)
-    pending = [t for t in trials if _epochs_done(storage, t) < t.config.train.epochs]
-    console.print(
-        f"[bold]{experiment.name}[/]: {len(trials)} trials ({len(trials) - len(pending)} already trained) "
-        f"-> {storage.root}"
-    )
+    unknown = sorted(set(options.redo) - {t.name for t in trials})
+    if unknown:
+        raise UserError(f"--redo {unknown[0]}: no such trial in {experiment.name}; its trials are: {', '.join(t.name for t in trials)}")
     with _ray_session(options) as ray_module:
+        # Resources are checked before anything is written: a sweep that cannot run leaves no trace.
+        trial_gpus = _gpus(experiment.resources.gpus_per_trial, ray_module, "trial", options.local, console)
+        job_gpus = _gpus(experiment.resources.gpus_per_job, ray_module, "job", options.local, console)
+        _claim_results(storage, experiment, options.resume or bool(options.redo))
+        for trial in options.redo:
+            _forget_trial(storage, trial, plan_jobs(experiment, trials))
+        outcome = SweepOutcome(storage=storage, trials=trials)
+        pending = [t for t in trials if _epochs_done(storage, t) < t.config.train.epochs]
+        console.print(
+            f"[bold]{experiment.name}[/]: {len(trials)} trials ({len(trials) - len(pending)} already trained) "
+            f"-> {storage.root}"
+        )
         if pending:
-            outcome.trained = _train(pending, storage, experiment, options, ray_module, console)
+            outcome.trained = _train(pending, storage, experiment, options, ray_module, trial_gpus, console)
         catalog.write_metrics(storage, [t.name for t in trials])
         jobs = plan_jobs(experiment, trials)
         todo = [job for job in jobs if not storage.exists(job.output)]
         outcome.jobs_skipped = len(jobs) - len(todo)
         if todo:
             configs = {t.name: t.config for t in trials}
-            _compare(todo, configs, storage, experiment, options, ray_module, console)
+            _compare(todo, configs, storage, experiment, ray_module, job_gpus, console)
         outcome.jobs_run = len(todo)
     if options.report and storage.is_local:
         from analysis.report import render_report
@@ -108,6 +117,17 @@ def _claim_results(storage: Storage, experiment: Experiment, resume: bool) -> No
             "(finished trials and comparisons are kept), or pass --results DIR to start elsewhere"
         )
     storage.write_json(layout.SWEEP_CONFIG, experiment.model_dump(mode="json"))
+
+
+def _forget_trial(storage: Storage, trial: str, jobs: list[SimilarityJob]) -> None:
+    """Delete a trial's checkpoints, the adversarial probes crafted on it and every comparison involving it."""
+    storage.delete_dir(layout.trial_dir(trial))
+    for probe in storage.list_dir(layout.PROBES_DIR):
+        if probe.startswith(f"adversarial:{trial}@"):
+            storage.delete_file(f"{layout.PROBES_DIR}/{probe}")
+    for job in jobs:
+        if trial in (job.a.trial, job.b.trial):
+            storage.delete_file(job.output)
 
 
 def _epochs_done(storage: Storage, trial: TrialSpec) -> int:
@@ -163,11 +183,12 @@ def _unwrap(error: BaseException) -> BaseException:
 
 # -- stage 1: training ---------------------------------------------------------------------------------------
 def _train(pending: list[TrialSpec], storage: Storage, experiment: Experiment, options: SweepOptions,
-           ray_module: Any, console: Console) -> list[str]:
+           ray_module: Any, gpus: float, console: Console) -> list[str]:
     with _Progress(console) as progress:
-        progress.add("train", "training", sum(t.config.train.epochs for t in pending))
-        progress.advance("train", sum(_epochs_done(storage, t) for t in pending))
-        gpus = _gpus(experiment.resources.gpus_per_trial, ray_module, "trial", options.local, console)
+        done = {t.name: _epochs_done(storage, t) for t in pending}
+        progress.track_trials({t.name: (done[t.name], t.config.train.epochs) for t in pending})
+        progress.add("train", "epochs", sum(t.config.train.epochs for t in pending))
+        progress.advance("train", sum(done.values()))
         if ray_module is None:  # --local: the single GPU if there is one, else the CPU
             for trial in pending:
                 train_trial(trial, storage, best_device(), report=lambda m, t=trial.name: progress.epoch(t, m))
@@ -178,10 +199,12 @@ def _train(pending: list[TrialSpec], storage: Storage, experiment: Experiment, o
 
 def _tune_trainable(config: dict[str, Any]) -> None:
     """A Ray Tune function trainable: one trial, resuming from storage, reporting every epoch."""
+    import ray
     from ray import tune
 
     spec = TrialSpec.model_validate(config["trial"])
-    train_trial(spec, Storage(config["storage"]), best_device(), report=tune.report)
+    node = {"ray_node": ray.get_runtime_context().get_node_id()}
+    train_trial(spec, Storage(config["storage"]), best_device(), report=tune.report, where=node)
 
 
 def _train_with_tune(pending: list[TrialSpec], storage: Storage, experiment: Experiment, options: SweepOptions,
@@ -226,36 +249,43 @@ def _train_with_tune(pending: list[TrialSpec], storage: Storage, experiment: Exp
 
 
 # -- stage 2: comparisons -------------------------------------------------------------------------------------
-def _similarity_task(job: SimilarityJob, configs: dict[str, TrialConfig], root: str) -> int:
-    return run_job(job, configs, Storage(root), best_device())
+def _similarity_task(task: SimilarityTask, configs: dict[str, TrialConfig],
+                     root: str) -> Iterator[TaskProgress | JobDone]:
+    """A Ray generator task: one home trial's jobs (`rayrs.similarity.jobs`), streaming progress to the driver."""
+    yield from run_task(task, configs, Storage(root), best_device())
 
 
 def _compare(todo: list[SimilarityJob], configs: dict[str, TrialConfig], storage: Storage, experiment: Experiment,
-             options: SweepOptions, ray_module: Any, console: Console) -> None:
-    gpus = _gpus(experiment.resources.gpus_per_job, ray_module, "job", options.local, console)
+             ray_module: Any, gpus: float, console: Console) -> None:
+    """Run the unfinished jobs as one task per home trial, a Ray task each (GPU when asked), with progress bars."""
+    tasks = plan_tasks(todo)
     with _Progress(console) as progress:
         progress.add("compare", "similarity", len(todo))
         if ray_module is None:
-            for job in todo:
-                run_job(job, configs, storage, best_device())
-                progress.advance("compare", 1, job.describe())
+            for task in tasks:
+                for event in run_task(task, configs, storage, best_device()):
+                    progress.similarity(task, event)
+                progress.similarity_done(task)
             return
-        task = ray_module.remote(num_cpus=experiment.resources.cpus_per_job, num_gpus=gpus)(_similarity_task)
-        running = {
-            task.remote(job, {name: configs[name] for name in {job.a.trial, job.b.trial}}, storage.root): job
-            for job in todo
+        remote = ray_module.remote(num_cpus=experiment.resources.cpus_per_job, num_gpus=gpus)(_similarity_task)
+        streams = {
+            remote.remote(task, {name: configs[name] for name in task.trials}, storage.root): task for task in tasks
         }
-        while running:
-            done, _ = ray_module.wait(list(running), num_returns=1)
-            job = running.pop(done[0])
+        while streams:
+            (stream,), _ = ray_module.wait(list(streams), num_returns=1)
+            task = streams[stream]
             try:
-                ray_module.get(done[0])
+                event = ray_module.get(next(stream))
+            except StopIteration:
+                del streams[stream]
+                progress.similarity_done(task)
+                continue
             except Exception as error:  # noqa: BLE001 - re-raised below, as the user's error when it is one
                 cause = _unwrap(error)
                 if isinstance(cause, UserError):
-                    raise UserError(f"{job.describe()}: {cause}") from None
+                    raise UserError(f"comparisons of trial {task.trial!r}: {cause}") from None
                 raise
-            progress.advance("compare", 1, job.describe())
+            progress.similarity(task, event)
 
 
 # -- progress -------------------------------------------------------------------------------------------------------
@@ -274,6 +304,8 @@ class _Progress:
             console=console,
         )
         self._tasks: dict[str, Any] = {}
+        self._trial_epochs: dict[str, tuple[int, int]] = {}  # trial -> (epochs done, epochs)
+        self._started: set[str] = set()  # trials that reported an epoch in this run
 
     def __enter__(self) -> _Progress:
         self._bars.__enter__()
@@ -288,9 +320,41 @@ class _Progress:
     def advance(self, key: str, steps: int, detail: str = "") -> None:
         self._bars.update(self._tasks[key], advance=steps, detail=detail)
 
+    def similarity(self, task: SimilarityTask, event: TaskProgress | JobDone) -> None:
+        """A similarity task's event: its own bar over probes and minibatches, or one more job done."""
+        if isinstance(event, JobDone):
+            self.advance("compare", 1, event.job.describe())
+            return
+        key = f"task:{task.trial}"
+        if key not in self._tasks:
+            self._tasks[key] = self._bars.add_task(f"  {task.trial}", total=event.total, detail="")
+        self._bars.update(self._tasks[key], completed=event.done, total=event.total, detail=event.detail)
+
+    def similarity_done(self, task: SimilarityTask) -> None:
+        """Drop a finished task's bar (the jobs bar keeps the count)."""
+        key = f"task:{task.trial}"
+        if key in self._tasks:
+            self._bars.remove_task(self._tasks.pop(key))
+
+    def track_trials(self, epochs: dict[str, tuple[int, int]]) -> None:
+        """A bar of trials done, with how many run and wait; ``epochs``: trial -> (epochs done, epochs)."""
+        self._trial_epochs = dict(epochs)
+        self.add("trials", "trials", len(epochs))
+        self._count_trials()
+
+    def _count_trials(self) -> None:
+        done = sum(finished >= total for finished, total in self._trial_epochs.values())
+        running = sum(t in self._started and f < n for t, (f, n) in self._trial_epochs.items())
+        pending = len(self._trial_epochs) - done - running
+        self._bars.update(self._tasks["trials"], completed=done, detail=f"{running} running, {pending} pending")
+
     def epoch(self, trial: str, metrics: dict[str, Any]) -> None:
         detail = (
             f"{trial} epoch {metrics.get('epoch')}: test clean {metrics.get('test_clean_acc', 0):.1%}, "
             f"robust {metrics.get('test_robust_acc', 0):.1%}"
         )
         self.advance("train", 1, detail)
+        if trial in self._trial_epochs:
+            self._started.add(trial)
+            self._trial_epochs[trial] = (metrics.get("epoch", 0), self._trial_epochs[trial][1])
+            self._count_trials()

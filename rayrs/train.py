@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -24,37 +24,78 @@ from torch import nn
 from rayrs import checkpoint
 from rayrs import storage as layout
 from rayrs.attacks import THREAT_MODELS
-from rayrs.config import TrialConfig, TrialSpec
+from rayrs.attacks.base import attack_mode
+from rayrs.config import TrainConfig, TrialConfig, TrialSpec
 from rayrs.data import DATASETS, ImageDataset, augment, load_dataset, to_float
 from rayrs.errors import UserError
-from rayrs.models import MODELS, build_model
+from rayrs.models import MODELS, build_model, comparable_layers
 from rayrs.storage import Storage
 
 Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, images, labels) -> adversarial
 
 
 # -- training methods ---------------------------------------------------------------------------------
-def standard_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack) -> torch.Tensor:
+# A method's loss takes (model, benign images, true labels, the trial's training attack, the train settings)
+# and returns the mean objective of the minibatch, with the model in train mode.
+
+
+def standard_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, train: TrainConfig) -> torch.Tensor:
     """Empirical risk on benign inputs."""
     return F.cross_entropy(model(images), labels)
 
 
-def pgd_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack) -> torch.Tensor:
+def pgd_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, train: TrainConfig) -> torch.Tensor:
     """Madry et al. (2018), eq. 1 of the paper: risk on the inner maximiser found by PGD-k."""
     adversarial = attack(model, images, labels)
     return F.cross_entropy(model(adversarial), labels)
+
+
+def fast_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, train: TrainConfig) -> torch.Tensor:
+    """Wong et al. (2020), "Fast is better than free": FGSM from a uniform random start, one step of 1.25 eps."""
+    adversarial = attack(model, images, labels, steps=1, step_size=1.25 * train.eps, random_start=True)
+    return F.cross_entropy(model(adversarial), labels)
+
+
+def trades_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, train: TrainConfig) -> torch.Tensor:
+    """Zhang et al. (2019): CE(f(x), y) + beta * KL(f(x) || f(x')), x' maximising the KL term in the ball.
+
+    The inner maximisation starts uniformly inside the ball (as PGD does) rather than at x + 0.001 N(0, I):
+    both only serve to leave x' = x, where the KL term has zero gradient.
+    """
+    with torch.no_grad(), attack_mode(model, train.attack.bn_eval):
+        benign_probabilities = F.softmax(model(images).float(), dim=1)
+
+    def divergence_from_benign(adversarial_logits: torch.Tensor, _labels: torch.Tensor) -> torch.Tensor:
+        log_probabilities = F.log_softmax(adversarial_logits.float(), dim=1)
+        return F.kl_div(log_probabilities, benign_probabilities, reduction="sum")
+
+    adversarial = attack(model, images, labels, objective=divergence_from_benign)
+    logits = model(images)
+    adversarial_log_probabilities = F.log_softmax(model(adversarial).float(), dim=1)
+    robust_term = F.kl_div(adversarial_log_probabilities, F.softmax(logits.float(), dim=1), reduction="batchmean")
+    return F.cross_entropy(logits, labels) + train.trades_beta * robust_term
 
 
 @dataclass(frozen=True)
 class TrainingMethod:
     name: str
     description: str
-    loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, Attack], torch.Tensor]
+    loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, Attack, TrainConfig], torch.Tensor]
+    weight_decay: float  # the method's default (train.weight_decay overrides)
+    schedule: str  # the method's default learning-rate schedule (train.schedule overrides)
 
 
 METHODS: dict[str, TrainingMethod] = {
-    "standard": TrainingMethod("standard", "non-robust training on benign inputs", standard_loss),
-    "pgd": TrainingMethod("pgd", "PGD adversarial training, k steps with random start (Madry et al. 2018)", pgd_loss),
+    method.name: method
+    for method in (
+        TrainingMethod("standard", "non-robust training on benign inputs", standard_loss, 5e-4, "piecewise"),
+        TrainingMethod("pgd", "PGD adversarial training, k steps from a random start (Madry et al. 2018)", pgd_loss,
+                       5e-4, "piecewise"),
+        TrainingMethod("trades", "TRADES: CE + beta * KL(f(x) || f(x')) (Zhang et al. 2019; weight decay 2e-4)",
+                       trades_loss, 2e-4, "piecewise"),
+        TrainingMethod("fast", "FGSM from a random start, step 1.25 eps, cyclic lr (Wong et al. 2020)", fast_loss,
+                       5e-4, "cyclic"),
+    )
 }
 
 
@@ -67,12 +108,16 @@ def learning_rate(schedule: str, base_lr: float, progress: float) -> float:
     """Learning rate at ``progress`` = fraction of training done, in [0, 1).
 
     piecewise: Rice et al. (2020): base, x0.1 at 50% and x0.01 at 75% of the epochs. cosine: half a cosine
-    from base to 0. constant: base.
+    from base to 0. cyclic: one triangle from 0 up to base at 40% of training and back to 0 (Wong et al.
+    2020). constant: base.
     """
     if schedule == "piecewise":
         return base_lr * (1.0 if progress < 0.5 else 0.1 if progress < 0.75 else 0.01)
     if schedule == "cosine":
         return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "cyclic":
+        peak = 0.4
+        return base_lr * (progress / peak if progress < peak else (1 - progress) / (1 - peak))
     return base_lr
 
 
@@ -117,8 +162,13 @@ def train_epoch(
     epoch: int,
     attack: Attack,
     generator: torch.Generator,
+    frozen: Sequence[nn.Module] = (),
 ) -> float:
-    """One pass over the training set with the trial's method; returns the mean training objective."""
+    """One pass over the training set with the trial's method; returns the mean training objective.
+
+    ``frozen`` modules keep their BatchNorm statistics (eval mode); their parameters must already have
+    ``requires_grad`` off, so the optimiser skips them (no update, no weight decay).
+    """
     settings = config.train
     method = METHODS[settings.method]
     device = data.train_images.device
@@ -128,20 +178,64 @@ def train_epoch(
     dataset = DATASETS[config.data.dataset]
     objective = torch.zeros((), device=device)
     model.train()
+    for module in frozen:
+        module.eval()
     for step, batch in enumerate(batches):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(settings.schedule, settings.lr, (epoch - 1 + step / len(batches)) / settings.epochs)
         images = to_float(data.train_images[batch])
         if settings.augment:
             images = augment(images, generator=generator, crop_padding=dataset.crop_padding, flip=dataset.flip)
-        labels = data.train_labels[batch]
-        with autocast(device, settings.precision):
-            loss = method.loss(model, images, labels, attack)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        objective += loss.detach() * batch.numel()  # no .item(): the GPU never waits for the host here
+        loss = train_step(model, optimizer, images, data.train_labels[batch], method, attack, settings)
+        objective += loss * batch.numel()  # no .item(): the GPU never waits for the host here
     return objective.item() / sum(b.numel() for b in batches)
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    method: TrainingMethod,
+    attack: Attack,
+    settings: TrainConfig,
+) -> torch.Tensor:
+    """One optimiser step of ``method`` on a minibatch already on the device; returns the detached loss.
+
+    images: (B, C, H, W) float in [0, 1] (augmented); labels: (B,) int64.
+    """
+    with autocast(images.device, settings.precision):
+        loss = method.loss(model, images, labels, attack, settings)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def strongest_of(attack: Attack, restarts: int) -> Attack:
+    """``attack`` run ``restarts`` times, keeping per example the run that fools the model (else the highest loss).
+
+    The model must already be in the mode it is evaluated in.
+    """
+    if restarts == 1:
+        return attack
+
+    def run(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        best, best_fooled, best_loss = None, None, None
+        for _ in range(restarts):
+            candidate = attack(model, images, labels)
+            with torch.no_grad():
+                logits = model(candidate).float()
+            fooled, loss = logits.argmax(1) != labels, F.cross_entropy(logits, labels, reduction="none")
+            if best is None:
+                best, best_fooled, best_loss = candidate, fooled, loss
+                continue
+            better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (loss > best_loss))
+            best = torch.where(better.view(-1, 1, 1, 1), candidate, best)
+            best_fooled, best_loss = best_fooled | fooled, torch.where(better, loss, best_loss)
+        return best
+
+    return run
 
 
 def evaluate(
@@ -162,8 +256,23 @@ def evaluate(
     return {"clean_acc": clean_correct, "robust_acc": robust_correct, "clean_loss": clean_loss, "robust_loss": robust_loss}
 
 
-def build_for(config: TrialConfig, data: ImageDataset, device: torch.device) -> nn.Module:
+def frozen_prefix(model: nn.Module, example: torch.Tensor, through: str) -> list[nn.Module]:
+    """The modules of every compared layer up to and including the last one named ``through...`` (App. D.5).
+
+    example: (B, C, H, W) float, any B >= 2; used once to trace the layer order.
+    """
+    layers = comparable_layers(model, example)
+    matches = [layer.index for layer in layers if layer.name.startswith(through)]
+    if not matches:
+        prefixes = dict.fromkeys(layer.name.split(".")[0] for layer in layers)  # in network order
+        raise UserError(f"train.freeze.through: no layer name starts with {through!r}; layers start with: {', '.join(prefixes)}")
+    modules = dict(model.named_modules())
+    return list({id(m): m for m in (modules[layer.module_name] for layer in layers[: matches[-1] + 1])}.values())
+
+
+def build_for(config: TrialConfig, data: ImageDataset, device: torch.device | str) -> nn.Module:
     """The trial's freshly initialised model (seeded), on ``device``."""
+    device = torch.device(device)
     torch.manual_seed(config.train.seed)
     model = build_model(
         config.model.arch,
@@ -172,7 +281,10 @@ def build_for(config: TrialConfig, data: ImageDataset, device: torch.device) -> 
         depth=config.model.depth,
         width=config.model.width,
     )
-    return model.to(device)
+    model = model.to(device)
+    if device.type == "cuda":  # tensor cores prefer NHWC; the on-device augmentation already yields it
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def load_trial_data(config: TrialConfig, device: torch.device) -> ImageDataset:
@@ -205,11 +317,13 @@ def train_trial(
     storage: Storage,
     device: torch.device | str | None = None,
     report: Callable[[dict[str, Any]], None] = lambda metrics: None,
+    where: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``spec`` to its last epoch, checkpointing every epoch under ``storage``; resume if started before.
 
-    ``report`` receives each new epoch's metrics (Ray Tune's ``tune.report`` in a sweep). Returns the metrics of
-    the epochs trained by this call.
+    ``report`` receives each new epoch's metrics (Ray Tune's ``tune.report`` in a sweep). ``where`` (e.g. the
+    Ray node) is recorded in each epoch's meta.json next to the device. Returns the metrics of the epochs
+    trained by this call.
     """
     device = torch.device(device) if device is not None else best_device()
     config = spec.config
@@ -222,15 +336,22 @@ def train_trial(
     done = checkpoint.completed_epochs(storage, spec.name)
     if done:
         checkpoint.restore(storage, spec.name, done[-1], model, optimizer)
+    freeze = config.train.freeze
+    frozen = frozen_prefix(model, to_float(data.train_images[:2]), freeze.through) if freeze else []
+    compiled = config.train.compile is True or (config.train.compile == "auto" and device.type == "cuda")
+    runner = torch.compile(model) if compiled else model  # weights stay shared with `model`
     train_subset = fixed_subset(config.eval.train_subset, data.train_images.shape[0], device)
     test_subset = fixed_subset(config.eval.test_subset, data.test_images.shape[0], device)
     history = []
     for epoch in range((done[-1] if done else 0) + 1, config.train.epochs + 1):
         started = time.perf_counter()
         generator = epoch_generator(config.train.seed, epoch, device)
+        frozen_now = frozen if freeze and epoch >= freeze.from_epoch else []
+        for parameter in (p for module in frozen_now for p in module.parameters()):
+            parameter.requires_grad_(False)
         train_attack = make_attack(config, "train", generator)
-        objective = train_epoch(model, optimizer, data, config, epoch, train_attack, generator)
-        eval_attack = make_attack(config, "eval", generator)
+        objective = train_epoch(runner, optimizer, data, config, epoch, train_attack, generator, frozen_now)
+        eval_attack = strongest_of(make_attack(config, "eval", generator), config.eval.attack.restarts)
         metrics: dict[str, Any] = {
             "epoch": epoch,
             "lr": optimizer.param_groups[0]["lr"],
@@ -241,10 +362,10 @@ def train_trial(
             ("train", data.train_images, data.train_labels, train_subset),
             ("test", data.test_images, data.test_labels, test_subset),
         ):
-            scores = evaluate(model, images[subset], labels[subset], eval_attack, config.eval.batch_size, config.train.precision)
+            scores = evaluate(runner, images[subset], labels[subset], eval_attack, config.eval.batch_size, config.train.precision)
             metrics.update({f"{split}_{name}": value for name, value in scores.items()})
         metrics["epoch_seconds"] = time.perf_counter() - started
-        checkpoint.save_epoch(storage, spec.name, epoch, model, optimizer, {"metrics": metrics, "device": str(device)})
+        checkpoint.save_epoch(storage, spec.name, epoch, model, optimizer, {"metrics": metrics, "device": str(device), **(where or {})})
         report(metrics)
         history.append(metrics)
     return history

@@ -1,6 +1,8 @@
-"""Shared fixtures: one Ray instance for the tests that need one, always shut down."""
+"""Shared fixtures: one Ray instance for the tests that need one (always shut down), and digits models trained once."""
 
 import pytest
+
+from digits import digits_spec
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +15,19 @@ def ray_session():
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory):
+    """A standard and a PGD-trained (eps 0.1) WRN-10-2 on digits, trained once for the whole session.
+
+    Returns ``(storage, {"standard": spec, "robust": spec}, {"standard": last metrics, "robust": last metrics})``.
+    """
+    from rayrs.storage import Storage
+    from rayrs.train import train_trial
+
+    storage = Storage(tmp_path_factory.mktemp("trained_digits"))
+    specs = {"standard": digits_spec("standard"), "robust": digits_spec("robust", train={"method": "pgd", "eps": 0.1, "epochs": 6})}
+    metrics = {kind: train_trial(spec, storage, "cpu")[-1] for kind, spec in specs.items()}
+    return storage, specs, metrics
+

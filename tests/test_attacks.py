@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from rayrs.attacks import THREAT_MODELS, attack_schedule, default_eps
-from rayrs.attacks.pgd import attack_mode, pgd_l2, pgd_linf
+from rayrs.attacks.base import attack_mode
+from rayrs.attacks.pgd import pgd_l2, pgd_linf
 
 
 def small_net() -> nn.Module:
@@ -100,3 +101,5 @@ def test_an_unset_step_size_scales_with_the_budget_and_the_step_count():
     steps, step_size = attack_schedule("linf", "cifar10", "train", 4 / 255, 20, None)
     assert steps == 20 and step_size == pytest.approx(2 / 255 / 4)
     assert attack_schedule("linf", "cifar10", "train", 8 / 255, 7, 0.01) == (7, 0.01)  # explicit wins
+    # Snow's variables are flake intensities in [0, 1] whatever eps is: its step does not grow with eps.
+    assert attack_schedule("snow", "cifar10", "train", 1.0, None, None) == attack_schedule("snow", "cifar10", "train", 2.0, None, None)

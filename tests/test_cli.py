@@ -26,6 +26,7 @@ def test_dry_run_prints_the_trials_and_jobs_and_writes_nothing(tmp_path):
     for trial in ("eps0", "eps0.05", "eps0.15"):
         assert trial in result.output
     assert "3 comparison jobs" in result.output
+    assert "GPU-hours at 50 sustained TFLOP/s" in result.output
     assert not (tmp_path / "r").exists()
 
 
@@ -61,3 +62,21 @@ def test_analyze_refuses_a_folder_without_results(tmp_path):
     result = runner.invoke(app, ["analyze", str(tmp_path)], terminal_width=400)
     assert result.exit_code == 1
     assert f"{tmp_path}: no metrics.parquet here" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("results", "expected"),
+    [
+        ("FILE", "is a file, not a folder; choose a folder path"),
+        ("ftp://host/results", "unknown storage scheme 'ftp://'; use a local folder or one of file://, s3://"),
+    ],
+    ids=["results path is a file", "unknown storage scheme"],
+)
+def test_a_bad_results_location_exits_non_zero_with_one_line(tmp_path, results, expected):
+    if results == "FILE":
+        results = str(tmp_path / "a_file")
+        (tmp_path / "a_file").write_text("not a folder")
+    result = runner.invoke(app, ["sweep", str(REPO / "sweeps" / "quickstart.yaml"), "--results", results, "--local"],
+                           terminal_width=400)
+    assert result.exit_code == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr

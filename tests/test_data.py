@@ -364,11 +364,17 @@ def test_imagenette_empty_folder_names_the_missing_splits(tmp_path: Path) -> Non
     assert_one_line_error(err, f"no train/ and val/ in {tmp_path}", "https://github.com/fastai/imagenette")
 
 
-def test_imagenette_points_at_the_extracted_folder_inside_root(tmp_path: Path) -> None:
-    write_image_folders(tmp_path / "imagenette2-160")
+def test_imagenette_finds_the_archives_folder_inside_a_data_root(tmp_path: Path) -> None:
+    write_image_folders(tmp_path / "imagenette2-160")  # data/ holding the extracted archive, as for CIFAR-10
+    data = load_dataset("imagenette", root=tmp_path, image_size=16)
+    assert data.train_images.shape[0] > 0 and data.test_images.shape[0] > 0
+
+
+def test_imagenette_points_at_an_unusual_folder_inside_root(tmp_path: Path) -> None:
+    write_image_folders(tmp_path / "my-copy")
     with pytest.raises(UserError) as err:
         load_dataset("imagenette", root=tmp_path)
-    assert_one_line_error(err, f"did you mean {tmp_path / 'imagenette2-160'}?")
+    assert_one_line_error(err, f"did you mean {tmp_path / 'my-copy'}?")
 
 
 def test_imagenette_class_folder_without_images_is_a_user_error(tmp_path: Path) -> None:

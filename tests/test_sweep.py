@@ -95,4 +95,35 @@ def test_a_local_sweep_runs_without_ray(tmp_path):
     sweep_file = tmp_path / "tiny.yaml"
     sweep_file.write_text(TINY.replace("eps: [0, 0.1]", "eps: [0]").replace("epochs: 2", "epochs: 1"))
     outcome = run_sweep(load_experiment(sweep_file), SweepOptions(local=True, report=False), results=str(tmp_path / "r"))
-    assert outcome.trained == ["eps0"] and outcome.jobs_run == 1
+    assert outcome.trained == ["trial"] and outcome.jobs_run == 1  # one trial: no grid axis varies, no name
+
+
+def test_status_reads_progress_from_storage_alone(tiny_sweep):
+    _, _, outcome = tiny_sweep
+    result = CliRunner().invoke(app, ["status", outcome.storage.root], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "eps0.1" in result.output and "2/2" in result.output
+    assert "trials: 2 done, 0 started, 0 pending; comparison jobs: 2/2 done" in result.output
+
+
+def test_asking_for_gpus_where_ray_has_none_is_refused_before_anything_is_written(tmp_path, ray_session):
+    sweep_file = tmp_path / "gpu.yaml"
+    sweep_file.write_text(TINY + "resources: {gpus_per_trial: 0.25}\n")
+    with pytest.raises(UserError, match="resources.gpus_per_trial is 0.25 but the Ray cluster has no GPUs; set it to 0"):
+        run_sweep(load_experiment(sweep_file), SweepOptions(), results=str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_asking_for_gpus_with_local_falls_back_to_the_cpu_with_a_warning(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    sweep_file = tmp_path / "gpu.yaml"
+    one_epoch = TINY.replace("eps: [0, 0.1]", "eps: [0]").replace("epochs: 2", "epochs: 1")
+    sweep_file.write_text(one_epoch + "compare: []\nresources: {gpus_per_trial: 1}\n")
+    log = io.StringIO()
+    outcome = run_sweep(load_experiment(sweep_file), SweepOptions(local=True, report=False), str(tmp_path / "r"),
+                        Console(file=log, width=200))
+    assert "warning: resources.gpus_per_trial is 1.0 but this machine has no GPU; using the CPU" in log.getvalue()
+    assert outcome.trained == ["trial"]

@@ -3,21 +3,12 @@
 import pytest
 import torch
 
-from rayrs.config import TrialConfig, TrialSpec
+from digits import digits_spec
 from rayrs.storage import Storage
 from rayrs.train import learning_rate, train_trial
 
 
-def spec(name: str, **sections) -> TrialSpec:
-    config = {
-        "data": {"dataset": "digits"},
-        "model": {"arch": "wrn", "depth": 10, "width": 2},
-        "train": {"method": "standard", "eps": 0, "epochs": 8, "batch_size": 64, "lr": 0.05, "attack": {"steps": 5}},
-        "eval": {"eps": 0.1, "attack": {"steps": 10}, "train_subset": 256, "test_subset": 450},
-    }
-    for section, values in sections.items():
-        config[section].update(values)
-    return TrialSpec(name=name, experiment="test", config=TrialConfig.model_validate(config), axes={})
+spec = digits_spec
 
 
 def test_learning_rate_schedules():
@@ -27,24 +18,17 @@ def test_learning_rate_schedules():
     assert learning_rate("cosine", 0.1, 0) == pytest.approx(0.1)
     assert learning_rate("cosine", 0.1, 0.5) == pytest.approx(0.05)
     assert learning_rate("constant", 0.1, 0.9) == 0.1
+    assert [learning_rate("cyclic", 0.2, p) for p in (0, 0.2, 0.4, 0.7, 1.0)] == pytest.approx([0, 0.1, 0.2, 0.1, 0])
 
 
-@pytest.fixture(scope="module")
-def standard_and_robust(tmp_path_factory):
-    storage = Storage(tmp_path_factory.mktemp("train"))
-    standard = train_trial(spec("standard"), storage, "cpu")
-    robust = train_trial(spec("pgd", train={"method": "pgd", "eps": 0.1, "epochs": 6}), storage, "cpu")
-    return standard[-1], robust[-1]
-
-
-def test_standard_training_on_digits_reaches_95_percent(standard_and_robust):
-    standard, _ = standard_and_robust
+def test_standard_training_on_digits_reaches_95_percent(trained_digits):
+    standard = trained_digits[2]["standard"]
     assert standard["test_clean_acc"] >= 0.95
     assert standard["test_robust_acc"] <= 0.10  # a non-robust model falls to PGD
 
 
-def test_pgd_adversarial_training_buys_robust_accuracy(standard_and_robust):
-    standard, robust = standard_and_robust
+def test_pgd_adversarial_training_buys_robust_accuracy(trained_digits):
+    standard, robust = trained_digits[2]["standard"], trained_digits[2]["robust"]
     assert robust["test_robust_acc"] >= 0.35
     assert robust["test_robust_acc"] > standard["test_robust_acc"] + 0.25
     assert robust["test_clean_acc"] >= 0.80  # the price of robustness, but still a working classifier

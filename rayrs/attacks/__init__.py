@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rayrs.attacks.gabor import gabor_attack
+from rayrs.attacks.jpeg import jpeg_l2
 from rayrs.attacks.pgd import pgd_l2, pgd_linf
+from rayrs.attacks.snow import snow_attack
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,9 @@ class ThreatModel:
     unit: str  # what eps measures, in words
     perturb: Callable[..., torch.Tensor]  # (model, images, labels, *, eps, steps, step_size, random_start, generator, bn_eval)
     defaults: dict[str, AttackDefaults] = field(default_factory=dict)  # per dataset: the paper's settings, digits ours
+    # Whether the attack's variables live in the eps-ball (linf, l2, jpeg), so that an unset step size should
+    # grow with eps; Gabor and Snow optimise variables in a fixed range and eps scales what they render.
+    step_scales_with_eps: bool = True
 
 
 THREAT_MODELS: dict[str, ThreatModel] = {
@@ -68,6 +74,64 @@ THREAT_MODELS: dict[str, ThreatModel] = {
             "digits": AttackDefaults(1.0, 10, 0.25, 20, 0.125),
         },
     ),
+    # The unforeseen threat models of Kang et al. (2019), in their units (rayrs/attacks/{jpeg,gabor,snow}.py). Steps
+    # are the paper's code's: 4 in training, 10 in evaluation (configs_cifar.yml, TrainAttack / EvalAttack). For
+    # gabor and snow eps scales the rendered noise, not the variables' range (step_scales_with_eps=False).
+    "jpeg": ThreatModel(
+        name="jpeg",
+        description="PGD on the quantised JPEG coefficients, l_2 variant (Kang et al. 2019)",
+        unit="l_2 norm of Kang et al.'s JPEG variable v over an image's quantised 8x8-block DCT coefficients "
+        "(Y, and Cb/Cr at 4:2:0; pixels on the 0-255 scale); a coefficient moves by v/2 quantisation steps, "
+        "at most one",
+        perturb=jpeg_l2,
+        defaults={
+            # The paper's code (opt: l2): eps 25, training 4 steps of 1.6, evaluation 10 steps of 1.0.
+            "cifar10": AttackDefaults(25.0, 4, 1.6, 10, 1.0),
+            # Ours: 224x224 has 49x the coefficients of 32x32, so the budget grows 7x (their square root), and each
+            # coefficient's share is halved as the paper halves l_inf (8/255 -> 4/255): 25 * 7 / 2; steps alike.
+            "imagenette": AttackDefaults(87.5, 4, 5.6, 10, 3.5),
+            "imagewoof": AttackDefaults(87.5, 4, 5.6, 10, 3.5),
+            # Ours (16x16 grey, 256 coefficients): a standard WRN-10 falls from ~96% to 0-13%; a random v of the
+            # same norm costs nothing.
+            "digits": AttackDefaults(16.0, 4, 4.0, 10, 3.0),
+        },
+    ),
+    "gabor": ThreatModel(
+        name="gabor",
+        description="Adversarial Gabor noise: a sparse grid convolved with a random Gabor kernel (Kang et al. 2019)",
+        unit="amplitude of the [0, 1]-normalised Gabor noise on the 0-255 pixel scale (pixels brighten by at most "
+        "eps/255); steps act on the grid values, in [-1, 1]",
+        perturb=gabor_attack,
+        defaults={
+            # The paper's code: eps 75, training 4 steps of 0.08, evaluation 10 steps of 0.05.
+            "cifar10": AttackDefaults(75.0, 4, 0.08, 10, 0.05),
+            # Ours: the amplitude halved as the paper halves l_inf; steps act on [-1, 1] whatever the resolution.
+            "imagenette": AttackDefaults(37.5, 4, 0.08, 10, 0.05),
+            "imagewoof": AttackDefaults(37.5, 4, 0.08, 10, 0.05),
+            # Ours (16x16 grey, ~18 grid points, so larger steps): a standard WRN-10 falls from ~96% to ~25%;
+            # random grid values cost ~12 points.
+            "digits": AttackDefaults(75.0, 4, 0.3, 10, 0.3),
+        },
+        step_scales_with_eps=False,
+    ),
+    "snow": ThreatModel(
+        name="snow",
+        description="Adversarial snowflakes: motion-blurred streaks, flake budget 0.15 (Kang et al. 2019)",
+        unit="brightness of the snow layer on the [0, 1] pixel scale (a flake of intensity 1 adds eps times its "
+        "streak, peak 0.75-1); steps act on the flake intensities, in [0, 1] with mean at most 0.15",
+        perturb=snow_attack,
+        defaults={
+            # The paper's code (budget 0.15): eps 2.0, training 4 steps of 0.16, evaluation 10 steps of 0.1.
+            "cifar10": AttackDefaults(2.0, 4, 0.16, 10, 0.1),
+            # Ours: the brightness halved as the paper halves l_inf; steps act on [0, 1] whatever the resolution.
+            "imagenette": AttackDefaults(1.0, 4, 0.16, 10, 0.1),
+            "imagewoof": AttackDefaults(1.0, 4, 0.16, 10, 0.1),
+            # Ours (16x16 grey): a standard WRN-10 falls from ~96% to ~35%; random flakes of the same budget cost
+            # ~30 points (13 px streaks on a 16 px digit look like strokes), the whitening alone ~2-7.
+            "digits": AttackDefaults(0.5, 4, 0.25, 10, 0.25),
+        },
+        step_scales_with_eps=False,
+    ),
 }
 
 
@@ -82,12 +146,15 @@ def attack_schedule(threat_model: str, dataset: str, phase: str, eps: float, ste
 
     Unset steps take the threat model's default for the dataset. An unset step size is the default step
     scaled to the requested budget and step count, ``default_step * (eps / default_eps) * (default_steps /
-    steps)``, so the attack travels as far relative to its ball as the tuned default does.
+    steps)``, so the attack travels as far relative to its ball as the tuned default does (without the eps
+    factor for threat models whose variables do not live in the eps-ball: Gabor, Snow).
     """
-    defaults = THREAT_MODELS[threat_model].defaults[dataset]
+    threat = THREAT_MODELS[threat_model]
+    defaults = threat.defaults[dataset]
     default_steps = defaults.train_steps if phase == "train" else defaults.eval_steps
     default_step = defaults.train_step_size if phase == "train" else defaults.eval_step_size
     steps = steps if steps is not None else default_steps
     if step_size is None:
-        step_size = default_step * (eps / defaults.eps) * (default_steps / steps)
+        budget = eps / defaults.eps if threat.step_scales_with_eps else 1.0
+        step_size = default_step * budget * (default_steps / steps)
     return steps, step_size

@@ -1,16 +1,49 @@
-"""Comparison jobs: what to compare (checkpoints x probes), computed on any node, written as Parquet.
+"""Comparison jobs: what to compare (checkpoints x probes), grouped into tasks, computed anywhere, into Parquet.
 
-A job is a plain, hashable description of one comparison. Its id is a content hash of everything that
-determines the result (kind, both checkpoints' trial fingerprints and epochs, probes, CKA settings), and its
-output path is derived from that id, so a rerun skips every job whose Parquet file exists and an interrupted
-run loses at most the jobs in flight.
+A job (`SimilarityJob`) is one Parquet file ``similarity/<kind>/<id>.parquet``: a plain, hashable description
+whose id is a content hash of everything that determines its rows (kind, both checkpoints' trial
+fingerprints and epochs, probes, CKA settings, measure, and for cross_epoch its epochs and matrix layers). A
+rerun skips every job whose file exists; an interrupted run loses at most the jobs in flight. The rows of each
+kind follow `rayrs.schema`.
+
+A task (`SimilarityTask`) is every job of one *home* trial, the trial on side ``a`` of each job (the source
+of a transfer), run together in one Ray task: a checkpoint is loaded and forwarded once per probe minibatch,
+and the Grams of that (checkpoint, probe minibatch) feed every job that needs them. Every adversarial probe a
+task uses is crafted on its home trial's checkpoints (`rayrs.similarity.probes`), so tasks never wait on one
+another.
+
+Per minibatch, the views (a checkpoint fed a probe) are formed in this order, each released when its step
+is done:
+  1. the home trial's final checkpoint, on each probe it needs (kept to the end of the minibatch);
+  2. each other trial's final checkpoint (cross_model partners, transfer targets), one model at a time;
+  3. each earlier epoch of the home trial (cross_layer / benign_vs_adversarial epochs, cross_epoch), one
+     epoch at a time.
+Every pair of views a job needs is (step 1, any step) or two views of the same step, so at most 4 views'
+Grams are alive at once: the home final checkpoint's (benign, adversarial) and the step in progress's. A
+cross_epoch over E checkpoints is therefore E forward passes per probe and minibatch (O(E): each epoch is
+paired with the final one as it streams past), and its epoch x epoch matrix keeps only the C chosen layers'
+Grams of every epoch: C x E x n^2 float32 per probe kind.
+
+Memory bound at WRN-28-10 (L = 80 layers), minibatch n = 1024, E = 100 epochs, C = 4 matrix layers (at most
+8), benign and adversarial probes: one view's Grams are L n^2 x 4 B = 320 MiB, so 4 views take 1.25 GiB, and
+the two matrix stacks 2 x 4 x 100 x 4 MiB = 3.1 GiB (6.25 GiB at C = 8): 4.4 GiB, against
+100 x 320 MiB = 31 GiB for every epoch's Grams at once (plus, in both cases, one forward pass's activations,
+~0.7 GB for WRN-28-10's widest layer at n = 1024). Procrustes/SVCCA views hold (L, m, m) float64 sample spaces
+instead: 640 MiB a view at m = 1024, 2 x 4 x 100 x 8 MiB = 6.25 GiB of matrix stacks. Adversarial probes stay
+on the CPU (one per epoch for adversarial cross_epoch: 12.6 MB each for 1024 CIFAR-10 images) and only a
+minibatch at a time goes to the device. Up to `MODEL_CACHE` checkpoints stay loaded; a task touching more
+(cross_epoch) reloads each once per minibatch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,16 +51,31 @@ import torch
 
 from rayrs import checkpoint
 from rayrs import storage as layout
-from rayrs.config import CkaConfig, CrossLayer, Experiment, TrialConfig, TrialSpec
-from rayrs.data import ImageDataset, to_float
-from rayrs.models import Layer, comparable_layers
+from rayrs.config import (
+    BenignVsAdversarial,
+    CkaConfig,
+    CrossEpoch,
+    CrossLayer,
+    CrossModel,
+    Experiment,
+    Transfer,
+    TrialConfig,
+    TrialSpec,
+    probe_dataset,
+)
+from rayrs.data import DATASETS, ImageDataset, to_float
+from rayrs.models import Layer, build_model, comparable_layers
 from rayrs.schema import SIMILARITY_SCHEMA
 from rayrs.similarity.cka import MinibatchCKA
-from rayrs.similarity.grams import layer_grams
+from rayrs.similarity.grams import GramRecorder
+from rayrs.similarity.measures import MEASURE_EXAMPLES, MEASURES, layer_sample_spaces
+from rayrs.similarity.probes import ADVERSARIAL, BENIGN, AdversarialProbe, adversarial_probe, probe_indices
 from rayrs.storage import Storage
-from rayrs.train import build_for, fixed_subset, load_trial_data
+from rayrs.train import build_for, load_trial_data
 
-BENIGN = "benign"
+TRANSFER_ACCURACY = "transfer_accuracy"
+OUTPUT_LAYER = -1  # layer index of a transfer_accuracy row: the model's prediction
+MODEL_CACHE = 4  # checkpoints kept loaded on the device within a task
 
 
 @dataclass(frozen=True)
@@ -41,6 +89,10 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class SimilarityJob:
+    """One comparison, one Parquet file. ``probe_a``/``probe_b``: a probe id (`rayrs.schema`); for cross_epoch
+    the probe kind, ``benign`` or ``adversarial`` (each epoch on its own adversarial probe), ``a`` and ``b`` the
+    final checkpoint, ``epochs`` the epochs compared with it and ``layers`` the epoch x epoch matrix's layers."""
+
     kind: str
     a: ModelRef
     b: ModelRef
@@ -50,6 +102,8 @@ class SimilarityJob:
     probe_a: str = BENIGN
     probe_b: str = BENIGN
     measure: str = "cka"
+    epochs: tuple[int, ...] = ()
+    layers: tuple[int, ...] = ()
 
     @property
     def id(self) -> str:
@@ -61,31 +115,169 @@ class SimilarityJob:
         return layout.similarity(self.kind, self.id)
 
     def describe(self) -> str:
+        measure = "" if self.measure == "cka" else f" ({self.measure})"
+        if self.kind == "cross_epoch":
+            epochs = f"{self.epochs[0]}..{self.a.epoch}"
+            return f"cross_epoch {self.a.trial} epochs {epochs} on {self.probe_a} probes{measure}"
+        if self.kind == "transfer":
+            return f"transfer {self.a.trial}@{self.a.epoch} -> {self.b.trial}@{self.b.epoch}{measure}"
         if self.a == self.b:
-            return f"{self.kind} {self.a.trial}@{self.a.epoch}"
-        return f"{self.kind} {self.a.trial}@{self.a.epoch} vs {self.b.trial}@{self.b.epoch}"
+            return f"{self.kind} {self.a.trial}@{self.a.epoch}{measure}"
+        return f"{self.kind} {self.a.trial}@{self.a.epoch} vs {self.b.trial}@{self.b.epoch}{measure}"
 
 
+@dataclass(frozen=True)
+class SimilarityTask:
+    """The jobs of one home trial (side ``a`` of each), computed together: see the module docstring."""
+
+    trial: str
+    jobs: tuple[SimilarityJob, ...]
+
+    @property
+    def trials(self) -> set[str]:
+        """Every trial whose checkpoints the task reads."""
+        return {job.a.trial for job in self.jobs} | {job.b.trial for job in self.jobs}
+
+    def describe(self) -> str:
+        return f"{self.trial}: {len(self.jobs)} jobs"
+
+
+@dataclass(frozen=True)
+class TaskProgress:
+    """A step of a task is done: an adversarial probe made or read, or a probe minibatch forwarded."""
+
+    trial: str
+    done: int
+    total: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class JobDone:
+    job: SimilarityJob
+    rows: int
+
+
+# -- planning: the sweep file's `compare:` list -> jobs -> tasks ---------------------------------------------
 def plan_jobs(experiment: Experiment, trials: list[TrialSpec]) -> list[SimilarityJob]:
-    """Every comparison job that the experiment's ``compare`` section asks for."""
-    jobs = []
+    """Every comparison job that the experiment's ``compare`` section asks for, each once."""
+    jobs: dict[str, SimilarityJob] = {}
     for comparison in experiment.compare:
-        if isinstance(comparison, CrossLayer):
-            for trial in trials:
-                epochs = [trial.config.train.epochs] if comparison.epochs == "final" else comparison.epochs
-                for epoch in epochs:
-                    ref = ModelRef(trial.name, epoch, trial.fingerprint)
-                    jobs.append(_job(comparison.kind, ref, ref, experiment.cka))
-    return jobs
+        for job in PLANNERS[comparison.kind](comparison, trials, experiment.cka):
+            jobs.setdefault(job.id, job)
+    return list(jobs.values())
 
 
-def _job(kind: str, a: ModelRef, b: ModelRef, cka: CkaConfig) -> SimilarityJob:
-    return SimilarityJob(kind=kind, a=a, b=b, probe_size=cka.probe_size, batch_size=cka.batch_size, passes=cka.passes)
+def plan_tasks(jobs: list[SimilarityJob]) -> list[SimilarityTask]:
+    """Group jobs by their home trial (side ``a``), in order of first appearance."""
+    grouped: dict[str, list[SimilarityJob]] = defaultdict(list)
+    for job in jobs:
+        grouped[job.a.trial].append(job)
+    return [SimilarityTask(trial, tuple(group)) for trial, group in grouped.items()]
 
 
-def benign_probe(data: ImageDataset, size: int) -> torch.Tensor:
-    """The benign probe inputs: the same ``size`` test images (uint8, (N, C, H, W)) for every model."""
-    return data.test_images[fixed_subset(size, data.test_images.shape[0], data.test_images.device)]
+def _final(trial: TrialSpec) -> ModelRef:
+    return ModelRef(trial.name, trial.config.train.epochs, trial.fingerprint)
+
+
+def _selected(trials: list[TrialSpec], names: Any) -> list[TrialSpec]:
+    return trials if names == "all" else [t for name in names for t in trials if t.name == name]
+
+
+def _job(kind: str, a: ModelRef, b: ModelRef, cka: CkaConfig, measure: str, **fields: Any) -> SimilarityJob:
+    return SimilarityJob(kind, a, b, cka.probe_size, cka.batch_size, cka.passes, measure=measure, **fields)
+
+
+def _adversarial_id(trial: TrialSpec, epoch: int, cka: CkaConfig) -> str:
+    return AdversarialProbe.of(trial.name, epoch, trial.config, cka.probe_size).id
+
+
+def _plan_cross_layer(comparison: CrossLayer, trials: list[TrialSpec], cka: CkaConfig) -> Iterator[SimilarityJob]:
+    for trial in _selected(trials, comparison.trials):
+        epochs = [trial.config.train.epochs] if comparison.epochs == "final" else comparison.epochs
+        for epoch, measure in ((e, m) for e in epochs for m in comparison.measures):
+            ref = ModelRef(trial.name, epoch, trial.fingerprint)
+            yield _job(comparison.kind, ref, ref, cka, measure)
+
+
+def _plan_cross_model(comparison: CrossModel, trials: list[TrialSpec], cka: CkaConfig) -> Iterator[SimilarityJob]:
+    if comparison.pairs == "all":
+        pairs = [(a, b) for i, a in enumerate(trials) for b in trials[i + 1 :]
+                 if probe_dataset(a.config) == probe_dataset(b.config)]
+    else:
+        pairs = [(_selected(trials, [a])[0], _selected(trials, [b])[0]) for a, b in comparison.pairs]
+    for (a, b), measure in ((pair, m) for pair in pairs for m in comparison.measures):
+        yield _job(comparison.kind, _final(a), _final(b), cka, measure)
+
+
+def _plan_benign_vs_adversarial(comparison: BenignVsAdversarial, trials: list[TrialSpec],
+                                cka: CkaConfig) -> Iterator[SimilarityJob]:
+    for trial in _selected(trials, comparison.trials):
+        epochs = [trial.config.train.epochs] if comparison.epochs == "final" else comparison.epochs
+        for epoch, measure in ((e, m) for e in epochs for m in comparison.measures):
+            ref = ModelRef(trial.name, epoch, trial.fingerprint)
+            yield _job(comparison.kind, ref, ref, cka, measure, probe_b=_adversarial_id(trial, epoch, cka))
+
+
+def _plan_transfer(comparison: Transfer, trials: list[TrialSpec], cka: CkaConfig) -> Iterator[SimilarityJob]:
+    models = _selected(trials, comparison.models)
+    for source in models:
+        probe = _adversarial_id(source, source.config.train.epochs, cka)
+        for target in models:
+            if probe_dataset(source.config) != probe_dataset(target.config):
+                continue
+            for measure in [*comparison.measures, TRANSFER_ACCURACY]:
+                yield _job(comparison.kind, _final(source), _final(target), cka, measure, probe_a=probe, probe_b=probe)
+
+
+def _plan_cross_epoch(comparison: CrossEpoch, trials: list[TrialSpec], cka: CkaConfig) -> Iterator[SimilarityJob]:
+    for trial in _selected(trials, comparison.trials):
+        final = trial.config.train.epochs
+        epochs = range(1, final + 1) if comparison.epochs == "all" else sorted({*comparison.epochs, final})
+        layers = comparison.matrix_layers(model_layers(trial.config))
+        for probe, measure in ((p, m) for p in comparison.probes for m in comparison.measures):
+            yield _job(comparison.kind, _final(trial), _final(trial), cka, measure, probe_a=probe, probe_b=probe,
+                       epochs=tuple(epochs), layers=layers)
+
+
+PLANNERS = {
+    "cross_layer": _plan_cross_layer,
+    "cross_model": _plan_cross_model,
+    "benign_vs_adversarial": _plan_benign_vs_adversarial,
+    "transfer": _plan_transfer,
+    "cross_epoch": _plan_cross_epoch,
+}
+
+
+def model_layers(config: TrialConfig) -> list[Layer]:
+    """The compared layers of a trial's model, without data or weights (built on the meta device)."""
+    size = config.data.image_size or DATASETS[config.data.dataset].default_image_size
+    return list(_layers_of(config.model.arch, config.model.depth, config.model.width, size))
+
+
+@lru_cache(maxsize=32)
+def _layers_of(arch: str, depth: int | None, width: int | None, size: int) -> tuple[Layer, ...]:
+    # Layer names and order do not depend on the number of input channels or classes.
+    with torch.device("meta"):
+        model = build_model(arch, num_classes=10, in_channels=3, depth=depth, width=width)
+    return tuple(comparable_layers(model, torch.empty(1, 3, size, size, device="meta")))
+
+
+# -- execution ---------------------------------------------------------------------------------------------------------
+def run_task(task: SimilarityTask, configs: dict[str, TrialConfig], storage: Storage,
+             device: torch.device) -> Iterator[TaskProgress | JobDone]:
+    """Compute every job of ``task``, writing each one's Parquet file atomically as soon as it is complete.
+
+    Yields a `TaskProgress` after each step (probe made or read, minibatch forwarded) and a `JobDone` per
+    job written, so a caller can draw progress bars; exhaust it to run the task.
+    """
+    yield from _TaskRun(task, configs, storage, device).run()
+
+
+def run_job(job: SimilarityJob, configs: dict[str, TrialConfig], storage: Storage, device: torch.device) -> int:
+    """Compute one job alone and write its Parquet file; returns the number of rows written."""
+    events = run_task(SimilarityTask(job.a.trial, (job,)), configs, storage, device)
+    return sum(event.rows for event in events if isinstance(event, JobDone))
 
 
 def load_checkpoint_model(storage: Storage, ref: ModelRef, config: TrialConfig, data: ImageDataset) -> torch.nn.Module:
@@ -94,57 +286,365 @@ def load_checkpoint_model(storage: Storage, ref: ModelRef, config: TrialConfig, 
     return model.eval()
 
 
-def run_job(job: SimilarityJob, configs: dict[str, TrialConfig], storage: Storage, device: torch.device) -> int:
-    """Compute ``job`` and write its Parquet file atomically; returns the number of rows written."""
-    data = load_trial_data(configs[job.a.trial], device)
-    probe = benign_probe(data, job.probe_size)
-    model_a = load_checkpoint_model(storage, job.a, configs[job.a.trial], data)
-    layers_a = comparable_layers(model_a, to_float(probe[:2]))
-    same_side = job.a == job.b and job.probe_a == job.probe_b
-    model_b = model_a if same_side else load_checkpoint_model(storage, job.b, configs[job.b.trial], data)
-    layers_b = layers_a if same_side else comparable_layers(model_b, to_float(probe[:2]))
-    accumulator = MinibatchCKA(len(layers_a), len(layers_b), device=device)
-    for pass_index in range(job.passes):
-        order = torch.randperm(probe.shape[0], generator=torch.Generator().manual_seed(pass_index)).to(device)
-        for batch in order.split(job.batch_size):
-            inputs = to_float(probe[batch])
-            grams_a = layer_grams(model_a, layers_a, inputs)
-            grams_b = grams_a if same_side else layer_grams(model_b, layers_b, inputs)
-            accumulator.update(grams_a, grams_b)
-    table = similarity_table(job, layers_a, layers_b, accumulator.compute().cpu().numpy(), probe.shape[0])
-    storage.write_table(job.output, table)
-    return table.num_rows
+@dataclass(frozen=True)
+class _View:
+    """A checkpoint fed a probe."""
+
+    model: ModelRef
+    probe: str
 
 
-def similarity_table(
-    job: SimilarityJob, layers_a: list[Layer], layers_b: list[Layer], values: np.ndarray, n_examples: int
-) -> pa.Table:
-    """Rows of ``values`` (L_a, L_b) in `rayrs.schema.SIMILARITY_SCHEMA`, one per layer pair."""
-    ia, ib = np.meshgrid(np.arange(len(layers_a)), np.arange(len(layers_b)), indexing="ij")
-    ia, ib = ia.ravel(), ib.ravel()
-    count = ia.size
+class _Pair:
+    """One job's two views and its measure, accumulated over minibatches: (L_a, L_b), or (L,) same-layer."""
 
-    def repeat(value):
-        return [value] * count
+    def __init__(self, a: _View, b: _View, measure: str, same_layer: bool = False):
+        self.a, self.b, self.measure, self.same_layer = a, b, measure, same_layer
+        self._cka: MinibatchCKA | None = None
+        self._value: torch.Tensor | None = None
+
+    def update(self, rep_a: torch.Tensor, rep_b: torch.Tensor) -> None:
+        if self.measure != "cka":  # one minibatch only
+            self._value = MEASURES[self.measure].compute(rep_a, rep_b, same_layer=self.same_layer)
+            return
+        if self._cka is None:
+            self._cka = MinibatchCKA(rep_a.shape[0], rep_b.shape[0], device=rep_a.device)
+        self._cka.update(rep_a, rep_b)
+
+    def result(self) -> np.ndarray:
+        if self.measure != "cka":
+            return self._value.cpu().numpy()
+        values = self._cka.compute()
+        return (values.diagonal() if self.same_layer else values).cpu().numpy()
+
+
+class _Stack:
+    """cross_epoch's epoch x epoch matrix of a few layers: their Grams (or sample spaces) of every epoch's
+    view for one minibatch, (C, E, n, n), paired all against all when the minibatch ends."""
+
+    def __init__(self, views: list[_View], layers: tuple[int, ...], measure: str):
+        self.views, self.layers, self.measure = views, layers, measure
+        self._slot = {view: i for i, view in enumerate(views)}
+        self._stack: torch.Tensor | None = None
+        self._pairs = [_Pair(views[0], views[0], measure) for _ in layers]  # rows and columns are epochs
+
+    def observe(self, view: _View, rep: torch.Tensor) -> None:
+        if self._stack is None:
+            shape = (len(self.layers), len(self.views), *rep.shape[1:])
+            self._stack = torch.empty(shape, dtype=rep.dtype, device=rep.device)
+        self._stack[:, self._slot[view]] = rep[list(self.layers)]
+
+    def end_batch(self) -> None:
+        for pair, stack in zip(self._pairs, self._stack):
+            pair.update(stack, stack)
+        self._stack = None
+
+    def result(self) -> np.ndarray:
+        """(C, E, E) values between every two epochs, per matrix layer."""
+        return np.stack([pair.result() for pair in self._pairs])
+
+
+class _Accuracy:
+    """A model's accuracy on a probe (the first pass over it covers every input once)."""
+
+    def __init__(self, view: _View):
+        self.view = view
+        self.correct = 0
+        self.count = 0
+
+    def observe(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.correct += int((logits.argmax(dim=1) == labels).sum())
+        self.count += labels.numel()
+
+
+@dataclass
+class _Work:
+    """What one job needs computed, and how its rows come out."""
+
+    job: SimilarityJob
+    pairs: list[_Pair] = field(default_factory=list)
+    stacks: list[_Stack] = field(default_factory=list)
+    accuracies: list[_Accuracy] = field(default_factory=list)
+    epochs: list[int] = field(default_factory=list)  # cross_epoch: the epoch of each pair
+    probe_ids: list[str] = field(default_factory=list)  # cross_epoch: the probe id of each epoch
+
+
+class _TaskRun:
+    def __init__(self, task: SimilarityTask, configs: dict[str, TrialConfig], storage: Storage, device: torch.device):
+        self.task, self.configs, self.storage, self.device = task, configs, storage, torch.device(device)
+        self.home = task.trial
+        self.final = configs[self.home].train.epochs
+        self.data = load_trial_data(configs[self.home], self.device)
+        first = task.jobs[0]
+        self.size, self.batch_size, self.passes = first.probe_size, first.batch_size, first.passes
+        self.indices = probe_indices(self.data, self.size)
+        self.count = self.indices.numel()
+        self.labels = self.data.test_labels[self.indices]
+        self.adversarial: dict[str, AdversarialProbe] = {}
+        self.probes: dict[str, torch.Tensor] = {}  # adversarial probe id -> (n, C, H, W) float32 on the CPU
+        self._models: OrderedDict[ModelRef, torch.nn.Module] = OrderedDict()
+        self._layers: dict[str, list[Layer]] = {}
+        self.work = [self._plan(job) for job in task.jobs]
+
+    # -- what each job needs --------------------------------------------------------------------------------
+    def _probe(self, trial: str, epoch: int) -> str:
+        probe = AdversarialProbe.of(trial, epoch, self.configs[trial], self.size)
+        self.adversarial[probe.id] = probe
+        return probe.id
+
+    def _plan(self, job: SimilarityJob) -> _Work:
+        work = _Work(job)
+        if job.kind == "cross_epoch":
+            def probe_of(epoch: int) -> str:
+                return BENIGN if job.probe_a == BENIGN else self._probe(job.a.trial, epoch)
+
+            views = [_View(ModelRef(job.a.trial, e, job.a.fingerprint), probe_of(e)) for e in job.epochs]
+            final = views[job.epochs.index(job.a.epoch)]
+            work.pairs = [_Pair(view, final, job.measure, same_layer=True) for view in views]
+            work.stacks = [_Stack(views, job.layers, job.measure)]
+            work.epochs, work.probe_ids = list(job.epochs), [view.probe for view in views]
+            return work
+        for side, probe in (("a", job.probe_a), ("b", job.probe_b)):
+            if probe != BENIGN:  # crafted on side a's checkpoint (its own, or a transfer's source)
+                expected = self._probe(job.a.trial, job.a.epoch)
+                assert probe == expected, f"job {job.id}: probe_{side} {probe} is not {expected}"
+        a, b = _View(job.a, job.probe_a), _View(job.b, job.probe_b)
+        if job.measure == TRANSFER_ACCURACY:
+            work.accuracies = [_Accuracy(b)]
+        else:
+            work.pairs = [_Pair(a, b, job.measure)]
+        return work
+
+    # -- checkpoints, layers, probes ------------------------------------------------------------------------
+    def model(self, ref: ModelRef) -> torch.nn.Module:
+        """The checkpoint's model in eval mode (a few are kept loaded)."""
+        if ref in self._models:
+            self._models.move_to_end(ref)
+            return self._models[ref]
+        model = load_checkpoint_model(self.storage, ref, self.configs[ref.trial], self.data)
+        self._models[ref] = model
+        if len(self._models) > MODEL_CACHE:
+            self._models.popitem(last=False)
+        if ref.trial not in self._layers:
+            self._layers[ref.trial] = comparable_layers(model, to_float(self.data.test_images[:2]))
+        return model
+
+    def layers(self, trial: str) -> list[Layer]:
+        return self._layers[trial]
+
+    def inputs(self, probe: str, batch: torch.Tensor) -> torch.Tensor:
+        """(b, C, H, W) float32 probe inputs at positions ``batch`` of the probe, on the device."""
+        if probe == BENIGN:
+            return to_float(self.data.test_images[self.indices[batch.to(self.device)]])
+        return self.probes[probe][batch.cpu()].to(self.device)
+
+    # -- the run --------------------------------------------------------------------------------------------
+    def run(self) -> Iterator[TaskProgress | JobDone]:
+        gram_work = [w for w in self.work if w.job.measure in ("cka", TRANSFER_ACCURACY)]
+        sample_work = [w for w in self.work if w.job.measure in MEASURES]
+        gram_batches = self._gram_batches(gram_work)
+        examples = min(self.count, self.batch_size, MEASURE_EXAMPLES)
+        sample_batches = [(True, torch.arange(examples))] if sample_work else []
+        total = len(self.adversarial) + len(gram_batches) + len(sample_batches)
+        done = 0
+        for probe in sorted(self.adversarial.values(), key=lambda p: p.epoch):
+            source = ModelRef(probe.trial, probe.epoch, probe.fingerprint)
+            images, crafted = adversarial_probe(probe, self.storage, self.data, self.configs[probe.trial],
+                                                lambda source=source: self.model(source))
+            self.probes[probe.id] = images
+            done += 1
+            yield TaskProgress(self.home, done, total, f"{'crafted' if crafted else 'read'} probe {probe.id}")
+        for work_list, batches, represent, n_examples, passes, what in (
+            (gram_work, gram_batches, self._grams, self.count, self.passes, "CKA"),
+            (sample_work, sample_batches, self._sample_spaces, examples, 1, "Procrustes/SVCCA"),
+        ):
+            if not work_list:
+                continue
+            for number in self._sweep(work_list, batches, represent):
+                done += 1
+                yield TaskProgress(self.home, done, total, f"{what} minibatch {number}/{len(batches)}")
+            for work in work_list:
+                table = self._table(work, n_examples, passes)
+                self.storage.write_table(work.job.output, table)
+                yield JobDone(work.job, table.num_rows)
+
+    def _gram_batches(self, work: list[_Work]) -> list[tuple[bool, torch.Tensor]]:
+        """(first pass?, probe positions) of every minibatch; one pass when only accuracies are needed."""
+        if not work:
+            return []
+        passes = self.passes if any(w.pairs for w in work) else 1
+        batches = []
+        for pass_index in range(passes):
+            order = torch.randperm(self.count, generator=torch.Generator().manual_seed(pass_index))
+            batches += [(pass_index == 0, batch) for batch in order.split(self.batch_size)]
+        return batches
+
+    def _grams(self, view: _View, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, b, b) float32 U-centred Grams of the view's layers on one minibatch, and the logits."""
+        model = self.model(view.model)
+        with torch.no_grad(), GramRecorder(model, self.layers(view.model.trial)) as recorder:
+            logits = model(self.inputs(view.probe, batch))
+            return recorder.take(), logits
+
+    def _sample_spaces(self, view: _View, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, b, b) float64 sample spaces of the view's layers (`rayrs.similarity.measures`), and the logits."""
+        model = self.model(view.model)
+        return layer_sample_spaces(model, self.layers(view.model.trial), self.inputs(view.probe, batch))
+
+    def _steps(self, views: set[_View]) -> list[list[_View]]:
+        """The views in the order of the module docstring: home final, other models, earlier home epochs."""
+        def key(view: _View) -> tuple:
+            home_final = view.model.trial == self.home and view.model.epoch == self.final
+            return (not home_final, view.model.trial == self.home, view.model.epoch, view.model.trial, view.probe)
+
+        steps: list[list[_View]] = []
+        for view in sorted(views, key=key):
+            if steps and steps[-1][0].model == view.model:
+                steps[-1].append(view)
+            else:
+                steps.append([view])
+        return steps
+
+    def _sweep(self, work: list[_Work], batches: list[tuple[bool, torch.Tensor]], represent) -> Iterator[int]:
+        """Form each view once per minibatch and feed every pair, stack and accuracy that uses it."""
+        pairs = [pair for w in work for pair in w.pairs]
+        stacks = [stack for w in work for stack in w.stacks]
+        accuracies = [acc for w in work for acc in w.accuracies]
+        pairs_of, stacks_of, accuracies_of = defaultdict(list), defaultdict(list), defaultdict(list)
+        for pair in pairs:
+            pairs_of[pair.a].append(pair)
+            if pair.b != pair.a:
+                pairs_of[pair.b].append(pair)
+        for stack in stacks:
+            for view in stack.views:
+                stacks_of[view].append(stack)
+        for accuracy in accuracies:
+            accuracies_of[accuracy.view].append(accuracy)
+        steps = self._steps(set(pairs_of) | set(stacks_of) | set(accuracies_of))
+        kept = {view for view in steps[0] if view.model.trial == self.home and view.model.epoch == self.final}
+        for number, (first_pass, batch) in enumerate(batches, start=1):
+            alive: dict[_View, torch.Tensor] = {}
+            fed = 0
+            for step in steps:
+                for view in step:
+                    rep, logits = represent(view, batch)
+                    alive[view] = rep
+                    for pair in pairs_of[view]:
+                        if pair.a in alive and pair.b in alive:  # the second of its views to arrive feeds it
+                            pair.update(alive[pair.a], alive[pair.b])
+                            fed += 1
+                    for stack in stacks_of[view]:
+                        stack.observe(view, rep)
+                    if first_pass:
+                        for accuracy in accuracies_of[view]:
+                            accuracy.observe(logits, self.labels[batch.to(self.device)])
+                for view in step:
+                    if view not in kept:
+                        del alive[view]
+            for stack in stacks:
+                stack.end_batch()
+            assert fed == len(pairs), f"{fed} of {len(pairs)} pairs fed: a pair's views were never alive together"
+            yield number
+
+    # -- rows ----------------------------------------------------------------------------------------------------
+    def _table(self, work: _Work, n_examples: int, passes: int) -> pa.Table:
+        job = work.job
+        if job.measure == TRANSFER_ACCURACY:
+            (accuracy,) = work.accuracies
+            return similarity_table(job, [], [], np.array([[accuracy.correct / accuracy.count]]), accuracy.count, 1,
+                                    output_row=True)
+        if job.kind != "cross_epoch":
+            (pair,) = work.pairs
+            layers_a, layers_b = self.layers(job.a.trial), self.layers(job.b.trial)
+            return similarity_table(job, layers_a, layers_b, pair.result(), n_examples, passes)
+        return cross_epoch_table(job, self.layers(job.a.trial), work.epochs, work.probe_ids,
+                                 np.stack([pair.result() for pair in work.pairs]), work.stacks[0].result(),
+                                 n_examples, passes)
+
+
+def similarity_table(job: SimilarityJob, layers_a: list[Layer], layers_b: list[Layer], values: np.ndarray,
+                     n_examples: int, passes: int | None = None, output_row: bool = False) -> pa.Table:
+    """Rows of ``values`` (L_a, L_b) in `rayrs.schema.SIMILARITY_SCHEMA`, one per layer pair.
+
+    With ``output_row`` (a transfer_accuracy job), ``values`` is (1, 1) and its single row has layer -1 and
+    name and type "output".
+    """
+    if output_row:
+        ia = ib = np.array([OUTPUT_LAYER])
+        names_a = names_b = types_a = types_b = ["output"]
+    else:
+        grid = np.meshgrid(np.arange(len(layers_a)), np.arange(len(layers_b)), indexing="ij")
+        ia, ib = (index.ravel() for index in grid)
+        names_a, types_a = [layers_a[i].name for i in ia], [layers_a[i].type for i in ia]
+        names_b, types_b = [layers_b[j].name for j in ib], [layers_b[j].type for j in ib]
+    return _rows(job, job.a.epoch, job.b.epoch, job.probe_a, job.probe_b, ia, ib, names_a, names_b, types_a, types_b,
+                 values.ravel(), n_examples, job.passes if passes is None else passes)
+
+
+def cross_epoch_table(job: SimilarityJob, layers: list[Layer], epochs: list[int], probes: list[str],
+                      to_final: np.ndarray, matrix: np.ndarray, n_examples: int, passes: int) -> pa.Table:
+    """cross_epoch rows, same-layer pairs only: every layer at each epoch vs the final epoch (``to_final``,
+    (E, L)), and for the matrix layers every (epoch_a, epoch_b) with epoch_b before the final one (``matrix``,
+    (C, E, E)): together each matrix layer's full epoch x epoch square, each pair once."""
+    final = epochs.index(job.a.epoch)
+    rows: list[tuple[int, int, str, str, int, float]] = []  # epoch_a, epoch_b, probe_a, probe_b, layer, value
+    for i, epoch in enumerate(epochs):
+        rows += [(epoch, epochs[final], probes[i], probes[final], index, to_final[i, index])
+                 for index in range(len(layers))]
+    for c, index in enumerate(job.layers):
+        for i, j in ((i, j) for i in range(len(epochs)) for j in range(len(epochs)) if j != final):
+            rows.append((epochs[i], epochs[j], probes[i], probes[j], index, matrix[c, i, j]))
+    epoch_a, epoch_b, probe_a, probe_b, layer, value = (list(column) for column in zip(*rows))
+    names = [layers[i].name for i in layer]
+    types = [layers[i].type for i in layer]
+    return _rows(job, epoch_a, epoch_b, probe_a, probe_b, layer, layer, names, names, types, types, np.array(value),
+                 n_examples, passes)
+
+
+def _rows(job: SimilarityJob, epoch_a: Any, epoch_b: Any, probe_a: Any, probe_b: Any, layer_a: Any, layer_b: Any,
+          name_a: list[str], name_b: list[str], type_a: list[str], type_b: list[str], value: np.ndarray,
+          n_examples: int, passes: int) -> pa.Table:
+    """A table in `SIMILARITY_SCHEMA`; scalar arguments are repeated on every row."""
+    count = len(value)
+
+    def column(values: Any) -> Any:
+        return values if isinstance(values, (list, np.ndarray)) else [values] * count
 
     columns = {
-        "kind": repeat(job.kind),
-        "measure": repeat(job.measure),
-        "model_a": repeat(job.a.trial),
-        "epoch_a": repeat(job.a.epoch),
-        "probe_a": repeat(job.probe_a),
-        "model_b": repeat(job.b.trial),
-        "epoch_b": repeat(job.b.epoch),
-        "probe_b": repeat(job.probe_b),
-        "layer_a": ia,
-        "layer_b": ib,
-        "name_a": [layers_a[i].name for i in ia],
-        "name_b": [layers_b[j].name for j in ib],
-        "type_a": [layers_a[i].type for i in ia],
-        "type_b": [layers_b[j].type for j in ib],
-        "value": values.ravel().astype(np.float64),
-        "n_examples": repeat(n_examples),
-        "passes": repeat(job.passes),
-        "job": repeat(job.id),
+        "kind": column(job.kind),
+        "measure": column(job.measure),
+        "model_a": column(job.a.trial),
+        "epoch_a": column(epoch_a),
+        "probe_a": column(probe_a),
+        "model_b": column(job.b.trial),
+        "epoch_b": column(epoch_b),
+        "probe_b": column(probe_b),
+        "layer_a": column(layer_a),
+        "layer_b": column(layer_b),
+        "name_a": name_a,
+        "name_b": name_b,
+        "type_a": type_a,
+        "type_b": type_b,
+        "value": np.asarray(value, dtype=np.float64),
+        "n_examples": column(n_examples),
+        "passes": column(passes),
+        "job": column(job.id),
     }
     return pa.table(columns, schema=SIMILARITY_SCHEMA)
+
+
+__all__ = [
+    "ADVERSARIAL",
+    "BENIGN",
+    "TRANSFER_ACCURACY",
+    "JobDone",
+    "ModelRef",
+    "SimilarityJob",
+    "SimilarityTask",
+    "TaskProgress",
+    "model_layers",
+    "plan_jobs",
+    "plan_tasks",
+    "run_job",
+    "run_task",
+    "similarity_table",
+]

@@ -1,0 +1,191 @@
+"""Adversarial representations (paper Section 4): benign vs adversarial per layer (Fig 4), transfer (Fig 5).
+
+Fig 4: in a non-robust network adversarial representations match benign ones in the first third of the
+layers, then diverge to near zero CKA by the output; in a robust network they stay alike until the last
+few layers. Fig 5a: adversarial examples transfer between models trained alike (low target accuracy) and
+hardly at all from a robust source to a non-robust target; 5b-d: CKA between source and target on the
+source's adversarial examples is high early when both are trained alike, and drops right after the first
+layer from a robust to a non-robust model.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import polars as pl
+
+from analysis.layers import layer_axis, layer_table, layer_type_filter, with_layer_dropdown
+from analysis.load import BENIGN, FACET_LABEL, NoData, attach_trials, chart_data, facet_key, last_epoch
+
+LINE_WIDTH, LINE_HEIGHT = 320, 200
+ACCURACY_SCHEME = "viridis"
+TRANSFER_CATEGORIES = ["non-robust → non-robust", "non-robust → robust", "robust → robust", "robust → non-robust"]
+
+
+def fig4_benign_vs_adversarial(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt.TopLevelMixin:
+    """Fig 4: CKA between each layer's benign and adversarial representation (the diagonal layer_a ==
+    layer_b of ``benign_vs_adversarial`` rows), x = layer in network order, one line per model at its last
+    epoch; colour = trial, dash = non-robust / robust; one panel per dataset."""
+    rows = similarity.filter(kind="benign_vs_adversarial", measure="cka")
+    if rows.is_empty():
+        raise NoData(
+            "Fig 4 needs a benign_vs_adversarial comparison; add `- kind: benign_vs_adversarial` to `compare:`"
+        )
+    rows = rows.filter(
+        (pl.col("layer_a") == pl.col("layer_b")) & (pl.col("probe_a") == BENIGN) & (pl.col("probe_b") != BENIGN)
+    )
+    if rows.is_empty():
+        raise NoData(
+            "Fig 4 needs benign_vs_adversarial rows with probe_a benign and probe_b adversarial, at equal layers"
+        )
+    rows = attach_trials(last_epoch(rows), metrics, sides="a")
+    probes_per_trial = pl.col("probe_b").n_unique().over("model_a")
+    lines = rows.with_columns(
+        line=pl.when(probes_per_trial > 1)
+        .then(pl.col("label_a") + " · " + pl.col("probe_b"))
+        .otherwise(pl.col("label_a")),
+        training=pl.when(pl.col("robust_a")).then(pl.lit("robust")).otherwise(pl.lit("non-robust")),
+        panel=facet_key(rows["dataset_a"].fill_null("?"), None),
+    ).sort(["order_a", "probe_b", "layer_a"])
+    data = lines.select("panel", "line", "training", "layer_a", "name_a", "type_a", "value", "epoch_a")
+    chart = (
+        alt.Chart(chart_data(data))
+        .mark_line()  # no point overlay: it would blank the dash legend's symbols
+        .encode(
+            x=alt.X(
+                "layer_a:Q", axis=layer_axis(layer_table(data, "a"), quantitative=True), scale=alt.Scale(nice=False)
+            ),
+            y=alt.Y("value:Q", title="CKA(benign, adversarial)", scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color(
+                "line:N",
+                title="model",
+                sort=lines["line"].unique(maintain_order=True).to_list(),
+                legend=alt.Legend(labelLimit=300),
+            ),
+            strokeDash=alt.StrokeDash(
+                "training:N",
+                title=None,
+                scale=alt.Scale(domain=["non-robust", "robust"], range=[[6, 3], [1, 0]]),
+                legend=alt.Legend(symbolType="stroke", symbolStrokeColor="#555"),
+            ),
+            tooltip=["line:N", "name_a:N", "type_a:N", alt.Tooltip("value:Q", format=".3f"), "epoch_a:Q"],
+        )
+        .transform_filter(layer_type_filter("type_a"))
+        .properties(width=LINE_WIDTH, height=LINE_HEIGHT)
+    )
+    return with_layer_dropdown(
+        chart.facet(column=alt.Column("panel:N", title=None, header=alt.Header(labelExpr=FACET_LABEL)))
+    )
+
+
+def fig5a_transferability(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt.LayerChart:
+    """Fig 5a: the transferability matrix. y = source model, x = target model (configurations, averaged over
+    seeds), value = the target's accuracy on the source's adversarial examples (``transfer_accuracy`` rows;
+    the diagonal is the white-box attack), written in each cell. Low accuracy = high transferability."""
+    rows = similarity.filter(kind="transfer", measure="transfer_accuracy")
+    if rows.is_empty():
+        raise NoData(
+            "Fig 5a needs a transfer comparison (its transfer_accuracy rows); add `- kind: transfer` to `compare:`"
+        )
+    rows = attach_trials(_last_transfer(rows), metrics)
+    cells = (
+        rows.group_by(["config_a", "config_b"])
+        .agg(
+            pl.col("value").mean(),
+            pl.len().alias("pairs"),
+            pl.col("config_order_a").first(),
+            pl.col("config_order_b").first(),
+        )
+        .sort(["config_order_a", "config_order_b"])
+    )
+    order = (
+        pl.concat([cells.select(c="config_a", o="config_order_a"), cells.select(c="config_b", o="config_order_b")])
+        .unique()
+        .sort(["o", "c"])["c"]
+        .to_list()
+    )
+    base = alt.Chart(chart_data(cells.select("config_a", "config_b", "value", "pairs"))).encode(
+        x=alt.X("config_b:N", sort=order, title="target model", axis=alt.Axis(labelAngle=-30, labelLimit=200)),
+        y=alt.Y("config_a:N", sort=order, title="source model (adversarial examples)", axis=alt.Axis(labelLimit=200)),
+        tooltip=[
+            alt.Tooltip("config_a:N", title="source"),
+            alt.Tooltip("config_b:N", title="target"),
+            alt.Tooltip("value:Q", title="target accuracy", format=".1%"),
+            "pairs:Q",
+        ],
+    )
+    rects = base.mark_rect().encode(
+        color=alt.Color("value:Q", title="target accuracy", scale=alt.Scale(domain=[0, 1], scheme=ACCURACY_SCHEME))
+    )
+    text = base.mark_text(fontSize=12).encode(
+        text=alt.Text("value:Q", format=".0%"),
+        color=alt.condition("datum.value > 0.6", alt.value("black"), alt.value("white")),
+    )
+    size = max(160, 60 * len(order))
+    return alt.layer(rects, text).properties(width=size, height=size)
+
+
+def fig5bcd_transfer_cka(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt.TopLevelMixin:
+    """Fig 5 (b-d): per layer (x, network order), CKA between a source and a different target model, both fed
+    the source's adversarial examples (``transfer`` rows, cka, layer_a == layer_b); one panel per kind of
+    transfer (non-robust → robust, robust → robust, ...), one line per pair of configurations (mean over
+    seeds)."""
+    rows = similarity.filter(kind="transfer", measure="cka")
+    if rows.is_empty():
+        raise NoData("Fig 5b-d needs a transfer comparison; add `- kind: transfer` to `compare:`")
+    rows = rows.filter(
+        (pl.col("model_a") != pl.col("model_b")) & (pl.col("layer_a") == pl.col("layer_b")) & (pl.col("layer_a") >= 0)
+    )
+    if rows.is_empty():
+        raise NoData("Fig 5b-d needs transfer comparisons between two different models of the same depth")
+    rows = attach_trials(_last_transfer(rows), metrics).filter(
+        pl.col("robust_a").is_not_null() & pl.col("robust_b").is_not_null()
+    )
+    if rows.is_empty():
+        raise NoData(
+            "Fig 5b-d needs the transfer comparisons' trials in metrics.parquet (to tell robust from non-robust)"
+        )
+    robust = {True: "robust", False: "non-robust"}
+    rows = rows.with_columns(
+        category=pl.col("robust_a").replace_strict(robust, return_dtype=pl.String)
+        + " → "
+        + pl.col("robust_b").replace_strict(robust, return_dtype=pl.String),
+        pair=pl.col("config_a") + " → " + pl.col("config_b"),
+    ).sort(["config_order_a", "config_order_b", "layer_a"])
+    data = rows.select(
+        facet_key(rows["category"], TRANSFER_CATEGORIES).alias("panel"),
+        "pair",
+        "model_a",
+        "model_b",
+        "layer_a",
+        "name_a",
+        "type_a",
+        "value",
+    )
+    chart = (
+        alt.Chart(chart_data(data))
+        .mark_line(point=alt.OverlayMarkDef(size=14, filled=True))
+        .encode(
+            x=alt.X(
+                "layer_a:Q", axis=layer_axis(layer_table(data, "a"), quantitative=True), scale=alt.Scale(nice=False)
+            ),
+            y=alt.Y("mean(value):Q", title="CKA(source, target)", scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color(
+                "pair:N",
+                title="source → target",
+                sort=rows["pair"].unique(maintain_order=True).to_list(),
+                legend=alt.Legend(labelLimit=400),
+            ),
+            tooltip=["pair:N", "name_a:N", "type_a:N", alt.Tooltip("mean(value):Q", format=".3f", title="CKA")],
+        )
+        .transform_filter(layer_type_filter("type_a"))
+        .properties(width=LINE_WIDTH * 3 // 4, height=LINE_HEIGHT)
+    )
+    return with_layer_dropdown(
+        chart.facet(column=alt.Column("panel:N", title=None, header=alt.Header(labelExpr=FACET_LABEL)))
+    )
+
+
+def _last_transfer(rows: pl.DataFrame) -> pl.DataFrame:
+    """Each (source, target) pair's rows at the latest epochs compared."""
+    rows = rows.filter(pl.col("epoch_a") == pl.col("epoch_a").max().over(["model_a", "model_b"]))
+    return rows.filter(pl.col("epoch_b") == pl.col("epoch_b").max().over(["model_a", "model_b"]))

@@ -1,0 +1,248 @@
+"""How representations evolve over training (paper Section 5): CKA to the final epoch (Fig 6), epoch x epoch
+CKA of chosen layers (Fig 25).
+
+Fig 6: the first two blocks' benign representations are close to their final state within a few epochs, for
+standard, PGD-AT and TRADES training alike; later layers converge late and, without early stopping, move
+away again while the adversarial validation loss rises (robust overfitting). Fig 25: later layers are similar
+off the diagonal only early and at the end of training; adversarial representations more clearly so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import altair as alt
+import polars as pl
+
+from analysis.layers import layer_table, layer_type_filter, with_blocks, with_layer_dropdown
+from analysis.load import BENIGN, FACET_LABEL, NoData, attach_trials, chart_data, facet_key, probe_kind
+
+PANEL_WIDTH, CKA_HEIGHT, LOSS_HEIGHT = 220, 180, 110
+EPOCH_PANEL = 130
+LOSSES = {  # curve -> (split, evaluation, metrics.parquet column)
+    "train benign": ("train", "benign", "train_clean_loss"),
+    "train adversarial": ("train", "adversarial", "train_robust_loss"),
+    "validation benign": ("validation", "benign", "test_clean_loss"),
+    "validation adversarial": ("validation", "adversarial", "test_robust_loss"),
+}
+MAX_FIG25_LAYERS = 8  # as many as a cross_epoch comparison computes the matrix for (rayrs.config)
+
+
+def fig6_convergence(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt.VConcatChart:
+    """Fig 6: per block, CKA between each epoch's benign representations and the final epoch's (``cross_epoch``
+    rows with ``epoch_b`` = the model's final epoch), one panel per configuration (standard / PGD-AT /
+    TRADES ...); the line is the mean over seeds of the block's mean CKA, the band its min-max over seeds.
+    Beneath, on the same epoch axis, the train and validation losses (benign and adversarial), mean over seeds.
+
+    The layer-type dropdown restricts which layers a block's mean takes in.
+    """
+    rows = _cross_epoch(similarity, "Fig 6").filter(probe_a=BENIGN, probe_b=BENIGN)
+    if rows.is_empty():
+        raise NoData("Fig 6 needs cross_epoch rows on benign probes; add `- kind: cross_epoch` to `compare:`")
+    rows = rows.filter(pl.col("epoch_b") == pl.col("epoch_b").max().over("model_a"))
+    rows = with_blocks(attach_trials(rows, metrics, sides="a"), sides="a")
+    order = rows.sort("config_order_a")["config_a"].unique(maintain_order=True).to_list()
+    blocks = (
+        layer_table(rows, "a")
+        .group_by("block", maintain_order=True)
+        .agg(pl.col("layer").min())
+        .sort("layer")["block"]
+        .to_list()
+    )
+    cka = rows.select(
+        facet_key(rows["config_a"], order).alias("panel"),
+        "model_a",
+        pl.col("epoch_a").alias("epoch"),
+        "layer_a",
+        "type_a",
+        "block_a",
+        "value",
+    )
+    epoch_axis = alt.X("epoch:Q", title="epoch", axis=alt.Axis(format="d", tickMinStep=1), scale=alt.Scale(nice=False))
+    base = alt.Chart().encode(
+        x=epoch_axis, color=alt.Color("block_a:N", title="block", sort=blocks, legend=alt.Legend(symbolOpacity=1))
+    )
+    band = base.mark_area(opacity=0.2).encode(
+        y=alt.Y("min(cka):Q", title="CKA to final epoch", scale=alt.Scale(domain=[0, 1])),
+        y2="max(cka):Q",
+    )
+    line = base.mark_line(point=alt.OverlayMarkDef(size=12, filled=True)).encode(
+        y="mean(cka):Q",
+        tooltip=[
+            "block_a:N",
+            "epoch:Q",
+            alt.Tooltip("mean(cka):Q", format=".3f", title="CKA (mean over seeds)"),
+            alt.Tooltip("count():Q", title="seeds"),
+        ],
+    )
+    top = (
+        alt.layer(band, line, data=chart_data(cka))
+        .transform_filter(layer_type_filter("type_a"))
+        # A block's CKA in one trial is the mean over its layers; the band then spans the trials (seeds).
+        .transform_aggregate(cka="mean(value)", groupby=["panel", "block_a", "model_a", "epoch"])
+        .properties(width=PANEL_WIDTH, height=CKA_HEIGHT)
+        .facet(column=alt.Column("panel:N", title=None, header=alt.Header(labelExpr=FACET_LABEL, labelFontSize=12)))
+    )
+    losses = _loss_curves(
+        metrics, rows.select(pl.col("model_a").alias("trial"), pl.col("config_a").alias("config")).unique(), order
+    )
+    if losses.is_empty():
+        return with_layer_dropdown(alt.vconcat(top))
+    bottom = (
+        alt.Chart(chart_data(losses))
+        .mark_line()
+        .encode(
+            x=epoch_axis,
+            y=alt.Y("mean(loss):Q", title="loss"),
+            color=alt.Color(
+                "evaluation:N",
+                title="loss",
+                scale=alt.Scale(domain=["benign", "adversarial"], range=["#4c78a8", "#e45756"]),
+            ),
+            strokeDash=alt.StrokeDash(
+                "split:N",
+                title=None,
+                scale=alt.Scale(domain=["train", "validation"], range=[[1, 0], [6, 3]]),
+                legend=alt.Legend(symbolType="stroke", symbolStrokeColor="#555"),
+            ),
+            tooltip=["curve:N", "epoch:Q", alt.Tooltip("mean(loss):Q", format=".3f")],
+        )
+        .properties(width=PANEL_WIDTH, height=LOSS_HEIGHT)
+        .facet(column=alt.Column("panel:N", title=None, header=alt.Header(labels=False)))
+    )
+    return with_layer_dropdown(
+        alt.vconcat(top, bottom, spacing=6).resolve_scale(x="shared", color="independent", strokeDash="independent")
+    )
+
+
+def fig25_epoch_heatmaps(
+    similarity: pl.DataFrame, metrics: pl.DataFrame, layers: Sequence[str] | None = None
+) -> alt.FacetChart:
+    """Fig 25: epoch x epoch CKA of the same layer, for chosen layers (columns), rows = configuration x probe
+    (benign, and adversarial where the comparison has adversarial probes); cells averaged over seeds, epoch 1
+    at the bottom-left. Pairs stored one way (e1, e2) are mirrored: the matrix is symmetric.
+
+    ``layers``: layer names; by default every layer the comparison computed the matrix for (its ``layers``),
+    or, when that is more than `MAX_FIG25_LAYERS`, the last layer of each block (`default_fig25_layers`).
+    """
+    rows = _cross_epoch(similarity, "Fig 25").with_columns(probe_a=probe_kind("probe_a"), probe_b=probe_kind("probe_b"))
+    rows = rows.filter(pl.col("probe_a") == pl.col("probe_b"))
+    blocks = layer_table(rows, "a")  # blocks from every layer, before keeping the matrix's few
+    spread = rows.group_by("model_a", "probe_a", "layer_a").agg(
+        pl.col("epoch_a").n_unique().alias("a"), pl.col("epoch_b").n_unique().alias("b")
+    )
+    matrix = spread.filter((pl.col("a") > 1) & (pl.col("b") > 1))
+    if matrix.is_empty():
+        raise NoData(
+            "Fig 25 needs cross_epoch pairs between every two epochs (the epoch x epoch matrix of the "
+            "comparison's `layers`), not only against the final epoch; add `- kind: cross_epoch` with `epochs: all`"
+        )
+    matrix_layers = blocks.filter(pl.col("layer").is_in(matrix["layer_a"].implode()))
+    if layers is not None:
+        chosen = list(layers)
+    elif matrix_layers.height <= MAX_FIG25_LAYERS:
+        chosen = matrix_layers["name"].to_list()
+    else:
+        chosen = default_fig25_layers(matrix_layers)
+    rows = rows.join(matrix.select("model_a", "probe_a", "layer_a"), on=["model_a", "probe_a", "layer_a"])
+    mirrored = rows.rename({"epoch_a": "epoch_b", "epoch_b": "epoch_a"}).select(rows.columns)
+    rows = pl.concat([rows, mirrored]).unique(
+        subset=["model_a", "probe_a", "layer_a", "epoch_a", "epoch_b"], keep="first", maintain_order=True
+    )
+    rows = attach_trials(rows, metrics, sides="a").join(
+        blocks.select(pl.col("layer").alias("layer_a"), pl.col("block").alias("block_a")), on="layer_a", how="left"
+    )
+    rows = rows.filter(pl.col("name_a").is_in(chosen))
+    if rows.is_empty():
+        raise NoData(
+            f"Fig 25: none of the layers {', '.join(chosen)} has an epoch x epoch matrix in the cross_epoch rows"
+        )
+    cells = (
+        rows.group_by(["config_a", "config_order_a", "probe_a", "layer_a", "name_a", "block_a", "epoch_a", "epoch_b"])
+        .agg(pl.col("value").mean(), pl.len().alias("seeds"))
+        .sort(
+            ["config_order_a", "probe_a", "layer_a", "epoch_a", "epoch_b"],
+            descending=[False, True, False, False, False],
+        )
+        .with_columns(
+            row=pl.col("config_a") + " · " + pl.col("probe_a"), column=pl.col("block_a") + " · " + pl.col("name_a")
+        )
+    )
+    data = cells.select(
+        facet_key(cells["row"], cells["row"].unique(maintain_order=True).to_list()).alias("row_key"),
+        facet_key(cells["column"], cells.sort("layer_a")["column"].unique(maintain_order=True).to_list()).alias(
+            "column_key"
+        ),
+        "name_a",
+        "epoch_a",
+        "epoch_b",
+        "value",
+        "seeds",
+    )
+    chart = (
+        alt.Chart(chart_data(data))
+        .mark_rect()
+        .encode(
+            x=alt.X("epoch_a:O", title="epoch", axis=alt.Axis(labelAngle=0)),
+            y=alt.Y("epoch_b:O", title="epoch", sort="descending"),
+            color=alt.Color("value:Q", title="CKA", scale=alt.Scale(domain=[0, 1], scheme="magma", clamp=True)),
+            tooltip=["name_a:N", "epoch_a:O", "epoch_b:O", alt.Tooltip("value:Q", format=".3f"), "seeds:Q"],
+        )
+        .properties(width=EPOCH_PANEL, height=EPOCH_PANEL)
+    )
+    return chart.facet(
+        row=alt.Row("row_key:N", title=None, header=alt.Header(labelExpr=FACET_LABEL, labelAngle=0, labelAlign="left")),
+        column=alt.Column("column_key:N", title=None, header=alt.Header(labelExpr=FACET_LABEL)),
+        spacing=10,
+    )
+
+
+def default_fig25_layers(layers: pl.DataFrame) -> list[str]:
+    """The last layer of each block but the stem (e.g. each WRN stage's last layer and the final linear layer),
+    thinned evenly to at most `MAX_FIG25_LAYERS`. ``layers``: `analysis.layers.layer_table` rows."""
+    last = (
+        layers.filter(pl.col("block") != "stem")
+        .group_by("block", maintain_order=True)
+        .agg(pl.col("name").last(), pl.col("layer").max())
+        .sort("layer")
+    )
+    names = last["name"].to_list() or layers["name"].tail(1).to_list()
+    if len(names) <= MAX_FIG25_LAYERS:
+        return names
+    step = (len(names) - 1) / (MAX_FIG25_LAYERS - 1)
+    return [names[round(i * step)] for i in range(MAX_FIG25_LAYERS)]
+
+
+def _cross_epoch(similarity: pl.DataFrame, figure: str) -> pl.DataFrame:
+    rows = similarity.filter(kind="cross_epoch", measure="cka")
+    if rows.is_empty():
+        raise NoData(f"{figure} needs a cross_epoch comparison; add `- kind: cross_epoch` to `compare:`")
+    rows = rows.filter((pl.col("layer_a") == pl.col("layer_b")) & (pl.col("model_a") == pl.col("model_b")))
+    # A pair against the final epoch may be stored twice (with the final-epoch column and in the matrix).
+    pair = ["model_a", "probe_a", "probe_b", "layer_a", "epoch_a", "epoch_b"]
+    return rows.unique(subset=pair, keep="first", maintain_order=True)
+
+
+def _loss_curves(metrics: pl.DataFrame, trials: pl.DataFrame, order: list[str]) -> pl.DataFrame:
+    """Loss per trial x epoch x curve (`LOSSES`) of ``trials`` (``trial, config``), keyed by Fig 6's panels."""
+    rows = metrics.join(trials, on="trial")
+    if rows.is_empty():
+        return pl.DataFrame()
+    curves = pl.DataFrame(
+        {
+            "column": [c for _, _, c in LOSSES.values()],
+            "curve": list(LOSSES),
+            "split": [s for s, _, _ in LOSSES.values()],
+            "evaluation": [e for _, e, _ in LOSSES.values()],
+        }
+    )
+    long = (
+        rows.unpivot(
+            index=["trial", "config", "epoch"], on=curves["column"].to_list(), variable_name="column", value_name="loss"
+        )
+        .drop_nulls("loss")
+        .join(curves, on="column")
+    )
+    return long.select(
+        facet_key(long["config"], order).alias("panel"), "trial", "epoch", "curve", "split", "evaluation", "loss"
+    )

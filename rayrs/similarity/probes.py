@@ -1,0 +1,150 @@
+"""Probes: the inputs fed to the compared models. Benign test images, or the same images attacked on a checkpoint.
+
+Every probe of an experiment holds the same ``size`` test images in the same order (`probe_indices`), so the
+i-th input of every probe is the same example, as CKA needs. An adversarial probe is crafted once per
+(checkpoint, threat model, eps, attack steps) with that trial's evaluation attack (`rayrs.train.make_attack`:
+PGD-20 in its own threat model at its evaluation eps, in the paper's settings) and cached at
+``probes/<probe id>.safetensors`` (`rayrs.storage.probe`), which every later job reads instead of attacking
+again. The probe id (`rayrs.schema`) is ``adversarial:<trial>@<epoch>:<threat_model>:<eps>:<steps>``.
+
+The cached images are float32, not uint8: an attack step moves a pixel by a fraction of 1/255 (2/255 steps
+clipped to an 8/255 ball, or l2 steps spread over every pixel), so rounding to 8 bits changes the very inputs
+whose representations and accuracy are measured, and can even leave the eps-ball; float16 would too, by up to
+1/4096 near 1. float32 is exactly what the attack returned (12.6 MB for 1024 CIFAR-10 images).
+
+A file is written atomically (`Storage.write_bytes`), so two tasks crafting the same probe at once both leave
+a complete, correct file: the last rename wins and the two are the same attack on the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from rayrs import storage as layout
+from rayrs.config import TrialConfig
+from rayrs.data import ImageDataset, to_float
+from rayrs.storage import Storage
+from rayrs.train import fixed_subset, make_attack
+
+BENIGN = "benign"
+ADVERSARIAL = "adversarial"
+
+
+@dataclass(frozen=True)
+class AdversarialProbe:
+    """The probe's test images attacked on checkpoint ``trial``@``epoch`` with that trial's evaluation attack.
+
+    ``eps`` is on the threat model's scale ([0, 1] pixels for linf and l2); ``size`` is the number of probe
+    images. ``fingerprint`` pins the trial's configuration (and with it the attack's step size and start).
+    """
+
+    trial: str
+    epoch: int
+    fingerprint: str
+    threat_model: str
+    eps: float
+    steps: int
+    step_size: float
+    size: int
+
+    @classmethod
+    def of(cls, trial: str, epoch: int, config: TrialConfig, size: int) -> AdversarialProbe:
+        eps, steps, step_size = config.attack_schedule("eval")
+        return cls(trial, epoch, config.fingerprint(), config.train.threat_model, eps, steps, step_size, size)
+
+    @property
+    def id(self) -> str:
+        return f"{ADVERSARIAL}:{self.trial}@{self.epoch}:{self.threat_model}:{self.eps:g}:{self.steps}"
+
+    @property
+    def path(self) -> str:
+        return layout.probe(self.id)
+
+    def metadata(self) -> dict[str, str]:
+        """What the cached file must match to be reused (safetensors metadata is str -> str)."""
+        return {
+            "probe": self.id,
+            "fingerprint": self.fingerprint,
+            "size": str(self.size),
+            "eps": repr(self.eps),
+            "step_size": repr(self.step_size),
+        }
+
+
+def probe_indices(data: ImageDataset, size: int) -> torch.Tensor:
+    """(n,) int64 indices of the probe's test images, n = min(size, test set): the same for every model."""
+    return fixed_subset(size, data.test_images.shape[0], data.test_images.device)
+
+
+def benign_probe(data: ImageDataset, size: int) -> torch.Tensor:
+    """The benign probe: (n, C, H, W) uint8 test images on the data's device."""
+    return data.test_images[probe_indices(data, size)]
+
+
+def craft(probe: AdversarialProbe, model: nn.Module, config: TrialConfig, data: ImageDataset) -> torch.Tensor:
+    """Attack the probe's test images on ``model`` (the checkpoint ``probe`` names, in eval mode).
+
+    Returns (n, C, H, W) float32 in [0, 1] on the data's device. Random starts come from a generator seeded
+    by the probe id, so crafting the same probe twice gives the same images on the same device.
+    """
+    device = data.test_images.device
+    indices = probe_indices(data, probe.size)
+    seed = int.from_bytes(hashlib.sha256(probe.id.encode()).digest()[:7], "little")
+    attack = make_attack(config, "eval", torch.Generator(device=device).manual_seed(seed))
+    batches = [
+        attack(model, to_float(data.test_images[batch]), data.test_labels[batch])
+        for batch in indices.split(config.eval.batch_size)
+    ]
+    return torch.cat(batches).float()
+
+
+def adversarial_probe(
+    probe: AdversarialProbe,
+    storage: Storage,
+    data: ImageDataset,
+    config: TrialConfig,
+    load_model: Callable[[], nn.Module],
+) -> tuple[torch.Tensor, bool]:
+    """The probe's images from the cache, or crafted (and cached) if absent or made for other settings.
+
+    ``load_model`` returns the source checkpoint's model; it is only called when crafting.
+    Returns ((n, C, H, W) float32 on the CPU, whether it was crafted now). The CPU, because a task may hold one
+    probe per epoch (adversarial cross_epoch) and moves only a minibatch at a time to the device.
+    """
+    cached = read_probe(probe, storage)
+    if cached is not None:
+        return cached, False
+    images = craft(probe, load_model(), config, data).cpu()
+    tensors = {"images": images.contiguous(), "indices": probe_indices(data, probe.size).cpu()}
+    storage.write_bytes(probe.path, save_safetensors(tensors, metadata=probe.metadata()))
+    return images, True
+
+
+def read_probe(probe: AdversarialProbe, storage: Storage) -> torch.Tensor | None:
+    """The cached images of ``probe`` on the CPU, or None when there is no usable file for these settings
+    (absent, unreadable, or made by an older run with another probe size or attack: crafting replaces it)."""
+    if not storage.exists(probe.path):
+        return None
+    raw = storage.read_bytes(probe.path)
+    try:
+        if _metadata(raw) != probe.metadata():
+            return None
+        return load_safetensors(raw)["images"]
+    except (SafetensorError, KeyError, ValueError, struct.error):
+        return None
+
+
+def _metadata(raw: bytes) -> dict[str, str]:
+    """The metadata in a safetensors file's header: 8 bytes of little-endian header length, then JSON."""
+    (length,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8 : 8 + length]).get("__metadata__", {})

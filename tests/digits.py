@@ -1,0 +1,28 @@
+"""Small digits trials shared by the tests: a spec builder and a checkpoint loader."""
+
+import torch
+
+from rayrs.checkpoint import load_weights
+from rayrs.config import TrialConfig, TrialSpec
+from rayrs.train import build_for, load_trial_data
+
+
+def digits_spec(name: str, **sections) -> TrialSpec:
+    """A digits trial (WRN-10-2, 8 epochs of standard training) with ``sections`` overriding its settings."""
+    config = {
+        "data": {"dataset": "digits"},
+        "model": {"arch": "wrn", "depth": 10, "width": 2},
+        "train": {"method": "standard", "eps": 0, "epochs": 8, "batch_size": 64, "lr": 0.05, "attack": {"steps": 5}},
+        "eval": {"eps": 0.1, "attack": {"steps": 10}, "train_subset": 256, "test_subset": 450},
+    }
+    for section, values in sections.items():
+        config[section] = {**config[section], **values}
+    return TrialSpec(name=name, experiment="test", config=TrialConfig.model_validate(config), axes={})
+
+
+def load_trained(storage, spec) -> torch.nn.Module:
+    """The final checkpoint of ``spec`` as an eval-mode model on the CPU."""
+    data = load_trial_data(spec.config, "cpu")
+    model = build_for(spec.config, data, "cpu")
+    model.load_state_dict(load_weights(storage, spec.name, spec.config.train.epochs))
+    return model.eval()

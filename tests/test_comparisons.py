@@ -1,0 +1,272 @@
+"""Every comparison kind of the paper, from a sweep file through Ray tasks into Parquet (schema: rayrs.schema).
+
+One tiny sweep (digits, WRN-10-1, a standard and a PGD-trained trial, 2 epochs) computes all five kinds; the
+tests read its Parquet files the way the figures do.
+"""
+
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rayrs import storage as layout
+from rayrs.config import SweepFileError, expand, load_experiment
+from rayrs.similarity import jobs as jobs_module
+from rayrs.similarity.jobs import TRANSFER_ACCURACY, load_checkpoint_model, plan_jobs, plan_tasks, run_task
+from rayrs.similarity.probes import AdversarialProbe, adversarial_probe
+from rayrs.storage import Storage
+from rayrs.sweep import SweepOptions, run_sweep
+from rayrs.train import load_trial_data
+
+LAYERS = 25  # WRN-10-1 (tests/test_models.py pins the list)
+FINAL = 2
+
+SWEEP = """
+name: kinds
+data: {dataset: digits}
+model: {arch: wrn, depth: 10, width: 1}
+train: {method: pgd, epochs: 2, batch_size: 64, attack: {steps: 2}}
+eval: {eps: 0.1, attack: {steps: 2}, train_subset: 64, test_subset: 64}
+grid: {eps: [0, 0.1]}
+cka: {probe_size: 128, batch_size: 64, passes: 2}
+compare:
+  - {kind: cross_layer}
+  - {kind: cross_model, measures: [cka, procrustes, svcca]}
+  - {kind: benign_vs_adversarial}
+  - {kind: transfer}
+  - {kind: cross_epoch, probes: [benign, adversarial], layers: [conv1, -1], measures: [cka, procrustes]}
+"""
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, ray_session):
+    folder = tmp_path_factory.mktemp("kinds")
+    (folder / "kinds.yaml").write_text(SWEEP)
+    experiment = load_experiment(folder / "kinds.yaml")
+    outcome = run_sweep(experiment, SweepOptions(report=False), results=str(folder / "results"))
+    return experiment, outcome
+
+
+@pytest.fixture(scope="module")
+def rows(sweep) -> pl.DataFrame:
+    _, outcome = sweep
+    return pl.read_parquet(Path(outcome.storage.root) / layout.SIMILARITY_DIR / "**" / "*.parquet")
+
+
+def of(rows: pl.DataFrame, kind: str, measure: str = "cka") -> pl.DataFrame:
+    return rows.filter((pl.col("kind") == kind) & (pl.col("measure") == measure))
+
+
+def diagonal(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.filter(pl.col("layer_a") == pl.col("layer_b"))
+
+
+def test_every_kind_and_measure_writes_its_rows(sweep, rows):
+    _, outcome = sweep
+    counts = {(kind, measure): n for kind, measure, n in rows.group_by("kind", "measure").len().rows()}
+    per_epoch_job = FINAL * LAYERS + 2 * FINAL * (FINAL - 1)  # every layer vs the final epoch + 2 matrix layers
+    assert counts == {
+        ("cross_layer", "cka"): 2 * LAYERS**2,
+        ("cross_model", "cka"): LAYERS**2,  # one pair of trials
+        ("cross_model", "procrustes"): LAYERS**2,
+        ("cross_model", "svcca"): LAYERS**2,
+        ("benign_vs_adversarial", "cka"): 2 * LAYERS**2,
+        ("transfer", "cka"): 4 * LAYERS**2,  # 2 sources x 2 targets, white-box included
+        ("transfer", TRANSFER_ACCURACY): 4,
+        ("cross_epoch", "cka"): 2 * 2 * per_epoch_job,  # 2 trials x benign and adversarial probes
+        ("cross_epoch", "procrustes"): 2 * 2 * per_epoch_job,
+    }
+    assert outcome.jobs_run == 2 + 3 + 2 + 8 + 8
+    assert rows["job"].n_unique() == outcome.jobs_run and not rows["value"].is_nan().any()
+
+
+def test_cka_is_in_zero_one_and_one_where_a_layer_meets_itself(rows):
+    cka = rows.filter(pl.col("measure") == "cka")
+    assert cka["value"].is_between(-1e-6, 1 + 1e-6).all()
+    assert diagonal(of(rows, "cross_layer"))["value"].to_numpy() == pytest.approx(1.0, abs=1e-5)
+    white_box = of(rows, "transfer").filter(pl.col("model_a") == pl.col("model_b"))  # same model, same inputs
+    assert diagonal(white_box)["value"].to_numpy() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cross_model_compares_two_final_models_on_benign_probes(rows):
+    for measure in ("cka", "procrustes", "svcca"):
+        frame = of(rows, "cross_model", measure)
+        assert frame.select("model_a", "model_b", "epoch_a", "epoch_b").unique().rows() == [("eps0", "eps0.1", FINAL, FINAL)]
+        assert (frame["probe_a"] == "benign").all() and (frame["probe_b"] == "benign").all()
+    assert of(rows, "cross_model", "procrustes")["value"].is_between(-1e-9, 2).all()  # a distance
+    assert of(rows, "cross_model", "svcca")["value"].is_between(0, 1 + 1e-9).all()
+    assert (of(rows, "cross_model", "procrustes")["n_examples"] == 64).all()  # one minibatch of the probe
+
+
+def test_benign_vs_adversarial_uses_each_models_own_attack_and_robustness_shows_late(rows):
+    frame = of(rows, "benign_vs_adversarial")
+    probes = dict(frame.select("model_a", "probe_b").unique().rows())
+    assert probes == {"eps0": "adversarial:eps0@2:linf:0.1:2", "eps0.1": "adversarial:eps0.1@2:linf:0.1:2"}
+    assert (frame["probe_a"] == "benign").all() and (frame["model_a"] == frame["model_b"]).all()
+    per_layer = diagonal(frame).pivot(on="model_a", index="layer_a", values="value").sort("layer_a")
+    assert per_layer["eps0"][0] > 0.8  # the first layer barely notices the perturbation (paper §4.1)
+    last = per_layer.tail(3)  # robust training keeps late adversarial representations closer (Fig 4)
+    assert last["eps0.1"].mean() > last["eps0"].mean()
+
+
+def test_transfer_has_the_accuracy_of_every_source_and_target(rows):
+    accuracy = of(rows, "transfer", TRANSFER_ACCURACY)
+    assert sorted(accuracy.select("model_a", "model_b").rows()) == [
+        ("eps0", "eps0"), ("eps0", "eps0.1"), ("eps0.1", "eps0"), ("eps0.1", "eps0.1")
+    ]
+    assert (accuracy["layer_a"] == -1).all() and (accuracy["name_b"] == "output").all() and (accuracy["type_a"] == "output").all()
+    assert (accuracy["probe_a"] == accuracy["probe_b"]).all() and (accuracy["n_examples"] == 128).all()
+    assert accuracy["value"].is_between(0, 1).all()
+    value = {(a, b): v for a, b, v in accuracy.select("model_a", "model_b", "value").rows()}
+    assert value[("eps0.1", "eps0.1")] <= value[("eps0", "eps0.1")]  # white-box is the strongest attack on it
+    cross = of(rows, "transfer").filter(pl.col("model_a") != pl.col("model_b"))
+    assert (cross["probe_a"] == cross["probe_b"]).all()
+    assert set(cross["probe_a"]) == {"adversarial:eps0@2:linf:0.1:2", "adversarial:eps0.1@2:linf:0.1:2"}
+
+
+def test_cross_epoch_keeps_same_layer_pairs_for_fig6_and_the_epoch_matrix(rows):
+    for measure, identical in (("cka", 1.0), ("procrustes", 0.0)):
+        frame = of(rows, "cross_epoch", measure)
+        assert (frame["layer_a"] == frame["layer_b"]).all()
+        same_epoch = frame.filter(pl.col("epoch_a") == pl.col("epoch_b"))["value"].to_numpy()
+        assert same_epoch == pytest.approx(identical, abs=1e-5)
+        to_final = frame.filter((pl.col("epoch_b") == FINAL) & (pl.col("probe_a") == "benign") & (pl.col("model_a") == "eps0"))
+        assert sorted(to_final.select("epoch_a", "layer_a").rows()) == [(e, l) for e in (1, 2) for l in range(LAYERS)]
+        matrix = frame.filter(pl.col("epoch_b") != FINAL)
+        assert set(matrix["layer_a"]) == {0, LAYERS - 1} and set(matrix["name_a"]) == {"conv1", "fc"}
+    adversarial = of(rows, "cross_epoch").filter(pl.col("probe_a") != "benign")
+    pairs = set(adversarial.filter(pl.col("model_a") == "eps0").select("epoch_a", "probe_a").rows())
+    assert pairs == {(1, "adversarial:eps0@1:linf:0.1:2"), (2, "adversarial:eps0@2:linf:0.1:2")}  # each epoch its own
+
+
+def test_adversarial_probes_are_float32_files_made_once_and_then_read(sweep, tmp_path):
+    experiment, outcome = sweep
+    root = Path(outcome.storage.root)
+    names = {p.name for p in (root / layout.PROBES_DIR).iterdir()}
+    assert names == {f"adversarial:{t}@{e}:linf:0.1:2.safetensors" for t in ("eps0", "eps0.1") for e in (1, 2)}
+    tensors = load_file(root / layout.probe("adversarial:eps0@2:linf:0.1:2"))
+    assert tensors["images"].dtype == torch.float32 and tensors["images"].shape == (128, 1, 16, 16)
+
+    trial = next(t for t in expand(experiment) if t.name == "eps0.1")
+    probe = AdversarialProbe.of(trial.name, FINAL, trial.config, 128)
+    data = load_trial_data(trial.config, torch.device("cpu"))
+    storage = Storage(root)
+    before = (root / probe.path).stat().st_mtime_ns
+
+    def never() -> torch.nn.Module:
+        raise AssertionError("a cached probe must be read, not crafted again")
+
+    images, crafted = adversarial_probe(probe, storage, data, trial.config, never)
+    assert not crafted and (root / probe.path).stat().st_mtime_ns == before
+    assert torch.equal(images, load_file(root / probe.path)["images"])
+    # Crafting again (as a racing task would) gives the same file content, written atomically.
+    copy = Storage(tmp_path)
+    model = load_checkpoint_model(storage, jobs_module.ModelRef(trial.name, FINAL, trial.fingerprint), trial.config, data)
+    again, crafted = adversarial_probe(probe, copy, data, trial.config, lambda: model)
+    assert crafted and torch.equal(again, images)
+
+
+def test_a_rerun_computes_nothing_and_a_lost_job_is_redone_from_cached_probes(sweep):
+    experiment, outcome = sweep
+    root = Path(outcome.storage.root)
+    again = run_sweep(experiment, SweepOptions(resume=True, report=False), results=str(root.parent))
+    assert again.trained == [] and again.jobs_run == 0 and again.jobs_skipped == 23
+
+    probes = {p: p.stat().st_mtime_ns for p in (root / layout.PROBES_DIR).iterdir()}
+    lost = next((root / layout.SIMILARITY_DIR / "transfer").iterdir())
+    before = pl.read_parquet(lost)
+    lost.unlink()
+    redo = run_sweep(experiment, SweepOptions(resume=True, report=False), results=str(root.parent))
+    assert redo.jobs_run == 1
+    assert {p: p.stat().st_mtime_ns for p in (root / layout.PROBES_DIR).iterdir()} == probes  # read, not crafted
+    assert pl.read_parquet(lost).equals(before)
+
+
+def test_a_task_forms_each_views_grams_once_per_minibatch(sweep, tmp_path, monkeypatch):
+    experiment, outcome = sweep
+    shutil.copytree(Path(outcome.storage.root) / layout.TRIALS_DIR, tmp_path / layout.TRIALS_DIR)
+    shutil.copytree(Path(outcome.storage.root) / layout.PROBES_DIR, tmp_path / layout.PROBES_DIR)
+    trials = expand(experiment)
+    tasks = plan_tasks(plan_jobs(experiment, trials))
+    assert [task.trial for task in tasks] == ["eps0", "eps0.1"]  # one task per home trial
+    task = tasks[1]
+    formed = []
+    original = jobs_module._TaskRun._grams
+
+    def counting(self, view, batch):
+        formed.append((view, tuple(batch.tolist())))
+        return original(self, view, batch)
+
+    monkeypatch.setattr(jobs_module._TaskRun, "_grams", counting)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a Ray worker: the 2 cores are shared with Ray's idle workers
+    try:
+        events = list(run_task(task, {t.name: t.config for t in trials}, Storage(tmp_path), torch.device("cpu")))
+    finally:
+        torch.set_num_threads(threads)
+    minibatches = 2 * 2  # 2 passes over 128 probe inputs in minibatches of 64
+    # eps0.1's views: epochs 2 and 1 on benign and on their own adversarial probes, and eps0 (a transfer target)
+    # on eps0.1's probe; cross_model's pair belongs to eps0's task
+    assert len(formed) == len(set(formed)) == 5 * minibatches
+    assert sum(isinstance(e, jobs_module.JobDone) for e in events) == len(task.jobs)
+
+
+BAD_COMPARISONS = {
+    "unknown kind": ("compare: [{kind: cross_galaxy}]", ("unknown comparison kind 'cross_galaxy'; choose one of: "
+                                                          "cross_layer, cross_model, benign_vs_adversarial, transfer, cross_epoch")),
+    "unknown trial": ("compare: [{kind: cross_model, pairs: [[eps0, eps9]]}]",
+                      "compare.0.cross_model.pairs: no trial named 'eps9' in this sweep; its trials are: eps0, eps0.1"),
+    "unknown trial in a list": ("compare: [{kind: cross_layer}, {kind: transfer, models: [eps0, robust]}]",
+                                "compare.1.transfer.models: no trial named 'robust'"),
+    "a trial with itself": ("compare: [{kind: cross_model, pairs: [[eps0, eps0]]}]", "compares a trial with itself"),
+    "bad layer name": ("compare: [{kind: cross_epoch, layers: [conv1, block9.conv]}]",
+                       "compare.0.cross_epoch.layers: trial 'eps0': no layer named 'block9.conv'; the model's 25 layers are named like conv1"),
+    "layer index out of range": ("compare: [{kind: cross_epoch, layers: [25]}]", "layer index 25 is out of range for the model's 25 layers"),
+    "epoch past the end": ("compare: [{kind: benign_vs_adversarial, epochs: [3]}]", "compare.0.benign_vs_adversarial.epochs: benign_vs_adversarial epoch 3 is past trial 'eps0''s 2 epochs"),
+    "unknown measure": ("compare: [{kind: cross_layer, measures: [cka, pwcca]}]", "Input should be 'cka', 'procrustes' or 'svcca'"),
+    "measure twice": ("compare: [{kind: cross_layer, measures: [cka, cka]}]", "list each measure once"),
+    "unknown probe": ("compare: [{kind: cross_epoch, probes: [noisy]}]", "Input should be 'benign' or 'adversarial'"),
+    "not a list of trials": ("compare: [{kind: transfer, models: eps0}]", "compare.0.transfer.models: give 'all' or a list of trial names, got 'eps0'"),
+    "not a pair": ("compare: [{kind: cross_model, pairs: [[eps0]]}]", "give 'all' or a list of [trial, trial] pairs, got ['eps0'] in the list"),
+    "too many matrix layers": ("compare: [{kind: cross_epoch, layers: [0, 1, 2, 3, 4, 5, 6, 7, 8]}]", "give 1 to 8 layers for the epoch x epoch matrix, got 9"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_COMPARISONS))
+def test_a_bad_comparison_is_one_line_naming_the_field(tmp_path, case):
+    text, expected = BAD_COMPARISONS[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"model: {{arch: wrn, depth: 10, width: 1}}\ntrain: {{epochs: 2}}\ngrid: {{eps: [0, 0.1]}}\n{text}\n")
+    with pytest.raises(SweepFileError) as caught:
+        load_experiment(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and expected in message and "\n" not in message
+
+
+def test_models_on_different_probe_datasets_cannot_be_compared(tmp_path):
+    path = tmp_path / "mixed.yaml"
+    path.write_text("grid: {dataset: [digits, cifar10]}\ncompare: [{kind: cross_model, pairs: [[digits, cifar10]]}]\n")
+    with pytest.raises(SweepFileError, match=r"compare.0.cross_model.pairs: trials 'digits' \(digits at 16 px\) and 'cifar10' "
+                                             r"\(cifar10 at 32 px\) see different probe datasets"):
+        load_experiment(path)
+    path.write_text("grid: {dataset: [digits, cifar10]}\ncompare: [{kind: cross_model}, {kind: transfer}]\n")
+    experiment = load_experiment(path)  # `all` pairs only trials of the same dataset: none here but white-box
+    jobs = plan_jobs(experiment, expand(experiment))
+    assert {job.kind for job in jobs} == {"transfer"} and all(job.a == job.b for job in jobs)
+
+
+def test_job_ids_pin_everything_that_changes_the_rows(tmp_path):
+    path = tmp_path / "ids.yaml"
+    path.write_text(SWEEP)
+    experiment = load_experiment(path)
+    jobs = plan_jobs(experiment, expand(experiment))
+    assert len({job.id for job in jobs}) == len(jobs) == 23
+    fewer_passes = experiment.model_copy(update={"cka": experiment.cka.model_copy(update={"passes": 3})})
+    assert not {job.id for job in jobs} & {job.id for job in plan_jobs(fewer_passes, expand(fewer_passes))}
+    epoch_job = next(job for job in jobs if job.kind == "cross_epoch")
+    assert epoch_job.epochs == (1, 2) and epoch_job.layers == (0, LAYERS - 1)
+    assert all(job.output == f"similarity/{job.kind}/{job.id}.parquet" for job in jobs)
+    assert len(set(jobs)) == len(jobs)  # plain hashable values

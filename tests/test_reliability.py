@@ -1,0 +1,187 @@
+"""Sweeps that survive what a week of GPU time meets: a lost node, a killed driver, a corrupt file.
+
+Each scenario runs the real thing in its own process (a driver, or a multi-node Ray cluster in one process),
+because a test process holds one Ray session at most; every process a test starts, it also stops.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from rayrs import storage as layout
+from rayrs.cli import app
+
+SWEEP = """
+name: reliable
+data: {dataset: digits}
+model: {arch: wrn, depth: 10, width: 1}
+train: {method: pgd, eps: 0.1, epochs: EPOCHS, batch_size: 128, attack: {steps: 2}}
+eval: {eps: 0.1, attack: {steps: 2}, train_subset: 64, test_subset: 64}
+grid: {seed: SEEDS}
+cka: {probe_size: 128, batch_size: 128, passes: 1}
+resources: {cpus_per_trial: 1}
+"""
+
+
+def sweep_file(tmp_path: Path, epochs: int, seeds: list[int]) -> Path:
+    path = tmp_path / "reliable.yaml"
+    path.write_text(SWEEP.replace("EPOCHS", str(epochs)).replace("SEEDS", str(seeds)))
+    return path
+
+
+def epoch_metas(root: Path) -> dict[tuple[str, int], str]:
+    """Every committed epoch's meta.json text, keyed by (trial, epoch)."""
+    return {
+        (meta.parts[-3], int(meta.parts[-2].split("_")[1])): meta.read_text()
+        for meta in root.glob("trials/*/epoch_*/meta.json")
+    }
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def start_driver(args: list[str]) -> subprocess.Popen:
+    """`python -m rayrs ...` in its own process group, so that everything it starts can be stopped with it."""
+    return subprocess.Popen([sys.executable, "-m", "rayrs", *args], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop_group(driver: subprocess.Popen) -> None:
+    """Kill what the driver left behind in its process group (Ray's local processes after a SIGKILL)."""
+    try:
+        os.killpg(driver.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    driver.wait(timeout=30)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_a_killed_driver_resumes_without_retraining_or_reading_half_written_files(tmp_path, sig):
+    sweep, results = sweep_file(tmp_path, epochs=4, seeds=[0, 1]), tmp_path / "results"
+    root = results / "reliable"
+    driver = start_driver(["sweep", str(sweep), "--results", str(results), "--local", "--no-report"])
+    try:
+        wait_for(lambda: len(epoch_metas(root)) >= 2, 120, "two committed epochs")
+        driver.send_signal(sig)
+        driver.wait(timeout=60)
+    finally:
+        stop_group(driver)
+    assert driver.returncode != 0
+    before = epoch_metas(root)
+    assert 2 <= len(before) < 8  # interrupted mid-sweep
+
+    # Nothing half-written is visible: every committed epoch's weights read back whole.
+    from safetensors.torch import load_file
+
+    for trial, epoch in before:
+        load_file(root / layout.weights(trial, epoch))
+
+    result = CliRunner().invoke(app, ["sweep", str(sweep), "--results", str(results), "--local", "--resume", "--no-report"])
+    assert result.exit_code == 0, result.output
+    after = epoch_metas(root)
+    assert set(after) == {(trial, epoch) for trial in ("seed0", "seed1") for epoch in range(1, 5)}
+    assert all(after[key] == text for key, text in before.items())  # finished epochs were not retrained
+    metrics = pl.read_parquet(root / layout.METRICS)
+    assert metrics.group_by("trial", "epoch").len()["len"].to_list() == [1] * 8
+    assert len(list(root.glob("similarity/**/*.parquet"))) == 2
+
+
+def test_a_truncated_checkpoint_is_named_with_the_way_out_and_redo_retrains_it(tmp_path):
+    sweep, results = sweep_file(tmp_path, epochs=2, seeds=[0]), tmp_path / "results"
+    root = results / "reliable"
+    runner = CliRunner()
+    assert runner.invoke(app, ["sweep", str(sweep), "--results", str(results), "--local", "--no-report"]).exit_code == 0
+    (root / layout.epoch_meta("trial", 2)).unlink()  # epoch 2 never committed: a resume restores epoch 1 ...
+    weights = root / layout.weights("trial", 1)
+    weights.write_bytes(weights.read_bytes()[:100])  # ... whose weights are cut short
+
+    result = runner.invoke(app, ["sweep", str(sweep), "--results", str(results), "--local", "--resume", "--no-report"])
+    assert result.exit_code == 1
+    assert f"checkpoint {weights} is unreadable" in result.stderr and "--redo trial" in result.stderr
+    assert "Traceback" not in result.output
+
+    result = runner.invoke(app, ["sweep", str(sweep), "--results", str(results), "--local", "--redo", "trial", "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert sorted(epoch for _, epoch in epoch_metas(root)) == [1, 2]
+
+
+def test_a_truncated_parquet_file_is_named_with_the_way_out(tmp_path):
+    sweep, results = sweep_file(tmp_path, epochs=1, seeds=[0]), tmp_path / "results"
+    root = results / "reliable"
+    runner = CliRunner()
+    assert runner.invoke(app, ["sweep", str(sweep), "--results", str(results), "--local", "--no-report"]).exit_code == 0
+    (table,) = root.glob("similarity/**/*.parquet")
+    table.write_bytes(table.read_bytes()[:64])
+    result = runner.invoke(app, ["analyze", str(root)])
+    assert result.exit_code == 1
+    assert f"{table} is not a readable Parquet file" in result.stderr and "delete it to recompute it" in result.stderr
+
+
+def test_redo_names_an_unknown_trial(tmp_path):
+    sweep = sweep_file(tmp_path, epochs=1, seeds=[0, 1])
+    result = CliRunner().invoke(app, ["sweep", str(sweep), "--results", str(tmp_path / "r"), "--redo", "seed7"])
+    assert result.exit_code == 1
+    assert "--redo seed7: no such trial in reliable; its trials are: seed0, seed1" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+NODE_LOSS = """
+import json, sys, threading, time
+from pathlib import Path
+from ray.cluster_utils import Cluster
+from rayrs.config import load_experiment
+from rayrs.sweep import SweepOptions, run_sweep
+
+sweep, results = sys.argv[1], sys.argv[2]
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the head runs no trials
+workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+try:
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(run=run_sweep(
+        load_experiment(sweep), SweepOptions(address=cluster.address, report=False, max_failures=3), results)))
+    thread.start()
+    first = Path(results) / "reliable" / "trials" / "trial" / "epoch_0001" / "meta.json"
+    while not first.exists():
+        time.sleep(0.1)
+    node = json.loads(first.read_text())["ray_node"]
+    lost = next(w for w in workers if w.node_id == node)
+    cluster.remove_node(lost)  # the node running the trial disappears mid-training
+    print(json.dumps({"removed": node, "epoch_1": first.read_text()}), flush=True)
+    thread.join()
+    print(json.dumps({"trained": outcome["run"].trained}), flush=True)
+finally:
+    import ray
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+def test_a_lost_node_costs_no_finished_epoch(tmp_path):
+    sweep, results = sweep_file(tmp_path, epochs=4, seeds=[0]), tmp_path / "results"
+    script = tmp_path / "node_loss.py"
+    script.write_text(textwrap.dedent(NODE_LOSS))
+    done = subprocess.run([sys.executable, str(script), str(sweep), str(results)], capture_output=True, text=True,
+                          timeout=300, start_new_session=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    removal, finish = lines[0], lines[-1]
+    root = results / "reliable"
+    metas = epoch_metas(root)
+    assert sorted(epoch for _, epoch in metas) == [1, 2, 3, 4]  # every epoch once
+    assert metas[("trial", 1)] == removal["epoch_1"]  # epoch 1 was not retrained after the node was lost
+    assert json.loads(metas[("trial", 4)])["ray_node"] != removal["removed"]  # finished on the surviving node
+    assert finish["trained"] == ["trial"]
