@@ -12,7 +12,7 @@ import polars as pl
 from analysis.adversarial import TRANSFER_CATEGORIES
 from analysis.layers import with_blocks
 from analysis.load import BENIGN, NoData, attach_trials, format_eps, last_epoch, probe_kind, threat_model_name
-from analysis.measures import MEASURE_NAMES, measure_pairs, rank_agreement
+from analysis.measures import MEASURE_NAMES, measure_costs, measure_pairs, rank_agreement
 from analysis.summary import block_structure_by_config, convergence_by_block
 from analysis.table1 import table1_frame
 
@@ -264,14 +264,7 @@ def agreement_finding(metrics: pl.DataFrame, similarity: pl.DataFrame, summary: 
 
 
 def cost_finding(metrics: pl.DataFrame, similarity: pl.DataFrame, summary: pl.DataFrame) -> str:
-    jobs = (
-        similarity.drop_nulls("seconds")
-        .group_by("measure", "job")
-        .agg(pl.col("seconds").max())
-        .group_by("measure")
-        .agg(pl.col("seconds").mean())
-    )
-    seconds = dict(jobs.iter_rows())
+    seconds = dict(measure_costs(similarity).select("measure", "seconds").iter_rows())
     if "cka" not in seconds or not seconds["cka"]:
         raise NoData("no CKA timing")
     parts = [

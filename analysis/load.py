@@ -16,7 +16,7 @@ import pyarrow as pa
 from altair.utils.schemapi import debug_mode
 
 from rayrs.errors import UserError
-from rayrs.schema import METRICS_SCHEMA, SIMILARITY_SCHEMA, TRIAL_COLUMNS
+from rayrs.schema import METRICS_SCHEMA, SECONDS_FIELD, SIMILARITY_SCHEMA, TRIAL_COLUMNS
 from rayrs.storage import METRICS, SIMILARITY_DIR, Storage
 
 # Display names of training methods and threat models, in the paper's words; unknown ones are shown as written.
@@ -26,8 +26,8 @@ THREAT_MODEL_NAMES = {"linf": "ℓ∞", "l2": "ℓ2", "l1": "ℓ1", "jpeg": "JPE
 BENIGN = "benign"  # the probe of clean test images; every other probe id is adversarial (rayrs.schema)
 
 # Columns that similarity files may carry beyond the schema; kept (null where a file lacks them) when present.
-# ``seconds``: the wall time of the comparison, for App. B.1's cost of each measure.
-OPTIONAL_SIMILARITY_COLUMNS = {"seconds": pa.float64()}
+# ``seconds``: the compute time of the comparison (`rayrs.schema.SECONDS_FIELD`), for App. B.1's cost.
+OPTIONAL_SIMILARITY_COLUMNS = {SECONDS_FIELD.name: SECONDS_FIELD.type}
 
 # Trial parameters that may tell apart two trials with the same method and eps, in the order they are named.
 _DISTINGUISHING = ("dataset", "arch", "depth", "width", "threat_model", "seed")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import altair as alt
 import polars as pl
 
-from analysis.load import NoData, chart_data
+from analysis.load import BENIGN, NoData, chart_data
 
 MEASURES = ["cka", "procrustes", "svcca"]
 MEASURE_NAMES = {"cka": "CKA", "procrustes": "Procrustes", "svcca": "SVCCA"}
@@ -85,24 +85,41 @@ def appb1_agreement(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt.HCon
     return alt.hconcat(*panels)
 
 
-def appb1_cost(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt.LayerChart:
-    """App B.1's cost: mean seconds per comparison job for each measure, labelled with its multiple of CKA's.
+def measure_costs(similarity: pl.DataFrame) -> pl.DataFrame:
+    """Mean compute seconds per comparison job of each measure: columns ``measure``, ``seconds``, ``jobs``.
 
-    Needs a ``seconds`` column in the similarity rows (the job's wall time; optional, see
-    `analysis.load.OPTIONAL_SIMILARITY_COLUMNS`)."""
+    Only comparisons made with several measures count (same kind, models and probe side), so every measure
+    is timed on the same work. Needs the ``seconds`` column rayrs writes (`rayrs.schema.SECONDS_FIELD`).
+    """
     if "seconds" not in similarity.columns or similarity["seconds"].is_null().all():
         raise NoData(
-            "App B.1's cost comparison needs each comparison's run time, a `seconds` column in similarity/ "
-            "rows, which rayrs.schema does not have yet"
+            "App B.1's cost comparison needs each comparison's compute time, the `seconds` column of the "
+            "similarity/ files; these were written without it: rerun the comparisons (`rayrs sweep FILE --resume` "
+            "after deleting similarity/)"
         )
+    benign = (pl.col("probe_a") == BENIGN).cast(pl.String)
+    comparison = pl.concat_str([pl.col("kind"), pl.col("model_a"), pl.col("model_b"), benign], separator="|")
     jobs = (
         similarity.filter(pl.col("measure").is_in(MEASURES))
         .drop_nulls("seconds")
-        .group_by("measure", "job")
-        .agg(pl.col("seconds").max())
+        .group_by("kind", "measure", "job")  # a job id is unique within its kind's folder
+        .agg(pl.col("seconds").max(), comparison.first().alias("comparison"))
+    )
+    shared = jobs.filter(pl.col("measure") != "cka")["comparison"].unique()
+    if shared.is_empty():
+        raise NoData("App B.1's cost needs a comparison with `measures: [cka, procrustes, svcca]` in the sweep file")
+    return (
+        jobs.filter(pl.col("comparison").is_in(shared.to_list()))
         .group_by("measure")
         .agg(pl.col("seconds").mean(), pl.len().alias("jobs"))
+        .sort("measure")
     )
+
+
+def appb1_cost(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt.LayerChart:
+    """App B.1's cost: mean seconds per comparison job for each measure (`measure_costs`), labelled with its
+    multiple of CKA's."""
+    jobs = measure_costs(similarity)
     cka = jobs.filter(measure="cka")["seconds"]
     jobs = jobs.with_columns(
         name=pl.col("measure").replace_strict(MEASURE_NAMES, return_dtype=pl.String),

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from analysis.load import BENIGN
 from rayrs import storage as layout
-from rayrs.schema import METRICS_SCHEMA, SIMILARITY_SCHEMA
+from rayrs.schema import METRICS_SCHEMA, SECONDS_FIELD, SIMILARITY_SCHEMA
 from rayrs.storage import Storage
 
 EPOCHS = 6
@@ -366,6 +366,11 @@ def similarity_files() -> dict[tuple[str, str], list[dict]]:
     return files
 
 
+# Made-up compute seconds of one comparison job, per measure (the `seconds` column rayrs writes), in the
+# proportions benchmarks/measures.py measures on a CPU: Procrustes ~10x CKA, SVCCA ~8x.
+JOB_SECONDS = {"cka": 1.0, "procrustes": 10.0, "svcca": 8.0, "transfer_accuracy": 0.5}
+
+
 def write_metrics(results: Storage, rows: Iterable[dict]) -> None:
     results.write_table(layout.METRICS, pa.Table.from_pylist(list(rows), schema=METRICS_SCHEMA))
 
@@ -387,7 +392,8 @@ def write_results(root: str | Path, kinds: Iterable[str] | None = None) -> Stora
     write_metrics(results, (row for trial in NAMES for row in metrics_rows(trial)))
     for (kind, job), rows in similarity_files().items():
         if kinds is None or kind in kinds:
-            write_similarity(results, kind, job, rows)
+            seconds = JOB_SECONDS[rows[0]["measure"]]
+            write_similarity(results, kind, job, rows, extra={SECONDS_FIELD.name: [seconds] * len(rows)})
     return results
 
 

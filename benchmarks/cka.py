@@ -84,6 +84,9 @@ class Bench:
         ).to(self.device).eval()
         generator = torch.Generator().manual_seed(cfg["seed"] + 1)
         probe = torch.rand(cfg["batches"] * cfg["n"], 3, 32, 32, generator=generator)  # same pixels for any n
+        # Every contender gets these same tensors, as a data loader gives them (N, C, H, W). rayrs's probing
+        # forward pass turns them channels-last itself (`rayrs.similarity.grams.channels_last`), part of its
+        # method; the peers' hooks flatten with reshape, which would copy a channels-last activation.
         self.probe = [x.to(self.device) for x in probe[: n * batches].split(n)]
         self.n = n
         self.layers = comparable_layers(self.model, self.probe[0][:1])
@@ -395,9 +398,12 @@ def measure_reference(b: Bench) -> dict[str, Any]:
     symmetric). Biased (Gretton et al. 2005): HSIC_0(K, L) = tr(K H L H) / (n-1)^2 = <HKH, HLH>_F / (n-1)^2.
     Minibatch CKA (Nguyen et al. 2021): HSIC summed over minibatches, then sum_ab / sqrt(sum_aa sum_bb).
     Activations come from a float64 copy of the model; with --bf16 they are the bf16-autocast forward's own
-    outputs, upcast to float64, so the figure measures CKA arithmetic rather than bf16 forward error.
+    outputs, upcast to float64, so the figure measures CKA arithmetic rather than bf16 forward error. The
+    forward runs channels-last like rayrs's: in bf16 another layout's kernels round differently (~1e-4 in CKA).
     """
     import copy
+
+    from rayrs.similarity.grams import channels_last
 
     torch = b.torch
     f64 = torch.float64
@@ -431,7 +437,7 @@ def measure_reference(b: Bench) -> dict[str, Any]:
     start = time.perf_counter()
     for x in b.probe:
         with torch.no_grad(), b.autocast():
-            model(cast(x))
+            model(channels_last(cast(x)))
         peer_grams = grams[peer]
         pytorch_cka_hsic += hsic_cross(peer_grams, peer_grams)
         k0 = peer_grams[0].clone()
@@ -482,21 +488,22 @@ def measure_profile(b: Bench) -> dict[str, Any]:
     """
     torch = b.torch
     from rayrs.similarity import MinibatchCKA
-    from rayrs.similarity.cka import centered_gram, exact_float32, u_center
+    from rayrs.similarity.cka import centered_gram, exact_float32, flatten_examples, u_center
+    from rayrs.similarity.grams import channels_last
 
     repeats = b.cfg["repeats"]
 
-    def forward() -> None:
+    def forward() -> None:  # in the channels-last layout rayrs's probing forward pass uses
         with torch.no_grad(), b.autocast():
             for x in b.probe:
-                b.model(x)
+                b.model(channels_last(x))
 
     t_forward, _ = b.timed(forward, repeats)
 
     grams = torch.empty(len(b.layers), b.n, b.n, dtype=torch.float32, device=b.device)
 
     def raw(slot: int, output) -> None:
-        features = output.detach().reshape(b.n, -1).float()
+        features = flatten_examples(output.detach()).float()
         with exact_float32(b.device):
             torch.mm(features, features.T, out=grams[slot])
 
@@ -516,19 +523,19 @@ def measure_profile(b: Bench) -> dict[str, Any]:
 
     handles = hook_layers(b.model, b.layers, keep)
     with torch.no_grad(), b.autocast():
-        b.model(b.probe[0])
+        b.model(channels_last(b.probe[0]))
     for handle in handles:
         handle.remove()
     act = widest.pop("act")
     micro = max(repeats, 2)
 
     def raw_one():
-        f = act.reshape(b.n, -1).float()
+        f = flatten_examples(act).float()
         with exact_float32(b.device):
             return f @ f.T
 
     def centre_only():
-        f = act.reshape(b.n, -1).float()
+        f = flatten_examples(act).float()
         f = f - f[:1]
         f -= f.mean(dim=0, keepdim=True)
         return f

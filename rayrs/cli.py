@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rayrs.attacks import THREAT_MODELS
@@ -55,7 +56,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except UserError as error:
-        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print("interrupted: everything finished so far is kept; rerun with --resume to go on")
@@ -118,7 +119,7 @@ def _print_plan(experiment, results: str | None, gpu_tflops: float) -> None:
     jobs = plan_jobs(experiment, trials)
     out.print(f"{len(jobs)} comparison jobs:")
     for job in jobs:
-        out.print(f"  {job.describe()}")
+        out.print(f"  {escape(job.describe())}")
 
 
 @app.command()
@@ -139,7 +140,7 @@ def analyze(
         formats = [f.strip() for f in format.split(",") if f.strip()]
         report = render_report(storage, out, formats)
         for name, reason in report.skipped.items():
-            console.print(f"[yellow]skipped figure[/] {name}: {reason}")
+            console.print(f"[yellow]skipped figure[/] {name}: {escape(reason)}")
         console.print(f"report: {report.out_dir}")
 
 

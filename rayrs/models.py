@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from rayrs.errors import UserError
 
@@ -164,49 +163,24 @@ def imagenet_stats(in_channels: int) -> tuple[tuple[float, ...], tuple[float, ..
     return (mean,) * in_channels, (std,) * in_channels
 
 
-class NormalizedResNet(ResNet):
-    """torchvision's ``ResNet`` behind a fixed ImageNet normalisation, so it takes [0, 1] pixels.
+def _resnet_builder(fixed_depth: int) -> Callable[..., nn.Module]:
+    """A builder for torchvision's ResNet-``fixed_depth``; depth must be None or ``fixed_depth``, width None.
 
-    Subclassing (rather than wrapping) keeps torchvision's module names (``layer1.0.relu``) and state dict.
-    With ``in_channels != 3`` the 7x7 stem conv is replaced by one with that many input channels.
-
-    Shapes: ``(n, in_channels, h, w)`` pixels in [0, 1] -> ``(n, num_classes)`` logits.
+    ``rayrs.resnets`` (and with it torchvision, whose import pulls in torch._dynamo: 4-5 s) is imported only
+    when a ResNet is built, so a WideResNet trial's worker and the CLI start that much sooner.
     """
-
-    def __init__(
-        self, block: type[BasicBlock | Bottleneck], layers: list[int], *, num_classes: int, in_channels: int = 3
-    ) -> None:
-        super().__init__(block, layers, num_classes=num_classes)
-        if in_channels != 3:
-            self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-            nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
-        self.normalize = Normalize(*imagenet_stats(in_channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.normalize(x))
-
-
-# The block types and stage sizes of torchvision's resnet18 / resnet34 / resnet50 (He et al. 2016, Table 1).
-RESNET_LAYOUTS: dict[int, tuple[type[BasicBlock | Bottleneck], list[int]]] = {
-    18: (BasicBlock, [2, 2, 2, 2]),
-    34: (BasicBlock, [3, 4, 6, 3]),
-    50: (Bottleneck, [3, 4, 6, 3]),
-}
-
-
-def _resnet_builder(fixed_depth: int) -> Callable[..., NormalizedResNet]:
-    """A builder for torchvision's ResNet-``fixed_depth``; depth must be None or ``fixed_depth``, width None."""
 
     def build(
         *, num_classes: int, in_channels: int = 3, depth: int | None = None, width: int | None = None
-    ) -> NormalizedResNet:
+    ) -> nn.Module:
         arch = f"resnet{fixed_depth}"
         if depth not in (None, fixed_depth):
             raise UserError(f"depth {depth} is not valid for {arch}: its depth is fixed; leave depth unset")
         if width is not None:
             raise UserError(f"width {width} is not valid for {arch}: it has no width factor; leave width unset")
-        block, layers = RESNET_LAYOUTS[fixed_depth]
-        return NormalizedResNet(block, layers, num_classes=num_classes, in_channels=in_channels)
+        from rayrs.resnets import normalized_resnet
+
+        return normalized_resnet(fixed_depth, num_classes=num_classes, in_channels=in_channels)
 
     return build
 

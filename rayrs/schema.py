@@ -34,6 +34,11 @@ checkpoint, in that threat model, with the evaluation attack). What each ``kind`
   distance 2 - 2 ||A^T B||_*, in [0, 2], 0 = same) or ``svcca`` (mean canonical correlation, in [0, 1]) —
   both App. B.1, on the first min(probe, batch, 1024) probe inputs, so ``n_examples`` is that count and
   ``passes`` is 1 — or ``transfer_accuracy`` (``passes`` 1).
+
+After the schema's columns, rayrs writes ``seconds`` (`SECONDS_FIELD`), the same on every row of a job: the
+compute time charged to the comparison (its own arithmetic plus an equal share of the forward passes and
+Grams it shares with other jobs of its task; not checkpoint loading or adversarial-probe crafting), the
+input of App. B.1's cost figure. Readers treat it as optional.
 """
 
 from __future__ import annotations
@@ -62,6 +67,9 @@ SIMILARITY_SCHEMA = pa.schema(
         ("job", pa.string()),
     ]
 )
+
+# The compute time of the comparison, appended after SIMILARITY_SCHEMA's columns (optional for readers).
+SECONDS_FIELD = pa.field("seconds", pa.float64())
 
 # Trial parameters copied into every metrics row, so a figure can group by them without joins.
 TRIAL_COLUMNS = {

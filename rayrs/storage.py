@@ -82,6 +82,11 @@ def probe(probe_id: str) -> str:
 _KNOWN_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "az")
 
 
+def _filesystem_from_uri(uri: str) -> tuple[pafs.FileSystem, str]:
+    """pyarrow's filesystem for a URI and the path inside it (credentials from the environment, as for S3)."""
+    return pafs.FileSystem.from_uri(uri)
+
+
 class Storage:
     """Atomic reads and writes of files under one root folder or filesystem URI.
 
@@ -97,7 +102,7 @@ class Storage:
                 f"use a local folder or one of {', '.join(s + '://' for s in _KNOWN_SCHEMES)}"
             )
         if scheme and scheme != "file":
-            self.filesystem, base = pafs.FileSystem.from_uri(root)
+            self.filesystem, base = _filesystem_from_uri(root)
             self.is_local = False
         else:
             local = Path(root.removeprefix("file://")).expanduser().resolve()

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from rayrs import catalog, checkpoint
@@ -98,7 +99,7 @@ def run_sweep(experiment: Experiment, options: SweepOptions = SweepOptions(), re
         report = render_report(storage)
         outcome.report_dir = storage.local_path(layout.REPORT_DIR)
         for name, reason in report.skipped.items():
-            console.print(f"[yellow]skipped figure[/] {name}: {reason}")
+            console.print(f"[yellow]skipped figure[/] {name}: {escape(reason)}")
     outcome.seconds = time.perf_counter() - started
     return outcome
 

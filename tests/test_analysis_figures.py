@@ -376,6 +376,9 @@ def test_appb1_with_cka_alone_says_to_add_another_measure():
 
 def test_appb1_cost_bars_mean_seconds_per_comparison_and_says_the_multiple_of_cka():
     rows = measured("cka", lambda v: v, seconds=2.0) + measured("procrustes", lambda v: v, seconds=20.0)
+    # A CKA-only comparison of other models is other work: it must not enter CKA's mean.
+    rows += [r | {"job": "other-cka", "seconds": 100.0}
+             for r in pairs("cross_layer", "standard", "standard", lambda i, j: 0.5, epoch=3)]
     similarity = pl.from_arrow(
         pa.Table.from_pylist(rows, schema=SIMILARITY_SCHEMA.append(pa.field("seconds", pa.float64())))
     )
@@ -386,6 +389,6 @@ def test_appb1_cost_bars_mean_seconds_per_comparison_and_says_the_multiple_of_ck
     assert bars == {"CKA": (2.0, "1.0× CKA"), "Procrustes": (20.0, "10.0× CKA")}
 
 
-def test_appb1_cost_without_timings_says_the_schema_lacks_them():
-    with pytest.raises(NoData, match="needs each comparison's run time, a `seconds` column"):
+def test_appb1_cost_without_timings_says_to_rerun_the_comparisons():
+    with pytest.raises(NoData, match="needs each comparison's compute time, the `seconds` column"):
         appb1_cost(similarity_frame(measured("cka", lambda v: v)), overfitting_metrics())

@@ -19,11 +19,10 @@ from analysis.report import FIGURES, MANIFEST, render_report
 from analysis.summary import SUMMARY, SUMMARY_SCHEMA
 from rayrs import storage as layout
 from rayrs.errors import UserError
-from rayrs.schema import SIMILARITY_SCHEMA
+from rayrs.schema import SECONDS_FIELD, SIMILARITY_SCHEMA
 from rayrs.storage import Storage
 
-NEEDS_TIMINGS = "appb1_cost"  # the only figure the synthetic tree cannot feed: similarity rows have no `seconds`
-CROSS_EPOCH_FIGURES = {"fig6_convergence", "convergence_epoch", "fig25_epoch_by_epoch", "appb1_agreement"}
+CROSS_EPOCH_FIGURES = {"fig6_convergence", "convergence_epoch", "fig25_epoch_by_epoch", "appb1_agreement", "appb1_cost"}
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +41,7 @@ def test_every_figure_with_rows_is_drawn_to_png_and_svg(rendered):
     results, report = rendered
 
     assert report.out_dir == results.local_path(layout.REPORT_DIR)
-    assert list(report.written) == [name for name in FIGURES if name != NEEDS_TIMINGS]
-    assert list(report.skipped) == [NEEDS_TIMINGS] and "`seconds` column" in report.skipped[NEEDS_TIMINGS]
+    assert list(report.written) == list(FIGURES) and report.skipped == {}
     for name, (png, svg) in report.written.items():
         assert (png.name, svg.name) == (f"{name}.png", f"{name}.svg")
         width, height = png_size(png)
@@ -64,7 +62,7 @@ def test_the_page_embeds_each_figure_once_offline_with_what_the_paper_and_this_r
     assert page.count("<b>The paper:</b>") == len(report.written) and page.count("<b>This run:</b>") == len(
         report.written
     )
-    assert "Not drawn: App B.1&#x27;s cost comparison needs each comparison&#x27;s run time" in page
+    assert "Cost per comparison: Procrustes 10.0× CKA&#x27;s time; SVCCA 8.0× CKA&#x27;s time" in page
     # Captions carry this run's numbers next to the paper's finding.
     assert re.search(
         r"Block-structure score \(neighbours − far layers\): standard \(width 1\) 0\.\d\d.* — robust is lower, as in the paper",
@@ -109,7 +107,10 @@ def test_rerendering_redraws_only_the_figures_whose_rows_changed(rendered, tmp_p
     job = layout.similarity("cross_epoch", synthetic.STANDARD)
     changed = pq.read_table(copy.full_path(job)).to_pylist()
     copy.write_table(
-        job, pa.Table.from_pylist([row | {"value": row["value"] * 0.5} for row in changed], schema=SIMILARITY_SCHEMA)
+        job,
+        pa.Table.from_pylist(
+            [row | {"value": row["value"] * 0.5} for row in changed], schema=SIMILARITY_SCHEMA.append(SECONDS_FIELD)
+        ),
     )
 
     again = render_report(copy, formats=("png", "svg", "html"))
@@ -130,6 +131,7 @@ def test_a_run_with_cross_layer_only_lists_every_other_figure_with_what_to_add(t
         "fig3_eps_width",
         "block_structure",
         "appb1_agreement",
+        "appb1_cost",
     }
     expected = {
         "fig2d_cross_model": "add `- kind: cross_model` to `compare:`",
@@ -140,7 +142,6 @@ def test_a_run_with_cross_layer_only_lists_every_other_figure_with_what_to_add(t
         "convergence_epoch": "add `- kind: cross_epoch` to `compare:`",
         "fig25_epoch_by_epoch": "add `- kind: cross_epoch` to `compare:`",
         "fig7_threat_models": "add `- kind: cross_model` to `compare:`",
-        "appb1_cost": "`seconds` column",
     }
     assert set(report.skipped) == set(expected)
     for name, hint in expected.items():

@@ -285,3 +285,18 @@ def test_reduced_precision_settings_do_not_reach_the_grams():
         assert backend.fp32_precision == "bf16"  # the caller's setting is restored
     finally:
         backend.fp32_precision = previous
+
+
+def test_gram_paths_match_float64():
+    # n >= 64 takes the three block products, smaller n one product; both must equal X X^T.
+    from rayrs.similarity.cka import flatten_examples, symmetric_gram
+
+    x = randn(130, 257, seed=120)
+    exact = flat64(x) @ flat64(x).T
+    for gram in (symmetric_gram(x), symmetric_gram(x[:20])):
+        np.testing.assert_allclose(gram.numpy(), exact[: len(gram), : len(gram)], rtol=0, atol=2e-4)
+        np.testing.assert_array_equal(gram.numpy(), gram.numpy().T)
+    maps = randn(70, 4, 5, 6, seed=121)
+    last = maps.contiguous(memory_format=torch.channels_last)
+    assert flatten_examples(last).data_ptr() == last.data_ptr()  # a view, not a copy
+    np.testing.assert_allclose(centered_gram(last).numpy(), centered_gram(maps).numpy(), rtol=0, atol=1e-4)

@@ -80,3 +80,15 @@ def test_a_bad_results_location_exits_non_zero_with_one_line(tmp_path, results, 
                            terminal_width=400)
     assert result.exit_code == 1
     assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr
+
+
+def test_analyze_says_which_figures_it_skipped_and_what_to_add_brackets_included(tmp_path):
+    from analysis.synthetic import write_results
+
+    write_results(tmp_path / "results", kinds=["cross_model"])  # CKA alone: no App. B.1
+    result = runner.invoke(app, ["analyze", str(tmp_path / "results"), "--format", "html"], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    # Square brackets in a reason are text, not console markup (rich would swallow "[cka, ...]").
+    output = " ".join(result.output.split())  # the console wraps long lines
+    assert "add `measures: [cka, procrustes, svcca]` to a comparison" in output
+    assert "skipped figure fig6_convergence: Fig 6 needs a cross_epoch comparison" in output

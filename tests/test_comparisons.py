@@ -83,6 +83,17 @@ def test_every_kind_and_measure_writes_its_rows(sweep, rows):
     assert rows["job"].n_unique() == outcome.jobs_run and not rows["value"].is_nan().any()
 
 
+def test_every_job_is_charged_its_compute_time_for_the_appb1_cost_figure(rows):
+    from analysis.measures import appb1_cost
+
+    per_job = rows.group_by("job").agg(pl.col("seconds").n_unique().alias("values"), pl.col("seconds").min())
+    assert per_job["values"].to_list() == [1] * len(per_job)  # one time per job, on each of its rows
+    assert (per_job["seconds"] > 0).all()
+    chart = appb1_cost(rows, pl.DataFrame()).to_dict()
+    bars = {row["measure"]: row for row in next(iter(chart["datasets"].values()))}
+    assert set(bars) >= {"cka", "procrustes", "svcca"} and bars["cka"]["times"] == pytest.approx(1.0)
+
+
 def test_cka_is_in_zero_one_and_one_where_a_layer_meets_itself(rows):
     cka = rows.filter(pl.col("measure") == "cka")
     assert cka["value"].is_between(-1e-6, 1 + 1e-6).all()
@@ -182,7 +193,7 @@ def test_a_rerun_computes_nothing_and_a_lost_job_is_redone_from_cached_probes(sw
     redo = run_sweep(experiment, SweepOptions(resume=True, report=False), results=str(root.parent))
     assert redo.jobs_run == 1
     assert {p: p.stat().st_mtime_ns for p in (root / layout.PROBES_DIR).iterdir()} == probes  # read, not crafted
-    assert pl.read_parquet(lost).equals(before)
+    assert pl.read_parquet(lost).drop("seconds").equals(before.drop("seconds"))  # the same rows, timed anew
 
 
 def test_a_task_forms_each_views_grams_once_per_minibatch(sweep, tmp_path, monkeypatch):

@@ -162,7 +162,8 @@ def test_streamed_minibatch_cka_matches_cka_matrix_on_one_batch():
     cka = MinibatchCKA(len(LAYERS), len(LAYERS))
     cka.update(layer_grams(model_a, LAYERS, x), layer_grams(model_b, LAYERS, x))
     expected = cka_matrix(model_a.activations(x), model_b.activations(x))
-    torch.testing.assert_close(cka.compute(), expected, rtol=0, atol=1e-6)
+    # layer_grams runs the convolutions channels-last, a different float32 kernel: a few 1e-6 apart.
+    torch.testing.assert_close(cka.compute(), expected, rtol=0, atol=1e-5)
 
 
 def test_batches_too_small_for_the_estimator_give_zero_slots():

@@ -33,6 +33,7 @@ MARKS = {
     "fig25_epoch_by_epoch": "rect",
     "fig7_threat_models": "rect",
     "appb1_agreement": "symbol",
+    "appb1_cost": "rect",
 }
 LAYER_FIGURES = {
     "cross_layer",

@@ -34,6 +34,31 @@ def test_bad_results_locations_are_refused_in_one_line(tmp_path):
         Storage("ftp://host/results")
 
 
+def test_an_object_store_gets_each_file_in_one_put_and_reads_it_back(monkeypatch):
+    # pyarrow's in-memory filesystem stands in for S3: the same code path (no rename, one output stream).
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    bucket = pafs._MockFileSystem()
+    monkeypatch.setattr(layout, "_KNOWN_SCHEMES", (*layout._KNOWN_SCHEMES, "mock"))
+    monkeypatch.setattr(layout, "_filesystem_from_uri", lambda uri: (bucket, uri.split("://", 1)[1].lstrip("/")))
+    storage = Storage("mock:///bucket/results").child("exp")
+    assert not storage.is_local and storage.root == "mock:///bucket/results/exp"
+
+    table = pa.table({"value": [0.5, 0.25]})
+    storage.write_table(layout.similarity("cross_layer", "job1"), table)
+    storage.write_json(layout.trial_spec("t"), {"fingerprint": "abc"})
+
+    assert storage.list_files("") == ["similarity/cross_layer/job1.parquet", "trials/t/trial.json"]
+    objects = [i.path for i in bucket.get_file_info(pafs.FileSelector("", recursive=True)) if i.type == pafs.FileType.File]
+    assert sorted(objects) == ["bucket/results/exp/similarity/cross_layer/job1.parquet", "bucket/results/exp/trials/t/trial.json"]
+    assert storage.read_table(layout.similarity("cross_layer", "job1")).equals(table)
+    assert storage.read_json(layout.trial_spec("t")) == {"fingerprint": "abc"}
+    assert storage.exists(layout.trial_spec("t")) and not storage.exists(layout.trial_spec("u"))
+    with pytest.raises(ValueError, match="is not a local folder"):
+        storage.local_path()
+
+
 def test_a_storage_survives_pickling_by_its_root(tmp_path):
     import pickle
 

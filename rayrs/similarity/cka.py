@@ -26,7 +26,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-__all__ = ["MinibatchCKA", "centered_gram", "cka_matrix", "symmetric_gram", "u_center"]
+__all__ = ["MinibatchCKA", "centered_gram", "cka_matrix", "flatten_examples", "symmetric_gram", "u_center"]
 
 # The unbiased estimator divides by n(n-3): a minibatch needs at least this many examples.
 MIN_EXAMPLES = 4
@@ -64,9 +64,8 @@ def centered_gram(x: Tensor) -> Tensor:
     and turns a constant feature into exact zeros, so a constant layer gives an exactly zero Gram. (A float64
     mean would do the same at twice the cost of the whole centring.)
     """
-    n = x.shape[0]
     # Centre in float64 when given float64, else in float32: never in a narrower type than the Gram's.
-    features = x.reshape(n, -1).to(torch.promote_types(x.dtype, torch.float32))
+    features = flatten_examples(x).to(torch.promote_types(x.dtype, torch.float32))
     features = features - features[:1]  # a new tensor: the caller's activation is never modified
     features -= features.mean(dim=0, keepdim=True)
     features = features.to(torch.float32)
@@ -74,11 +73,24 @@ def centered_gram(x: Tensor) -> Tensor:
         return symmetric_gram(features)
 
 
+def flatten_examples(x: Tensor) -> Tensor:
+    """(n, ...) -> (n, p), without a copy for a contiguous or a channels-last tensor.
+
+    A Gram X X^T does not depend on the order of the features, so a channels-last conv map is flattened in
+    its memory order (n, H, W, C), where `reshape` would copy it into (n, C, H, W) order first.
+    """
+    n = x.shape[0]
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).reshape(n, -1)
+    return x.reshape(n, -1)
+
+
 def symmetric_gram(features: Tensor) -> Tensor:
     """X X^T of (n, p) float32 features from three of its four (n/2)-row block products.
 
     The Gram is symmetric, so the lower-left block is the upper-right one transposed; PyTorch has no
-    symmetric rank-k product (syrk), and this saves a quarter of the dominant cost of CKA.
+    symmetric rank-k product (syrk), and this saves a quarter of the dominant cost of CKA. (SciPy's BLAS
+    ssyrk is no faster on CPU inside a forward pass: its threads spin after each call and slow PyTorch's.)
     """
     n = features.shape[0]
     if n < 64:  # too small for the blocks to pay

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -65,9 +66,9 @@ from rayrs.config import (
 )
 from rayrs.data import DATASETS, ImageDataset, to_float
 from rayrs.models import Layer, build_model, comparable_layers
-from rayrs.schema import SIMILARITY_SCHEMA
+from rayrs.schema import SECONDS_FIELD, SIMILARITY_SCHEMA
 from rayrs.similarity.cka import MinibatchCKA
-from rayrs.similarity.grams import GramRecorder
+from rayrs.similarity.grams import GramRecorder, channels_last
 from rayrs.similarity.measures import MEASURE_EXAMPLES, MEASURES, layer_sample_spaces
 from rayrs.similarity.probes import ADVERSARIAL, BENIGN, AdversarialProbe, adversarial_probe, probe_indices
 from rayrs.storage import Storage
@@ -366,6 +367,7 @@ class _Work:
     accuracies: list[_Accuracy] = field(default_factory=list)
     epochs: list[int] = field(default_factory=list)  # cross_epoch: the epoch of each pair
     probe_ids: list[str] = field(default_factory=list)  # cross_epoch: the probe id of each epoch
+    seconds: float = 0.0  # compute time charged to this job (`_TaskRun._sweep`)
 
 
 class _TaskRun:
@@ -482,7 +484,7 @@ class _TaskRun:
         """(L, b, b) float32 U-centred Grams of the view's layers on one minibatch, and the logits."""
         model = self.model(view.model)
         with torch.no_grad(), GramRecorder(model, self.layers(view.model.trial)) as recorder:
-            logits = model(self.inputs(view.probe, batch))
+            logits = model(channels_last(self.inputs(view.probe, batch)))
             return recorder.take(), logits
 
     def _sample_spaces(self, view: _View, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -505,10 +507,23 @@ class _TaskRun:
         return steps
 
     def _sweep(self, work: list[_Work], batches: list[tuple[bool, torch.Tensor]], represent) -> Iterator[int]:
-        """Form each view once per minibatch and feed every pair, stack and accuracy that uses it."""
+        """Form each view once per minibatch and feed every pair, stack and accuracy that uses it.
+
+        Each job is charged its compute time (`_Work.seconds`, App. B.1's cost of a measure): its pairs' and
+        stacks' own arithmetic, plus an equal share of each view it uses (the forward pass and Grams or sample
+        spaces, formed once for all the jobs that use the view). Loading checkpoints and crafting adversarial
+        probes are not charged: both are cached across jobs.
+        """
         pairs = [pair for w in work for pair in w.pairs]
         stacks = [stack for w in work for stack in w.stacks]
         accuracies = [acc for w in work for acc in w.accuracies]
+        owner = {id(item): w for w in work for item in (*w.pairs, *w.stacks, *w.accuracies)}
+        users: defaultdict[_View, set[int]] = defaultdict(set)  # view -> indices of the jobs that use it
+        for index, w in enumerate(work):
+            for view in {v for pair in w.pairs for v in (pair.a, pair.b)} | {v for st in w.stacks for v in st.views}:
+                users[view].add(index)
+            for accuracy in w.accuracies:
+                users[accuracy.view].add(index)
         pairs_of, stacks_of, accuracies_of = defaultdict(list), defaultdict(list), defaultdict(list)
         for pair in pairs:
             pairs_of[pair.a].append(pair)
@@ -526,11 +541,18 @@ class _TaskRun:
             fed = 0
             for step in steps:
                 for view in step:
+                    self.model(view.model)  # loaded (or found in the cache) before the clock starts
+                    started = self._now()
                     rep, logits = represent(view, batch)
+                    share = (self._now() - started) / len(users[view])
+                    for index in users[view]:
+                        work[index].seconds += share
                     alive[view] = rep
                     for pair in pairs_of[view]:
                         if pair.a in alive and pair.b in alive:  # the second of its views to arrive feeds it
+                            started = self._now()
                             pair.update(alive[pair.a], alive[pair.b])
+                            owner[id(pair)].seconds += self._now() - started
                             fed += 1
                     for stack in stacks_of[view]:
                         stack.observe(view, rep)
@@ -541,12 +563,25 @@ class _TaskRun:
                     if view not in kept:
                         del alive[view]
             for stack in stacks:
+                started = self._now()
                 stack.end_batch()
+                owner[id(stack)].seconds += self._now() - started
             assert fed == len(pairs), f"{fed} of {len(pairs)} pairs fed: a pair's views were never alive together"
             yield number
 
+    def _now(self) -> float:
+        """A clock reading after the device's queued work is done (CUDA runs asynchronously)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
     # -- rows ----------------------------------------------------------------------------------------------------
     def _table(self, work: _Work, n_examples: int, passes: int) -> pa.Table:
+        """The job's rows, with its compute time in a ``seconds`` column (`rayrs.schema.SECONDS_FIELD`)."""
+        table = self._job_rows(work, n_examples, passes)
+        return table.append_column(SECONDS_FIELD, pa.array([work.seconds] * table.num_rows, pa.float64()))
+
+    def _job_rows(self, work: _Work, n_examples: int, passes: int) -> pa.Table:
         job = work.job
         if job.measure == TRANSFER_ACCURACY:
             (accuracy,) = work.accuracies
