@@ -287,16 +287,40 @@ def test_reduced_precision_settings_do_not_reach_the_grams():
         backend.fp32_precision = previous
 
 
-def test_gram_paths_match_float64():
-    # n >= 64 takes the three block products, smaller n one product; both must equal X X^T.
-    from rayrs.similarity.cka import flatten_examples, symmetric_gram
+def test_the_tf32_split_is_exact_in_its_high_part():
+    from rayrs.similarity.cka import _TF32_MASK
 
-    x = randn(130, 257, seed=120)
+    x = randn(50, 40, seed=122) * 1e3
+    high = (x.view(torch.int32) & _TF32_MASK).view(torch.float32)
+    assert torch.all((high.view(torch.int32) & ~_TF32_MASK) == 0)  # 10 mantissa bits: exact in TF32
+    assert torch.all((x - high).abs() <= x.abs() * 2.0**-10) and torch.equal(high + (x - high), x)
+
+
+def test_gram_paths_match_float64():
+    # n >= 64 takes the block products (the TF32 split on a GPU), smaller n one product: all equal X X^T.
+    from rayrs.similarity.cka import blocked_gram, flatten_examples, split_tf32_gram, symmetric_gram
+
+    x = randn(130, 257, seed=120) * 3 + 1
     exact = flat64(x) @ flat64(x).T
-    for gram in (symmetric_gram(x), symmetric_gram(x[:20])):
-        np.testing.assert_allclose(gram.numpy(), exact[: len(gram), : len(gram)], rtol=0, atol=2e-4)
+    for gram in (symmetric_gram(x), symmetric_gram(x[:20]), blocked_gram(x), split_tf32_gram(x)):
+        np.testing.assert_allclose(gram.numpy(), exact[: len(gram), : len(gram)], rtol=1e-6, atol=1e-3)
         np.testing.assert_array_equal(gram.numpy(), gram.numpy().T)
     maps = randn(70, 4, 5, 6, seed=121)
     last = maps.contiguous(memory_format=torch.channels_last)
     assert flatten_examples(last).data_ptr() == last.data_ptr()  # a view, not a copy
     np.testing.assert_allclose(centered_gram(last).numpy(), centered_gram(maps).numpy(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_gram_stays_accurate_even_where_tf32_is_switched_on():
+    # The tensor-core split keeps inputs exact; its float32 accumulation truncates (3e-5 seen on an H200),
+    # far from plain TF32 inputs (10 bits) or bf16 (8 bits).
+    x = randn(1024, 4096, seed=123) * 5 + 2
+    torch.backends.cuda.matmul.fp32_precision = "tf32"  # what training code often sets
+    try:
+        gram = centered_gram(x.cuda()).double().cpu().numpy()
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+    centred = flat64(x) - flat64(x).mean(0)
+    exact = centred @ centred.T
+    assert np.abs(gram - exact).max() <= 1e-4 * np.abs(exact).max()
