@@ -53,6 +53,11 @@ def jpeg_inside(model, images, labels, generator):
         assert v.norm(dim=1).max() <= eps * (1 + 1e-5) and v.abs().max() <= jpeg.COEFFICIENT_CAP
         assert v.norm(dim=1).min() > 0.5 * min(eps, 32)  # it used its budget
         torch.testing.assert_close(adversarial, (images + jpeg.decode(v, 1, 16, 16)).clamp(0, 1))
+    # The l_inf variant: every variable within eps, and the sign steps push most of them to the edge.
+    adversarial_linf, v = jpeg.jpeg_search(model, images, labels, eps=1.5, steps=5, step_size=0.5, generator=generator,
+                                           norm="linf")
+    assert v.abs().max() <= 1.5 and (v.abs() > 1.4).float().mean() > 0.5
+    torch.testing.assert_close(adversarial_linf, (images + jpeg.decode(v, 1, 16, 16)).clamp(0, 1))
     return adversarial
 
 

@@ -12,8 +12,8 @@ One-channel images are luminance only (greyscale JPEG).
 Units are Kang et al.'s (their code, which the paper's code reuses): pixels on the 0-255 scale, and one
 variable ``v`` per quantised coefficient that moves the coefficient by ``v / 2`` quantisation steps (their
 "noisy rounding" adds ``eps * (u - 1/2)`` with ``u = (1 + v / eps) / 2``). ``eps`` bounds ``||v||_2`` per
-image; the l_2 variant also caps every ``|v|`` at 2, a whole quantisation step (their ``l1_max``), and the
-l_inf variant bounds ``max |v|``.
+image; the l_2 variant also caps every ``|v|`` at 2, a whole quantisation step (their ``l1_max``). The
+l_inf variant (Kang et al.'s JPEG-l_inf) bounds ``max |v|``: ``jpeg_search(..., norm="linf")``.
 """
 
 from __future__ import annotations
@@ -199,25 +199,3 @@ def jpeg_l2(
     """
     return jpeg_search(model, images, labels, eps=eps, steps=steps, step_size=step_size, random_start=random_start,
                        generator=generator, bn_eval=bn_eval, objective=objective, norm="l2")[0]
-
-
-def jpeg_linf(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    eps: float,
-    steps: int,
-    step_size: float,
-    random_start: bool = True,
-    generator: torch.Generator | None = None,
-    bn_eval: bool = True,
-    objective: Objective | None = None,
-) -> torch.Tensor:
-    """JPEG adversarial images, l_inf variant (Kang et al.'s JPEG-l_inf): ``max |v| <= eps``.
-
-    images: (B, C, H, W) float in [0, 1], C = 1 or 3; labels: (B,) int64. ``objective`` (default: summed
-    cross-entropy) is what the attack maximises. Returns (B, C, H, W) float32.
-    """
-    return jpeg_search(model, images, labels, eps=eps, steps=steps, step_size=step_size, random_start=random_start,
-                       generator=generator, bn_eval=bn_eval, objective=objective, norm="linf")[0]
