@@ -8,8 +8,8 @@ Usage (from the repository root):
 What is measured (same model, same probe inputs, same device; every measurement runs in its own subprocess,
 started as `benchmarks/cka.py --measure NAME --config JSON`, so its peak memory is its own):
 
-  profile              the forward pass alone; forward + a bare X X^T per layer (no centring, no HSIC: the
-                       physical floor); the pieces of one rayrs Gram and of one MinibatchCKA.update, timed alone
+  profile              the forward pass alone; forward + a bare float32 X X^T per layer (no centring, no
+                       HSIC: the float32 floor); the pieces of one rayrs Gram and of one MinibatchCKA.update
   floor                forward + rayrs's Grams: `layer_grams` (centring, Gram, U-centring in hooks), no HSIC
   rayrs                `layer_grams` + `MinibatchCKA.update(g, g)` + `compute`: the cross_layer CKA
   pytorch_cka          pytorch-cka `compute_cka(model, model, loader)`: vectorised, keeps every activation
@@ -20,6 +20,10 @@ started as `benchmarks/cka.py --measure NAME --config JSON`, so its peak memory 
   rayrs_cross_epoch    10 checkpoints, every epoch pair i < j, every layer pair: Grams once per checkpoint
                        per minibatch, then one `MinibatchCKA.update(grams_i, grams_j)` per epoch pair
   pytorch_cka_cross_epoch   the same workload, one `compute_cka(ckpt_i, ckpt_j, loader)` per epoch pair
+
+On a CPU every measurement's process first runs `rayrs.similarity.grams.reuse_freed_memory` (glibc keeps
+freed memory for reuse instead of unmapping it), as rayrs's own CPU workers do, so the allocator is not what
+separates the contenders.
 
 The model is a seeded random-init network in eval mode; the probe is seeded uniform [0, 1] pixels (n, 3, 32, 32).
 Checkpoints for the cross_epoch workload are a seeded random walk from that model: checkpoint e adds e steps of
@@ -106,11 +110,11 @@ class Bench:
             self.torch.cuda.synchronize(self.device)
 
     def warm_up(self) -> None:
-        """One untimed forward (and GEMM) so that library set-up is not billed to the first measurement."""
+        """One untimed forward (and GEMM) so that library set-up, and growing the heap to a forward pass's
+        size, is not billed to the first measurement."""
         torch = self.torch
-        x = self.probe[0] if self.device.type == "cuda" else self.probe[0][:64]
         with torch.no_grad(), self.autocast():
-            self.model(x)
+            self.model(self.probe[0])
         a = torch.randn(256, 256, device=self.device)
         a @ a.T
         self.sync()
@@ -483,12 +487,20 @@ def measure_reference(b: Bench) -> dict[str, Any]:
 
 
 def measure_profile(b: Bench) -> dict[str, Any]:
-    """Where rayrs's time goes: the forward pass alone, forward + a bare X X^T per layer (the physical floor:
+    """Where rayrs's time goes: the forward pass alone, forward + a bare X X^T per layer (the float32 floor:
     no centring, no U-centring, no HSIC), and the pieces of one rayrs Gram on the widest layer, timed alone.
     """
     torch = b.torch
     from rayrs.similarity import MinibatchCKA
-    from rayrs.similarity.cka import centered_gram, exact_float32, flatten_examples, u_center
+    from rayrs.similarity.cka import (
+        Int8Scratch,
+        _takes_int8_route,
+        centered_gram,
+        centered_gram_float32,
+        exact_float32,
+        flatten_examples,
+        u_center,
+    )
     from rayrs.similarity.grams import channels_last
 
     repeats = b.cfg["repeats"]
@@ -540,9 +552,11 @@ def measure_profile(b: Bench) -> dict[str, Any]:
         f -= f.mean(dim=0, keepdim=True)
         return f
 
+    scratch = Int8Scratch()  # as GramRecorder keeps one
     t_raw, _ = b.timed(raw_one, micro)
     t_centre, _ = b.timed(centre_only, micro)
-    t_centred_gram, gram = b.timed(lambda: centered_gram(act), micro)
+    t_float32_route, _ = b.timed(lambda: centered_gram_float32(flatten_examples(act)), micro)
+    t_centred_gram, gram = b.timed(lambda: centered_gram(act, scratch), micro)
     t_u, _ = b.timed(lambda: u_center(gram), micro)
     L = len(b.layers)
     stack = torch.randn(L, b.n, b.n, device=b.device)
@@ -567,6 +581,8 @@ def measure_profile(b: Bench) -> dict[str, Any]:
         "widest_raw_gram": t_raw,
         "widest_centre_features": t_centre,
         "widest_centered_gram": t_centred_gram,
+        "widest_route": "int8" if _takes_int8_route(flatten_examples(act)) else "float32",
+        "widest_float32_route": t_float32_route,
         "widest_u_center": t_u,
         "hsic_update_same": t_update,
         "hsic_gemm": t_gemm,
@@ -603,6 +619,10 @@ def _child(name: str, cfg: dict[str, Any]) -> None:
 
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch; run with --device cpu")
+    if cfg["device"] == "cpu":  # every contender gets the malloc setting rayrs's CPU workers use
+        from rayrs.similarity.grams import reuse_freed_memory
+
+        reuse_freed_memory()
     workload = name in WORKLOADS
     bench = Bench(cfg, n=cfg["workload_n"] if workload else cfg["n"],
                   batches=cfg["workload_batches"] if workload else cfg["batches"])
@@ -677,7 +697,7 @@ def summarise(cfg: dict[str, Any], res: dict[str, dict[str, Any]], wall: float) 
     names = next((r["layer_names"] for r in res.values() if "layer_names" in r), [])
 
     notes = {
-        "profile": "forward + bare X X^T per layer (physical floor)",
+        "profile": "forward + bare float32 X X^T per layer",
         "floor": "forward + layer_grams (centre, Gram, U-centre)",
         "rayrs": "layer_grams + MinibatchCKA, all L x L pairs",
         "pytorch_cka": "compute_cka(model, model), one call",
@@ -724,16 +744,18 @@ def summarise(cfg: dict[str, Any], res: dict[str, dict[str, Any]], wall: float) 
     f, g, fl, ry = prof.get("forward"), prof.get("raw_gram"), sec.get("floor"), sec.get("rayrs")
     parts = res.get("rayrs", {}).get("parts", {})
     if None not in (f, g, fl, ry):
-        print(f"\nrayrs time, stage by stage (separate processes): forward {f:.3f} s | + bare X X^T {g - f:+.3f} s "
-              f"| + centring, U-centring, hooks {fl - g:+.3f} s | + HSIC (MinibatchCKA) {ry - fl:+.3f} s = {ry:.3f} s")
+        print(f"\nrayrs time, stage by stage (separate processes): forward {f:.3f} s | + bare float32 X X^T {g - f:+.3f} s "
+              f"| rayrs's centred, U-centred Grams in hooks instead {fl - g:+.3f} s | + HSIC (MinibatchCKA) {ry - fl:+.3f} s = {ry:.3f} s")
     if parts:
         print(f"  inside the rayrs run itself: layer_grams {parts['grams']:.3f} s + MinibatchCKA.update "
               f"{parts['hsic']:.3f} s (ratio {(parts['grams'] + parts['hsic']) / parts['grams']:.3f}, free of "
               "run-to-run noise)")
     if "widest_layer" in prof:
-        print(f"  widest layer {prof['widest_layer']} ({prof['features']} features x n = {cfg['n']}): bare X X^T "
-              f"{prof['widest_raw_gram']:.4f} s; centred_gram {prof['widest_centered_gram']:.4f} s, of which "
-              f"centring the features {prof['widest_centre_features']:.4f} s; u_center {prof['widest_u_center']:.4f} s")
+        print(f"  widest layer {prof['widest_layer']} ({prof['features']} features x n = {cfg['n']}): bare float32 "
+              f"X X^T {prof['widest_raw_gram']:.4f} s; rayrs's centred_gram ({prof['widest_route']} route) "
+              f"{prof['widest_centered_gram']:.4f} s; its float32 route {prof['widest_float32_route']:.4f} s, of "
+              f"which centring the features {prof['widest_centre_features']:.4f} s; u_center "
+              f"{prof['widest_u_center']:.4f} s")
         print(f"  one MinibatchCKA.update({layers} layers, same Grams both sides) {prof['hsic_update_same']:.4f} s: "
               f"the L x L GEMM {prof['hsic_gemm']:.4f} s (the self terms are its diagonal)")
 
@@ -871,8 +893,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help=f"one minibatch, workload at n = {QUICK_WORKLOAD_N}, torch-cka timed on "
                         f"{QUICK_TORCH_CKA_ROWS} rows, pytorch-cka workload on {QUICK_PYTORCH_CKA_EPOCH_PAIRS} "
-                        "epoch pairs (both scaled by pair count), no repeats")
-    p.add_argument("--repeats", type=int, default=None, help="best of R for the one-call timings (default 3; 1 quick)")
+                        "epoch pairs (both scaled by pair count), best of 2 for the one-call timings")
+    p.add_argument("--repeats", type=int, default=None, help="best of R for the one-call timings (default 3; 2 quick)")
     p.add_argument("--torch-cka-rows", type=int, default=None,
                    help=f"time torch-cka on this many rows of the layer grid (default all; "
                         f"{QUICK_TORCH_CKA_ROWS} quick)")
@@ -898,7 +920,8 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "device": args.device, "arch": args.arch, "depth": depth, "width": width, "n": args.n, "batches": batches,
         "bf16": args.bf16, "quick": args.quick, "seed": args.seed,
-        "repeats": args.repeats if args.repeats is not None else (1 if args.quick else 3),
+        # Best of 2 even when quick: single runs of the one-call timings move by 10% on a shared 2-core machine.
+        "repeats": args.repeats if args.repeats is not None else (2 if args.quick else 3),
         "workload_n": min(args.n, QUICK_WORKLOAD_N) if args.quick else args.n,
         "workload_batches": batches,
         "torch_cka_rows": rows_wanted,  # None: every row

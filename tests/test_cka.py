@@ -311,6 +311,99 @@ def test_gram_paths_match_float64():
     np.testing.assert_allclose(centered_gram(last).numpy(), centered_gram(maps).numpy(), rtol=0, atol=1e-4)
 
 
+# ---------------------------------------------------------------- the int8 route (CPUs with AMX)
+# `centered_gram_int8` runs on any CPU (torch._int_mm); `centered_gram` only picks it where AMX makes it pay.
+
+
+def int8_u_grams(acts, scratch=None) -> torch.Tensor:
+    from rayrs.similarity.cka import centered_gram_int8, flatten_examples
+
+    return u_center(torch.stack([centered_gram_int8(flatten_examples(a), scratch) for a in acts]))
+
+
+def test_int8_route_cka_matches_reference():
+    n = 96
+    relu = torch.relu(randn(n, 700, seed=130))
+    xs = [
+        relu,
+        randn(n, 500, seed=131) * 0.1 + 30,  # a large mean next to a small spread
+        randn(n, 3, seed=132) @ randn(3, 900, seed=133),  # rank 3
+        torch.relu(randn(n, 8, 9, 9, seed=134) + 1),  # a conv map
+        relu[:, :400] @ randn(400, 600, seed=135) + 0.5 * randn(n, 600, seed=136),  # related to the first
+    ]
+    grams = int8_u_grams(xs)
+    cka = MinibatchCKA(len(xs), len(xs))
+    cka.update(grams, grams)
+    expected = cka_reference(xs, xs)
+    assert expected[0, 4] > 0.5  # the related pair really is related
+    assert_matches(cka.compute(), expected, atol=5e-5)  # measured: 4.6e-6 (the float32 route: 3.1e-6)
+
+
+def test_int8_gram_is_exactly_symmetric_and_close_to_float64_after_u_centring():
+    from rayrs.similarity.cka import centered_gram_int8
+
+    x = torch.relu(randn(200, 3000, seed=137)) * 5 + 2
+    gram = centered_gram_int8(x)
+    assert gram.dtype == torch.float32 and torch.equal(gram, gram.T)
+    centred = flat64(x) - flat64(x).mean(0)
+    expected = u_center(torch.from_numpy(centred @ centred.T))
+    error = (u_center(gram.double()) - expected).abs().max() / expected.abs().max()
+    assert error < 5e-3  # 15 bits a feature; measured 1e-3 (the float32 route: 4e-7)
+
+
+def test_int8_route_keeps_a_constant_layer_exactly_zero_and_lets_nan_through():
+    from rayrs.similarity.cka import centered_gram_float32, centered_gram_int8
+
+    constant = (torch.rand(1, 5000, generator=torch.Generator().manual_seed(1)) * 0.1 + 0.1).expand(70, 5000)
+    assert torch.all(centered_gram_int8(constant) == 0)
+    broken = randn(70, 5000, seed=138)
+    broken[3, 17] = float("nan")
+    # The NaN reaches the feature's mean, so every example's Gram row: all NaN, as on the float32 route,
+    # rather than a finite number from a NaN cast to int8.
+    assert torch.isnan(centered_gram_int8(broken)).all() and torch.isnan(centered_gram_float32(broken)).all()
+
+
+def test_int8_route_splits_long_rows_so_int32_sums_cannot_overflow():
+    from rayrs.similarity.cka import centered_gram_int8
+
+    # 8 examples of +-1 with every feature's mean exactly 0: each example splits into 136,072 slices of
+    # +-127, whose squares sum to 2.2e9, past int32's 2.1e9. The exact Gram is the integer sign agreement.
+    p = (1 << 17) + 5000
+    generator = torch.Generator().manual_seed(143)
+    order = torch.rand(8, p, generator=generator).argsort(dim=0)  # a random half of the examples is +1
+    signs = torch.where(order < 4, 1.0, -1.0)
+    exact = signs.double() @ signs.double().T
+    np.testing.assert_allclose(centered_gram_int8(signs).double().numpy(), exact.numpy(), rtol=1e-6, atol=0)
+
+
+def test_int8_scratch_reused_across_layers_of_different_sizes_gives_the_same_grams():
+    from rayrs.similarity.cka import Int8Scratch
+
+    layers = [randn(80, 3000, seed=139), randn(80, 200, seed=140), torch.relu(randn(80, 4000, seed=141))]
+    fresh = int8_u_grams(layers)
+    scratch = Int8Scratch()
+    assert torch.equal(int8_u_grams(layers, scratch), fresh)
+    assert torch.equal(int8_u_grams(layers[::-1], scratch), fresh.flip(0))
+
+
+def test_centered_gram_takes_the_int8_route_only_for_wide_cpu_layers_on_amx():
+    from rayrs.similarity.cka import (
+        INT8_MIN_EXAMPLES,
+        INT8_MIN_FEATURES,
+        _cpu_has_int8_matrix_units,
+        centered_gram_float32,
+        centered_gram_int8,
+    )
+
+    wide = torch.relu(randn(INT8_MIN_EXAMPLES, INT8_MIN_FEATURES, seed=142))
+    narrow = wide[:, :-1]
+    assert torch.equal(centered_gram(narrow), centered_gram_float32(narrow))
+    assert torch.equal(centered_gram(wide.double()), centered_gram_float32(wide.double()))
+    int8_taken = torch.equal(centered_gram(wide), centered_gram_int8(wide))
+    float32_taken = torch.equal(centered_gram(wide), centered_gram_float32(wide))
+    assert (int8_taken, float32_taken) == (_cpu_has_int8_matrix_units(), not _cpu_has_int8_matrix_units())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_cuda_the_gram_stays_accurate_even_where_tf32_is_switched_on():
     # The tensor-core split keeps inputs exact; its float32 accumulation truncates (3e-5 seen on an H200),

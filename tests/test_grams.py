@@ -1,5 +1,8 @@
 """Grams formed inside forward hooks equal Grams of activations captured by hand."""
 
+import resource
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -7,6 +10,7 @@ import torch
 from torch import nn
 
 from rayrs.similarity import GramRecorder, MinibatchCKA, centered_gram, cka_matrix, layer_grams, u_center
+from rayrs.similarity.grams import reuse_freed_memory
 
 
 @dataclass(frozen=True)
@@ -181,3 +185,37 @@ def test_bad_layer_lists_are_reported():
         GramRecorder(model, [Layer(0, "relu"), Layer(1, "relu")])
     with pytest.raises(RuntimeError, match="'relu' call 2"):
         layer_grams(model, [Layer(0, "relu", call=2)], images(5))
+
+
+PAGE_FAULTS_OF_A_PROBING_PASS = """
+import resource, sys, torch
+from torch import nn
+from rayrs.similarity.grams import reuse_freed_memory
+
+# 64 MB activations (64 x 16 x 128 x 128 float32): above glibc's 32 MB mmap ceiling, like a WRN's at n = 1024.
+model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+x = torch.rand(64, 3, 128, 128)
+
+def faults_of_a_pass():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    with torch.no_grad():
+        model(x)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+faults_of_a_pass()
+default = faults_of_a_pass()
+applied = reuse_freed_memory()
+faults_of_a_pass()
+print(default, faults_of_a_pass(), applied)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
+def test_reuse_freed_memory_spares_the_page_faults_of_a_forward_pass():
+    # In a child process: the setting is process-wide, and the default must be measured before it.
+    result = subprocess.run([sys.executable, "-c", PAGE_FAULTS_OF_A_PROBING_PASS], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    default, reusing, applied = result.stdout.split()
+    pages_of_one_activation = (64 << 20) // resource.getpagesize()
+    assert int(default) > 2 * pages_of_one_activation  # every 64 MB activation is mapped afresh, every pass
+    assert applied == "True" and int(reusing) < int(default) // 4

@@ -68,7 +68,7 @@ from rayrs.data import DATASETS, ImageDataset, to_float
 from rayrs.models import Layer, build_model, comparable_layers
 from rayrs.schema import SECONDS_FIELD, SIMILARITY_SCHEMA
 from rayrs.similarity.cka import MinibatchCKA
-from rayrs.similarity.grams import GramRecorder, channels_last
+from rayrs.similarity.grams import GramRecorder, channels_last, reuse_freed_memory
 from rayrs.similarity.measures import MEASURE_EXAMPLES, MEASURES, layer_sample_spaces
 from rayrs.similarity.probes import ADVERSARIAL, BENIGN, AdversarialProbe, adversarial_probe, probe_indices
 from rayrs.storage import Storage
@@ -270,8 +270,11 @@ def run_task(task: SimilarityTask, configs: dict[str, TrialConfig], storage: Sto
     """Compute every job of ``task``, writing each one's Parquet file atomically as soon as it is complete.
 
     Yields a `TaskProgress` after each step (probe made or read, minibatch forwarded) and a `JobDone` per
-    job written, so a caller can draw progress bars; exhaust it to run the task.
+    job written, so a caller can draw progress bars; exhaust it to run the task. On a CPU, the process's
+    malloc is first set to reuse freed memory (`reuse_freed_memory`).
     """
+    if torch.device(device).type == "cpu":
+        reuse_freed_memory()
     yield from _TaskRun(task, configs, storage, device).run()
 
 
