@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from rayrs.similarity import GramRecorder, MinibatchCKA, centered_gram, cka_matrix, layer_grams, u_center
-from rayrs.similarity.grams import reuse_freed_memory
 
 
 @dataclass(frozen=True)

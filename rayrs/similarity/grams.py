@@ -194,8 +194,9 @@ def reuse_freed_memory() -> bool:
     of a probing forward pass (128 MB for a WRN-16-2 layer at n = 1024, 44 of them) costs page faults and
     zeroing again: on 2 CPU cores a WRN-16-2 pass with its Grams takes about 4.5 s that way and 3.8 s with
     freed memory reused (PyTorch's CPU performance guide suggests preloading jemalloc or tcmalloc for the
-    same reason; this needs no preload). rayrs calls it in processes that compute similarities on a CPU;
-    the process then keeps up to 1 GiB of freed memory. Returns whether it took effect (glibc Linux only).
+    same reason; this needs no preload). rayrs calls it in processes that compute similarities on a CPU.
+    Freed memory then stays with the process, which keeps the RSS of its largest pass (only more than 1 GiB
+    free at the top of the heap goes back). Returns whether it took effect (glibc Linux only).
     """
     if not sys.platform.startswith("linux"):
         return False
