@@ -749,8 +749,9 @@ def summarise(cfg: dict[str, Any], res: dict[str, dict[str, Any]], wall: float) 
     f, g, fl, ry = prof.get("forward"), prof.get("raw_gram"), sec.get("floor"), sec.get("rayrs")
     parts = res.get("rayrs", {}).get("parts", {})
     if None not in (f, g, fl, ry):
-        print(f"\nrayrs time, stage by stage (separate processes): forward {f:.3f} s | + bare float32 X X^T {g - f:+.3f} s "
-              f"| rayrs's centred, U-centred Grams in hooks instead {fl - g:+.3f} s | + HSIC (MinibatchCKA) {ry - fl:+.3f} s = {ry:.3f} s")
+        print(f"\nrayrs time, stage by stage (separate processes): forward {f:.3f} s | + bare float32 X X^T "
+              f"{g - f:+.3f} s | rayrs's centred, U-centred Grams in hooks instead {fl - g:+.3f} s | + HSIC "
+              f"(MinibatchCKA) {ry - fl:+.3f} s = {ry:.3f} s")
     if parts:
         print(f"  inside the rayrs run itself: layer_grams {parts['grams']:.3f} s + MinibatchCKA.update "
               f"{parts['hsic']:.3f} s (ratio {(parts['grams'] + parts['hsic']) / parts['grams']:.3f}, free of "

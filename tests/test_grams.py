@@ -192,7 +192,9 @@ from torch import nn
 from rayrs.similarity.grams import reuse_freed_memory
 
 # 64 MB activations (64 x 16 x 128 x 128 float32): above glibc's 32 MB mmap ceiling, like a WRN's at n = 1024.
-model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+model = nn.Sequential(
+    nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)
+)
 x = torch.rand(64, 3, 128, 128)
 
 def faults_of_a_pass():

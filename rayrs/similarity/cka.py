@@ -15,7 +15,7 @@ Sources:
 
 Numerics: Grams are float32 (they are the costly part: n^2 p per layer); the HSIC sums are float64. On a CPU
 with AMX, wide layers' Grams come from exact int8 products of a two-slice split of each example
-(`centered_gram_int8`): 15 bits a feature instead of 24, at 1.6x the speed.
+(`centered_gram_int8`): each feature kept to 2^-16 of its example's largest, at 1.6x the speed.
 Features are centred before the Gram is formed. U-centring makes that a no-op in exact arithmetic (it removes
 any term of the form a_i + b_j from the off-diagonal of a Gram, which is what a shift of the features adds),
 but in float32 it is what keeps the digits: a ReLU feature with mean 1e3 and spread 1 has a raw Gram whose
@@ -145,7 +145,7 @@ class Int8Scratch:
     """Buffers `centered_gram_int8` reuses from one layer to the next.
 
     Why: the int8 slices of a 32,768-feature layer at n = 1024 take 64 MB, and freshly mapped memory costs
-    about 15 ms of page faults per call, a sixth of the Gram's time. Keep one scratch for the layers of a
+    about 15 ms of page faults per call, a ninth of the Gram's time. Keep one scratch for the layers of a
     forward pass (`GramRecorder` does) and drop it afterwards; it holds the largest layer's slices.
     """
 
@@ -170,7 +170,7 @@ def centered_gram_int8(features: Tensor, scratch: Int8Scratch | None = None) -> 
 
     Each centred example x_i is scaled by u_i = max_k |x_ik| / 127 and split into two int8 slices,
     x_i = u_i (H_i + L_i / 254) + e_i with H_i = round(x_i / u_i) and L_i = round(254 (x_i / u_i - H_i)),
-    so |e_ik| <= u_i / 508: every feature is kept to 2^-15 of its example's largest. Then
+    so |e_ik| <= u_i / 508: every feature is kept to 2^-16 of its example's largest. Then
         K_ij = u_i u_j (H_i.H_j + (H_i.L_j + L_i.H_j) / 254)
     from two int8 GEMMs (H H^T by half-row blocks, H L^T) whose int32 sums are exact (the splitting of
     Ozaki et al. 2012, "Error-free transformations of matrix multiplication", on integer units as in Ootomo,
