@@ -22,7 +22,7 @@ but in float32 it is what keeps the digits: a ReLU feature with mean 1e3 and spr
 entries are ~1e6 times the part CKA measures.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
 
@@ -172,7 +172,7 @@ def centered_gram_int8(features: Tensor, scratch: Int8Scratch | None = None) -> 
     x_i = u_i (H_i + L_i / 254) + e_i with H_i = round(x_i / u_i) and L_i = round(254 (x_i / u_i - H_i)),
     so |e_ik| <= u_i / 508: every feature is kept to 2^-16 of its example's largest. Then
         K_ij = u_i u_j (H_i.H_j + (H_i.L_j + L_i.H_j) / 254)
-    from two int8 GEMMs (H H^T by half-row blocks, H L^T) whose int32 sums are exact (the splitting of
+    from two int8 GEMMs (H H^T by `blocked_gram`, H L^T) whose int32 sums are exact (the splitting of
     Ozaki et al. 2012, "Error-free transformations of matrix multiplication", on integer units as in Ootomo,
     Ozaki & Yokota 2024). L L^T / 254^2, about 2^-16 of the Gram, is dropped to save a third GEMM: it is the
     largest error left, rounding noise that the sums of HSIC average out. On AMX an int8 GEMM runs about 8x
@@ -210,7 +210,7 @@ def centered_gram_int8(features: Tensor, scratch: Int8Scratch | None = None) -> 
         part.sub_(part_rounded).mul_(_LOW_SLICE_SCALE)
         low[start:stop].copy_(part.round_())
 
-    gram = _int8_symmetric_product(high)
+    gram = blocked_gram(high, _int8_product)
     cross = _int8_product(high, low)
     gram.add_(_plus_transpose(cross), alpha=1 / _LOW_SLICE_SCALE)  # c_ij + c_ji == c_ji + c_ij: symmetric
     return gram.mul_(torch.outer(unit, unit))
@@ -223,19 +223,6 @@ def _int8_product(a: Tensor, b: Tensor) -> Tensor:
     for start in range(_INT8_TERMS_PER_PRODUCT, p, _INT8_TERMS_PER_PRODUCT):
         stop = start + _INT8_TERMS_PER_PRODUCT
         product += torch._int_mm(a[:, start:stop], b[:, start:stop].T)
-    return product
-
-
-def _int8_symmetric_product(a: Tensor) -> Tensor:
-    """a a^T of an (n, p) int8 matrix as (n, n) float32, from three of its four half-row block products."""
-    half = a.shape[0] // 2
-    top, bottom = a[:half], a[half:]
-    product = torch.empty(a.shape[0], a.shape[0])
-    product[:half, :half] = _int8_product(top, top)
-    product[half:, half:] = _int8_product(bottom, bottom)
-    product[:half, half:] = _int8_product(top, bottom)
-    for rows, cols in _transpose_tiles(half, a.shape[0] - half):
-        product[half:, :half][cols, rows] = product[:half, half:][rows, cols].T
     return product
 
 
@@ -283,21 +270,26 @@ def symmetric_gram(features: Tensor) -> Tensor:
     return blocked_gram(features)
 
 
-def blocked_gram(features: Tensor) -> Tensor:
+def blocked_gram(features: Tensor, product: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
     """X X^T of (n, p) features from three of its four (n/2)-row block products.
 
+    product(a, b): a b^T of two row blocks; by default a matmul in the features' dtype (the int8 route passes
+    its exact int8 product, which returns float32).
     The Gram is symmetric, so the lower-left block is the upper-right one transposed; PyTorch has no
     symmetric rank-k product (syrk), and this saves a quarter of the dominant cost of CKA. (SciPy's BLAS
     ssyrk is no faster on CPU inside a forward pass: its threads spin after each call and slow PyTorch's.)
     """
+    product = product or (lambda a, b: a @ b.T)
     n = features.shape[0]
     half = n // 2
     top, bottom = features[:half], features[half:]
-    gram = torch.empty(n, n, dtype=features.dtype, device=features.device)
-    torch.matmul(top, top.T, out=gram[:half, :half])
-    torch.matmul(bottom, bottom.T, out=gram[half:, half:])
-    torch.matmul(top, bottom.T, out=gram[:half, half:])
-    gram[half:, :half] = gram[:half, half:].T
+    corner = product(top, top)
+    gram = torch.empty(n, n, dtype=corner.dtype, device=corner.device)
+    gram[:half, :half] = corner
+    gram[half:, half:] = product(bottom, bottom)
+    gram[:half, half:] = product(top, bottom)
+    for rows, cols in _transpose_tiles(half, n - half):
+        gram[half:, :half][cols, rows] = gram[:half, half:][rows, cols].T
     return gram
 
 
