@@ -77,6 +77,24 @@ def test_freezing_a_prefix_stops_its_weights_and_batchnorm_statistics(tmp_path):
     assert any(not torch.equal(before[name], after[name]) for name in trained)
 
 
+@pytest.mark.parametrize("method", ["pgd", "trades"])
+def test_freezing_survives_the_attacks_of_adversarial_training(tmp_path, method):
+    """Every attack step switches the model to eval mode and back: the frozen prefix must come back in eval
+    mode too, or its BatchNorm layers return to batch statistics and keep updating their running ones."""
+    storage = Storage(tmp_path)
+    spec = digits_spec("frozen", train={"method": method, "eps": 0.1, "epochs": 3,
+                                        "freeze": {"through": "block1", "from_epoch": 2}}, **TINY)
+    train_trial(spec, storage, "cpu")
+    epochs = [checkpoint.load_weights(storage, "frozen", epoch) for epoch in (1, 2, 3)]
+    frozen = [name for name in epochs[0] if name.startswith(("conv1.", "block1."))]
+    assert any(name.endswith("running_var") for name in frozen) and any(name.endswith("num_batches_tracked") for name in frozen)
+    for later in epochs[1:]:
+        changed = [name for name in frozen if not torch.equal(epochs[0][name], later[name])]
+        assert not changed, f"frozen tensors changed after epoch 1: {changed[:4]}"
+    trained = [name for name in epochs[0] if name.startswith(("block3.", "fc.")) and epochs[0][name].is_floating_point()]
+    assert all(any(not torch.equal(epochs[0][name], later[name]) for name in trained) for later in epochs[1:])
+
+
 def test_freezing_an_unknown_layer_names_the_valid_prefixes(tmp_path):
     spec = digits_spec("bad", train={"epochs": 1, "freeze": {"through": "stage9", "from_epoch": 1}}, **TINY)
     with pytest.raises(UserError, match="no layer name starts with 'stage9'; layers start with: conv1, block1, block2, block3"):

@@ -21,8 +21,13 @@ Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, lab
 
 @contextmanager
 def attack_mode(model: nn.Module, bn_eval: bool = True) -> Iterator[None]:
-    """Freeze parameters (and BatchNorm statistics when ``bn_eval``); restore both afterwards."""
-    was_training = model.training
+    """Freeze parameters (and BatchNorm statistics when ``bn_eval``); restore both afterwards.
+
+    Each module gets back its *own* training flag, not the model's: during layer freezing (App. D.5) the
+    frozen prefix is in eval mode inside a training model, and ``model.train()`` here would put its
+    BatchNorm layers back on batch statistics for the rest of the epoch.
+    """
+    modes = [(module, module.training) for module in model.modules()]
     requires_grad = [p.requires_grad for p in model.parameters()]
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -33,7 +38,8 @@ def attack_mode(model: nn.Module, bn_eval: bool = True) -> Iterator[None]:
     finally:
         for parameter, flag in zip(model.parameters(), requires_grad):
             parameter.requires_grad_(flag)
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
