@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -312,20 +312,48 @@ def trial_record(spec: TrialSpec) -> dict[str, Any]:
 
 
 # -- the trial ----------------------------------------------------------------------------------------------
+@contextmanager
+def cpu_threads(device: torch.device, threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads when training on the CPU (unchanged elsewhere).
+
+    Why: a CPU kernel splits its sums over its threads, so the thread count changes the rounding, and after
+    a few hundred SGD steps the weights differ. A Ray worker with one CPU runs one thread, a plain process
+    one per core: without a fixed count, the same trial trained with ``--local`` and through Ray (or resumed
+    in the other mode) would not give the same checkpoints.
+    """
+    if device.type != "cpu" or threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def train_trial(
     spec: TrialSpec,
     storage: Storage,
     device: torch.device | str | None = None,
     report: Callable[[dict[str, Any]], None] = lambda metrics: None,
     where: dict[str, Any] | None = None,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``spec`` to its last epoch, checkpointing every epoch under ``storage``; resume if started before.
 
     ``report`` receives each new epoch's metrics (Ray Tune's ``tune.report`` in a sweep). ``where`` (e.g. the
-    Ray node) is recorded in each epoch's meta.json next to the device. Returns the metrics of the epochs
-    trained by this call.
+    Ray node) is recorded in each epoch's meta.json next to the device. ``threads``: CPU threads to train
+    with (`cpu_threads`; a sweep passes its ``resources.cpus_per_trial`` in every mode); None keeps the
+    process's. Returns the metrics of the epochs trained by this call.
     """
     device = torch.device(device) if device is not None else best_device()
+    with cpu_threads(device, threads):
+        return _train_trial(spec, storage, device, report, where)
+
+
+def _train_trial(spec: TrialSpec, storage: Storage, device: torch.device, report: Callable[[dict[str, Any]], None],
+                 where: dict[str, Any] | None) -> list[dict[str, Any]]:
     config = spec.config
     _claim_trial(storage, spec)
     data = load_trial_data(config, device)
