@@ -230,9 +230,10 @@ def test_with_its_own_draws_the_attack_succeeds_as_often_as_the_reference(gabor_
         return accuracy(model, adversarial, y)
 
     reference = t["success.mild.robust_accuracy"]  # over 5 seeds: Gabor 38.4-40.0%, Snow 24.2-27.4%
-    # A seed moves robust accuracy on these 500 digits by ~1.2 points (std, both codes, measured), the mean of
-    # the reference's 5 by ~0.5: 5 points is over 3.5 standard deviations of the difference.
-    assert abs(robust(name) - reference.mean().item()) <= 0.05
+    # Across seeds robust accuracy on these 500 digits varies by 0.6-1.7 points (std, either code, measured; seed
+    # 0 here: Gabor 37.2%, Snow 25.2%): 6 points is over 3 standard deviations of the difference from the mean of
+    # the reference's 5, and at most a third of the distance to rayrs's earlier definitions.
+    assert abs(robust(name) - reference.mean().item()) <= 0.06
     # rayrs's earlier definitions are different attacks (measured: gabor_sparse 55.8%, snow_projected 2.2%).
     difference = robust(earlier) - reference.mean().item()
     assert difference >= 0.10 if earlier == "gabor_sparse" else difference <= -0.10
