@@ -33,9 +33,9 @@ intensity 1 adds ``eps`` times its streak, whose peak is at most 1); ``step_size
 Where the reference cannot run, rayrs chooses: greyscale images take their one channel as the luminance (the
 reference reads three); sizes that are not a multiple of 4 get ``ceil(H / 4)`` cells a side (the reference's
 ``resol // 4`` cells do not fit there); regions are 8x8 cells, smaller at the edges, and one region when a side
-has fewer than 8 cells. The reference, with ``(resol // 4) // 8`` regions a side, rescales nothing below 32 px
-(no budget at all: measured at 16 px), and on sizes that are not a multiple of 32 px leaves the cells past the
-last whole region unscaled.
+has fewer than 8 cells. The reference, with ``(resol // 4) // 8`` regions a side, only clamps below 32 px and
+rescales nothing (no budget at all; run at 16 px), and on sizes that are not a multiple of 32 px averages over
+adaptive windows but rescales only the whole 8x8 regions (read, not run).
 """
 
 from __future__ import annotations
