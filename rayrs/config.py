@@ -263,7 +263,7 @@ def _is_pair(item: Any) -> bool:
     return isinstance(item, list) and len(item) == 2 and all(isinstance(name, str) for name in item)
 
 
-Measure = Literal["cka", "procrustes", "svcca"]
+Measure = Literal["cka", "procrustes", "svcca", "svcca_variance"]
 Epochs = list[Annotated[int, Field(ge=1)]]
 Trials = Annotated[Literal["all"] | list[str], _word_or_list("all", "trial names", lambda item: isinstance(item, str))]
 
@@ -272,8 +272,9 @@ class ComparisonSection(Section):
     """What every comparison kind shares: its similarity measures (paper App. B.1).
 
     ``cka`` is minibatch linear CKA over the whole probe (the paper's measure); ``procrustes`` (a distance in
-    [0, 2]) and ``svcca`` (a similarity in [0, 1]) are computed on one minibatch of at most 1024 probe inputs
-    (`rayrs.similarity.measures`).
+    [0, 2]), ``svcca`` (a similarity in [0, 1]: each layer's top 20 directions, as the paper's code) and
+    ``svcca_variance`` (the directions of 99% of the variance, Raghu et al. 2017) are computed on one
+    minibatch of at most 1024 probe inputs (`rayrs.similarity.measures`).
     """
 
     measures: list[Measure] = Field(default_factory=lambda: ["cka"], min_length=1)

@@ -31,9 +31,11 @@ checkpoint, in that threat model, with the evaluation attack). What each ``kind`
   and for the chosen matrix layers every ordered pair of epochs once (Fig 25). Each side's probe is benign,
   or that epoch's own adversarial probe.
 - ``measure``: ``cka`` (in [0, 1], 1 = same up to rotation and scale), ``procrustes`` (Ding et al. 2021's
-  distance 2 - 2 ||A^T B||_*, in [0, 2], 0 = same) or ``svcca`` (mean canonical correlation, in [0, 1]) —
-  both App. B.1, on the first min(probe, batch, 1024) probe inputs, so ``n_examples`` is that count and
-  ``passes`` is 1 — or ``transfer_accuracy`` (``passes`` 1).
+  distance 2 - 2 ||A^T B||_*, in [0, 2], 0 = same), ``svcca`` (mean canonical correlation of each layer's top
+  20 singular directions, as the paper's code computes it, in [0, 1]) or ``svcca_variance`` (the same over
+  the directions of 99% of each layer's variance, Raghu et al. 2017) — App. B.1, on the first
+  min(probe, batch, 1024) probe inputs, so ``n_examples`` is that count and ``passes`` is 1 — or
+  ``transfer_accuracy`` (``passes`` 1).
 
 After the schema's columns, rayrs writes ``seconds`` (`SECONDS_FIELD`), the same on every row of a job: the
 compute time charged to the comparison (its own arithmetic plus an equal share of the forward passes and
@@ -48,7 +50,7 @@ import pyarrow as pa
 SIMILARITY_SCHEMA = pa.schema(
     [
         ("kind", pa.string()),  # cross_layer | cross_model | benign_vs_adversarial | transfer | cross_epoch
-        ("measure", pa.string()),  # cka | procrustes | svcca | transfer_accuracy
+        ("measure", pa.string()),  # cka | procrustes | svcca | svcca_variance | transfer_accuracy
         ("model_a", pa.string()),
         ("epoch_a", pa.int32()),
         ("probe_a", pa.string()),

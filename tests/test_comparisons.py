@@ -237,7 +237,7 @@ BAD_COMPARISONS = {
                        "compare.0.cross_epoch.layers: trial 'eps0': no layer named 'block9.conv'; the model's 25 layers are named like conv1"),
     "layer index out of range": ("compare: [{kind: cross_epoch, layers: [25]}]", "layer index 25 is out of range for the model's 25 layers"),
     "epoch past the end": ("compare: [{kind: benign_vs_adversarial, epochs: [3]}]", "compare.0.benign_vs_adversarial.epochs: benign_vs_adversarial epoch 3 is past trial 'eps0''s 2 epochs"),
-    "unknown measure": ("compare: [{kind: cross_layer, measures: [cka, pwcca]}]", "Input should be 'cka', 'procrustes' or 'svcca'"),
+    "unknown measure": ("compare: [{kind: cross_layer, measures: [cka, pwcca]}]", "Input should be 'cka', 'procrustes', 'svcca' or 'svcca_variance'"),
     "measure twice": ("compare: [{kind: cross_layer, measures: [cka, cka]}]", "list each measure once"),
     "unknown probe": ("compare: [{kind: cross_epoch, probes: [noisy]}]", "Input should be 'benign' or 'adversarial'"),
     "not a list of trials": ("compare: [{kind: transfer, models: eps0}]", "compare.0.transfer.models: give 'all' or a list of trial names, got 'eps0'"),

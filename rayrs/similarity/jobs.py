@@ -108,7 +108,11 @@ class SimilarityJob:
 
     @property
     def id(self) -> str:
-        canonical = json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        revision = MEASURES[self.measure].revision if self.measure in MEASURES else 1
+        if revision > 1:  # the measure's definition changed: its older files must not be taken for this job's
+            fields["measure_revision"] = revision
+        canonical = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property
