@@ -264,6 +264,10 @@ def _is_pair(item: Any) -> bool:
 
 
 Measure = Literal["cka", "procrustes", "svcca", "svcca_variance"]
+# The compared layer types (rayrs.models: PAPER_LAYER_TYPES, then BLOCK); spelled out here so that reading a
+# sweep file needs no torch import. A test checks that the two lists agree.
+LayerType = Literal["conv", "bn", "act", "pool", "linear", "block"]
+PAPER_LAYERS: tuple[str, ...] = ("conv", "bn", "act", "pool", "linear")
 Epochs = list[Annotated[int, Field(ge=1)]]
 Trials = Annotated[Literal["all"] | list[str], _word_or_list("all", "trial names", lambda item: isinstance(item, str))]
 
@@ -275,15 +279,20 @@ class ComparisonSection(Section):
     [0, 2]), ``svcca`` (a similarity in [0, 1]: each layer's top 20 directions, as the paper's code) and
     ``svcca_variance`` (the directions of 99% of the variance, Raghu et al. 2017) are computed on one
     minibatch of at most 1024 probe inputs (`rayrs.similarity.measures`).
+
+    ``layer_types``: which layers are compared, in execution order: by default the paper's "all layers"
+    (conv, bn, act, pool, linear; §2); ``block`` adds each residual block's output (after the addition).
+    The rows' ``layer_*`` indices count the compared layers only (`rayrs.schema`).
     """
 
     measures: list[Measure] = Field(default_factory=lambda: ["cka"], min_length=1)
+    layer_types: list[LayerType] = Field(default_factory=lambda: list(PAPER_LAYERS), min_length=1)
 
-    @field_validator("measures")
+    @field_validator("measures", "layer_types")
     @classmethod
-    def _each_measure_once(cls, value: list[str]) -> list[str]:
+    def _each_once(cls, value: list[str], info: Any) -> list[str]:
         if len(set(value)) != len(value):
-            raise ValueError(f"list each measure once, got {value}")
+            raise ValueError(f"list each {info.field_name.removesuffix('s').replace('_', ' ')} once, got {value}")
         return value
 
 
@@ -332,11 +341,13 @@ class CrossEpoch(ComparisonSection):
     """Convergence over training (Figs 6, 25), benign and/or adversarial probes (each epoch its own attack).
 
     Every layer at each of ``epochs`` (default: every epoch) vs the same layer at the final epoch (Fig 6), and
-    for ``layers`` (names or indices, negative from the end; default 4 evenly spaced) the epoch x epoch matrix
-    (Fig 25). Only same-layer pairs are stored.
+    for ``layers`` (names or indices among the compared layers, negative from the end; default 4 evenly
+    spaced) the epoch x epoch matrix (Fig 25). Only same-layer pairs are stored. ``layer_types`` defaults to
+    the paper's five and ``block``: Fig 6 plots "the output of the first two blocks", a residual block's output.
     """
 
     kind: Literal["cross_epoch"] = "cross_epoch"
+    layer_types: list[LayerType] = Field(default_factory=lambda: [*PAPER_LAYERS, "block"], min_length=1)
     trials: Trials = "all"
     probes: list[Literal["benign", "adversarial"]] = Field(default_factory=lambda: ["benign"], min_length=1)
     epochs: Literal["all"] | Epochs = "all"
@@ -370,8 +381,9 @@ class CrossEpoch(ComparisonSection):
             if isinstance(layer, str):
                 if layer not in names:
                     raise ValueError(
-                        f"no layer named {layer!r}; the model's {count} layers are named like "
-                        f"{', '.join(l.name for l in layers[:3])}, ..., {layers[-1].name}, or use an index"
+                        f"no layer named {layer!r}; the model's {count} layers of types "
+                        f"{', '.join(self.layer_types)} are named like {', '.join(l.name for l in layers[:3])}, ..., "
+                        f"{layers[-1].name}, or use an index"
                     )
                 chosen.append(names[layer])
             elif not -count <= layer < count:
@@ -665,7 +677,7 @@ def _check_comparison(comparison: ComparisonSection, trials: list[TrialSpec]) ->
 
         for trial in selected:
             try:
-                comparison.matrix_layers(model_layers(trial.config))
+                comparison.matrix_layers(model_layers(trial.config, comparison.layer_types))
             except ValueError as error:
                 raise ValueError(f"layers: trial {trial.name!r}: {error}") from None
 

@@ -9,9 +9,14 @@ epoch is kept), the same on every row of the trial.
 
 **similarity/<kind>/<job>.parquet** — one row per layer pair per comparison. Side ``a`` and side ``b``
 each name a trial (``model_*``), a checkpoint epoch and a probe (the inputs fed to that model):
-``benign`` for clean test images, or an adversarial probe id. ``layer_*`` is the index of the layer in
-the model's execution order (`rayrs.models.comparable_layers`), ``name_*`` its module path and
-``type_*`` one of conv / bn / act / pool / linear. ``value`` is the measure (linear CKA, computed with the
+``benign`` for clean test images, or an adversarial probe id. ``layer_*`` is the layer's position in
+execution order among the comparison's compared layers, those of its ``layer_types``
+(`rayrs.models.comparable_layers`): by default the paper's conv / bn / act / pool / linear, and for
+cross_epoch also ``block`` (each residual block's output, after the addition), which shifts every later
+index. Within one job the indices are 0..L-1; across jobs compared with different types, match layers by
+``name_*``. ``name_*`` is the module path (``block2.0.relu1``; a residual block's output is the block's own
+path, ``block2.0``; the k-th later call of a module that runs repeatedly gets ``#k``) and ``type_*`` one of
+conv / bn / act / pool / linear / block. ``value`` is the measure (linear CKA, computed with the
 unbiased HSIC estimator and summed over ``n_examples`` probe inputs in minibatches, ``passes`` times).
 
 Probes: ``benign`` (clean test images), or an adversarial probe

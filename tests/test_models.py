@@ -233,6 +233,14 @@ def test_block_layers_are_residual_block_outputs_placed_after_their_last_operati
         comparable_layers(model, example, ["blocks"])
 
 
+def test_sweep_files_know_the_same_layer_types() -> None:
+    from typing import get_args
+
+    from rayrs.config import PAPER_LAYERS, LayerType
+
+    assert get_args(LayerType) == ALL_LAYER_TYPES and PAPER_LAYERS == PAPER_LAYER_TYPES
+
+
 @pytest.mark.parametrize(("arch", "per_stage"), [("resnet18", [2, 2, 2, 2]), ("resnet50", [3, 4, 6, 3])])
 def test_torchvision_residual_blocks_are_block_layers(arch: str, per_stage: list[int]) -> None:
     with torch.device("meta"):
