@@ -411,12 +411,40 @@ def probe_dataset(config: TrialConfig) -> str:
     return f"{config.data.dataset} at {size} px"
 
 
+# Images larger than this many pixels a side are "large resolution" to `pool_features: large_images`.
+LARGE_IMAGE_PX = 64
+
+
 class CkaConfig(Section):
-    """Minibatch CKA settings; the paper uses batches of 1024 and 3 passes over the probe set."""
+    """Minibatch CKA settings; the paper uses batches of 1024 and 3 passes over the probe set.
+
+    ``pool_features``: spatially average every 4-D activation to (n, channels) before comparing it, as the
+    paper code's ``cka.py --pool_features`` ("Spatial pooling (avgpool) of features to reduce memory
+    overhead (used for large resolution images)"), for every measure. ``large_images`` pools only models whose
+    probe images are larger than `LARGE_IMAGE_PX` (Imagenette / Imagewoof at 224 px, not CIFAR-10 or digits).
+    rayrs needs no pooling for memory (a layer becomes its n x n Gram in its hook); it changes the values.
+    """
 
     probe_size: int = Field(default=1024, ge=4)  # benign probe inputs: the first N test images
     batch_size: int = Field(default=1024, ge=4)
     passes: int = Field(default=3, ge=1)  # each pass shuffles the probe set differently
+    pool_features: bool | Literal["large_images"] = False
+
+    @field_validator("pool_features", mode="before")
+    @classmethod
+    def _pooling(cls, value: Any) -> Any:
+        if not isinstance(value, bool) and value != "large_images":
+            raise ValueError(f"give true, false or large_images, got {value!r}")
+        return value
+
+    def pools(self, config: TrialConfig) -> bool:
+        """Whether a trial's model is compared on spatially averaged features."""
+        if self.pool_features == "large_images":
+            from rayrs.data import DATASETS
+
+            size = config.data.image_size or DATASETS[config.data.dataset].default_image_size
+            return size > LARGE_IMAGE_PX
+        return self.pool_features
 
 
 class Resources(Section):

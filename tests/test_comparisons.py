@@ -317,14 +317,36 @@ def test_job_ids_pin_everything_that_changes_the_rows(tmp_path):
     assert epoch_job.epochs == (1, 2) and epoch_job.layers == (0, EPOCH_LAYERS - 1)
     assert all(job.output == f"similarity/{job.kind}/{job.id}.parquet" for job in jobs)
     assert len(set(jobs)) == len(jobs)  # plain hashable values
-    # Another set of compared layers is another job; the paper's default set keeps the id a job had before
-    # layer types existed, so its file from then is still found.
+    # Another set of compared layers is another job; the paper's default set (unpooled) keeps the id a job had
+    # before layer types and pooling existed, so its file from then is still found.
     cross_layer = next(job for job in jobs if job.kind == "cross_layer")
     assert cross_layer.layer_types == PAPER_LAYER_TYPES and epoch_job.layer_types == ALL_LAYER_TYPES
     assert dataclasses.replace(cross_layer, layer_types=ALL_LAYER_TYPES).id != cross_layer.id
-    before = {key: value for key, value in dataclasses.asdict(cross_layer).items() if key != "layer_types"}
+    later = {"layer_types", "pool_features"}
+    before = {key: value for key, value in dataclasses.asdict(cross_layer).items() if key not in later}
     assert cross_layer.id == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
     # The layer types of a comparison are a set: their order in the file does not make another job.
     reordered = experiment.model_copy(update={"compare": [experiment.compare[0].model_copy(
         update={"layer_types": ["linear", "pool", "act", "bn", "conv"]})]})
     assert plan_jobs(reordered, expand(reordered))[0].id == cross_layer.id
+    # Pooled features are other rows; `large_images` leaves 16-px digits unpooled, so their jobs are the same.
+    def with_pooling(value):
+        changed = experiment.model_copy(update={"cka": experiment.cka.model_copy(update={"pool_features": value})})
+        return plan_jobs(changed, expand(changed))
+
+    pooled = with_pooling(True)
+    assert all(job.pool_features for job in pooled) and not {job.id for job in pooled} & {job.id for job in jobs}
+    assert [job.id for job in with_pooling("large_images")] == [job.id for job in jobs]
+
+
+def test_large_images_pools_the_imagenet_subsets_but_not_cifar(tmp_path):
+    path = tmp_path / "pooled.yaml"
+    path.write_text("grid: {dataset: [cifar10, imagenette]}\ncka: {pool_features: large_images}\n"
+                    "compare: [{kind: cross_layer}]\n")
+    experiment = load_experiment(path)
+    pooled = {job.a.trial: job.pool_features for job in plan_jobs(experiment, expand(experiment))}
+    assert pooled == {"cifar10": False, "imagenette": True}  # 32 px vs 224 px
+    assert "pooled" in next(job for job in plan_jobs(experiment, expand(experiment)) if job.pool_features).describe()
+    path.write_text("cka: {pool_features: sometimes}\n")
+    with pytest.raises(SweepFileError, match="cka.pool_features: give true, false or large_images, got .sometimes."):
+        load_experiment(path)

@@ -96,7 +96,7 @@ class SimilarityJob:
     the probe kind, ``benign`` or ``adversarial`` (each epoch on its own adversarial probe), ``a`` and ``b`` the
     final checkpoint, ``epochs`` the epochs compared with it and ``layers`` the epoch x epoch matrix's layers
     (indices among the compared layers). ``layer_types``: the compared layers' types, in `ALL_LAYER_TYPES`
-    order."""
+    order. ``pool_features``: every measure sees 4-D activations spatially averaged to (n, channels)."""
 
     kind: str
     a: ModelRef
@@ -110,6 +110,7 @@ class SimilarityJob:
     epochs: tuple[int, ...] = ()
     layers: tuple[int, ...] = ()
     layer_types: tuple[str, ...] = PAPER_LAYER_TYPES
+    pool_features: bool = False  # 4-D activations spatially averaged first (`CkaConfig.pool_features`)
 
     @property
     def id(self) -> str:
@@ -134,6 +135,8 @@ class SimilarityJob:
         measure = "" if self.measure == "cka" else f" ({self.measure})"
         if self.layer_types != PAPER_LAYER_TYPES:
             measure += f" [{'+'.join(self.layer_types)}]"
+        if self.pool_features:
+            measure += " pooled"
         if self.kind == "cross_epoch":
             epochs = f"{self.epochs[0]}..{self.a.epoch}"
             return f"cross_epoch {self.a.trial} epochs {epochs} on {self.probe_a} probes{measure}"
@@ -144,7 +147,7 @@ class SimilarityJob:
         return f"{self.kind} {self.a.trial}@{self.a.epoch} vs {self.b.trial}@{self.b.epoch}{measure}"
 
 
-_LATER_FIELDS: dict[str, Any] = {"layer_types": PAPER_LAYER_TYPES}
+_LATER_FIELDS: dict[str, Any] = {"layer_types": PAPER_LAYER_TYPES, "pool_features": False}
 
 
 @dataclass(frozen=True)
@@ -205,10 +208,12 @@ def _selected(trials: list[TrialSpec], names: Any) -> list[TrialSpec]:
     return trials if names == "all" else [t for name in names for t in trials if t.name == name]
 
 
-def _job(comparison: Any, a: ModelRef, b: ModelRef, cka: CkaConfig, measure: str, **fields: Any) -> SimilarityJob:
-    types = layer_types(comparison.layer_types)
+def _job(comparison: Any, home: TrialSpec, a: ModelRef, b: ModelRef, cka: CkaConfig, measure: str,
+         **fields: Any) -> SimilarityJob:
+    """A job of ``comparison`` whose side-a trial is ``home`` (both sides see the same probe dataset)."""
     return SimilarityJob(comparison.kind, a, b, cka.probe_size, cka.batch_size, cka.passes, measure=measure,
-                         layer_types=types, **fields)
+                         layer_types=layer_types(comparison.layer_types), pool_features=cka.pools(home.config),
+                         **fields)
 
 
 def layer_types(types: Any) -> tuple[str, ...]:
@@ -225,7 +230,7 @@ def _plan_cross_layer(comparison: CrossLayer, trials: list[TrialSpec], cka: CkaC
         epochs = [trial.config.train.epochs] if comparison.epochs == "final" else comparison.epochs
         for epoch, measure in ((e, m) for e in epochs for m in comparison.measures):
             ref = ModelRef(trial.name, epoch, trial.fingerprint)
-            yield _job(comparison, ref, ref, cka, measure)
+            yield _job(comparison, trial, ref, ref, cka, measure)
 
 
 def _plan_cross_model(comparison: CrossModel, trials: list[TrialSpec], cka: CkaConfig) -> Iterator[SimilarityJob]:
@@ -235,7 +240,7 @@ def _plan_cross_model(comparison: CrossModel, trials: list[TrialSpec], cka: CkaC
     else:
         pairs = [(_selected(trials, [a])[0], _selected(trials, [b])[0]) for a, b in comparison.pairs]
     for (a, b), measure in ((pair, m) for pair in pairs for m in comparison.measures):
-        yield _job(comparison, _final(a), _final(b), cka, measure)
+        yield _job(comparison, a, _final(a), _final(b), cka, measure)
 
 
 def _plan_benign_vs_adversarial(comparison: BenignVsAdversarial, trials: list[TrialSpec],
@@ -244,7 +249,7 @@ def _plan_benign_vs_adversarial(comparison: BenignVsAdversarial, trials: list[Tr
         epochs = [trial.config.train.epochs] if comparison.epochs == "final" else comparison.epochs
         for epoch, measure in ((e, m) for e in epochs for m in comparison.measures):
             ref = ModelRef(trial.name, epoch, trial.fingerprint)
-            yield _job(comparison, ref, ref, cka, measure, probe_b=_adversarial_id(trial, epoch, cka))
+            yield _job(comparison, trial, ref, ref, cka, measure, probe_b=_adversarial_id(trial, epoch, cka))
 
 
 def _plan_transfer(comparison: Transfer, trials: list[TrialSpec], cka: CkaConfig) -> Iterator[SimilarityJob]:
@@ -255,7 +260,8 @@ def _plan_transfer(comparison: Transfer, trials: list[TrialSpec], cka: CkaConfig
             if probe_dataset(source.config) != probe_dataset(target.config):
                 continue
             for measure in [*comparison.measures, TRANSFER_ACCURACY]:
-                yield _job(comparison, _final(source), _final(target), cka, measure, probe_a=probe, probe_b=probe)
+                yield _job(comparison, source, _final(source), _final(target), cka, measure, probe_a=probe,
+                           probe_b=probe)
 
 
 def _plan_cross_epoch(comparison: CrossEpoch, trials: list[TrialSpec], cka: CkaConfig) -> Iterator[SimilarityJob]:
@@ -264,7 +270,7 @@ def _plan_cross_epoch(comparison: CrossEpoch, trials: list[TrialSpec], cka: CkaC
         epochs = range(1, final + 1) if comparison.epochs == "all" else sorted({*comparison.epochs, final})
         layers = comparison.matrix_layers(model_layers(trial.config, comparison.layer_types))
         for probe, measure in ((p, m) for p in comparison.probes for m in comparison.measures):
-            yield _job(comparison, _final(trial), _final(trial), cka, measure, probe_a=probe, probe_b=probe,
+            yield _job(comparison, trial, _final(trial), _final(trial), cka, measure, probe_a=probe, probe_b=probe,
                        epochs=tuple(epochs), layers=layers)
 
 
@@ -439,6 +445,7 @@ class _TaskRun:
         self.data = load_trial_data(configs[self.home], self.device)
         first = task.jobs[0]
         self.size, self.batch_size, self.passes = first.probe_size, first.batch_size, first.passes
+        self.pool = first.pool_features  # one probe dataset per task, so one answer (`CkaConfig.pools`)
         self.indices = probe_indices(self.data, self.size)
         self.count = self.indices.numel()
         self.labels = self.data.test_labels[self.indices]
@@ -564,14 +571,14 @@ class _TaskRun:
     def _grams(self, view: _View, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(L, b, b) float32 U-centred Grams of the view's layers on one minibatch, and the logits."""
         model = self.model(view.model)
-        with torch.no_grad(), GramRecorder(model, self.layers(view.model.trial)) as recorder:
+        with torch.no_grad(), GramRecorder(model, self.layers(view.model.trial), self.pool) as recorder:
             logits = model(channels_last(self.inputs(view.probe, batch)))
             return recorder.take(), logits
 
     def _sample_spaces(self, view: _View, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(L, b, b) float64 sample spaces of the view's layers (`rayrs.similarity.measures`), and the logits."""
         model = self.model(view.model)
-        return layer_sample_spaces(model, self.layers(view.model.trial), self.inputs(view.probe, batch))
+        return layer_sample_spaces(model, self.layers(view.model.trial), self.inputs(view.probe, batch), self.pool)
 
     def _steps(self, views: set[_View]) -> list[list[_View]]:
         """The views in the order of the module docstring: home final, other models, earlier home epochs."""

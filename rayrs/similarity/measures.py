@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from rayrs.similarity.grams import pool_features
+
 __all__ = [
     "MEASURES",
     "MEASURE_EXAMPLES",
@@ -194,10 +196,13 @@ def svcca_variance_similarity(x: Tensor, y: Tensor, keep: float = SVCCA_KEEP) ->
 
 
 # -- in a forward pass: each layer reduced to its sample space the moment it returns -------------------------
-def layer_sample_spaces(model: nn.Module, layers: Sequence, inputs: Tensor) -> tuple[Tensor, Tensor]:
+def layer_sample_spaces(
+    model: nn.Module, layers: Sequence, inputs: Tensor, pool: bool = False
+) -> tuple[Tensor, Tensor]:
     """`sample_space` of every layer in ``layers`` for one batch, and the model's output.
 
-    layers: `rayrs.models.Layer`-like (index 0..L-1, module_name, call); inputs: (n, ...) with n examples.
+    layers: `rayrs.models.Layer`-like (index 0..L-1, module_name, call); inputs: (n, ...) with n examples;
+    pool: spatially average 4-D outputs first (`rayrs.similarity.grams.pool_features`, ``cka.pool_features``).
     Returns ((L, n, n) float64 on the model's device, the model's output). Each layer is reduced inside its
     forward hook (so an in-place op after it cannot change what is recorded, and no activation is kept); the
     forward pass runs under no_grad with the model as it is (callers put it in eval mode).
@@ -213,7 +218,7 @@ def layer_sample_spaces(model: nn.Module, layers: Sequence, inputs: Tensor) -> t
             slot = routes[name].get(calls[name])
             calls[name] += 1
             if slot is not None:
-                spaces[slot] = sample_space(output.detach())
+                spaces[slot] = sample_space(pool_features(output.detach()) if pool else output.detach())
 
         return hook
 
