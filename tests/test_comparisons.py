@@ -325,6 +325,11 @@ def test_job_ids_pin_everything_that_changes_the_rows(tmp_path):
     later = {"layer_types", "pool_features"}
     before = {key: value for key, value in dataclasses.asdict(cross_layer).items() if key not in later}
     assert cross_layer.id == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    # svcca changed meaning (99% of the variance -> the paper's top 20 directions): its jobs' ids carry the
+    # measure's revision, so a file computed under the old meaning is never read as the new one.
+    svcca_job = next(job for job in jobs if job.measure == "svcca")
+    old_svcca = {key: value for key, value in dataclasses.asdict(svcca_job).items() if key not in later}
+    assert svcca_job.id != hashlib.sha256(json.dumps(old_svcca, sort_keys=True).encode()).hexdigest()[:16]
     # The layer types of a comparison are a set: their order in the file does not make another job.
     reordered = experiment.model_copy(update={"compare": [experiment.compare[0].model_copy(
         update={"layer_types": ["linear", "pool", "act", "bn", "conv"]})]})
