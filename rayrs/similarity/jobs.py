@@ -26,9 +26,9 @@ paired with the final one as it streams past), and its epoch x epoch matrix keep
 Grams of every epoch: C x E x n^2 float32 per probe kind.
 
 Memory bound at WRN-28-10 (L = 80 layers of the paper's types; 92 with its 12 residual blocks, 15% more),
-minibatch n = 1024, E = 100 epochs, C = 4 matrix layers (at most 8), benign and adversarial probes: one view's
-Grams are L n^2 x 4 B = 320 MiB, so 4 views take 1.25 GiB, and
-the two matrix stacks 2 x 4 x 100 x 4 MiB = 3.1 GiB (6.25 GiB at C = 8): 4.4 GiB, against
+minibatch n = 1024, E = 100 epochs, C = 4 matrix layers (at most 8), benign and adversarial probes: one
+view's Grams are L n^2 x 4 B = 320 MiB, so 4 views take 1.25 GiB, and the two matrix stacks
+2 x 4 x 100 x 4 MiB = 3.1 GiB (6.25 GiB at C = 8): 4.4 GiB, against
 100 x 320 MiB = 31 GiB for every epoch's Grams at once (plus, in both cases, one forward pass's activations,
 ~0.7 GB for WRN-28-10's widest layer at n = 1024). Procrustes/SVCCA views hold (L, m, m) float64 sample spaces
 instead: 640 MiB a view at m = 1024, 2 x 4 x 100 x 8 MiB = 6.25 GiB of matrix stacks. Adversarial probes stay
