@@ -177,7 +177,8 @@ FIGURES: dict[str, Figure] = {
     "fig6_convergence": Figure(
         title="Fig 6: convergence of each block over training",
         paper=(
-            "CKA between each epoch's benign representations and the final ones, for standard, PGD-AT and TRADES "
+            "CKA between each epoch's benign block outputs (each stage's last residual block, after the addition) "
+            "and the final ones, for standard, PGD-AT and TRADES "
             "training (mean and spread over seeds), with the losses beneath. The first two blocks converge within a "
             "few epochs for every method; later layers converge late and, as the adversarial validation loss rises, "
             "move away again (overfitting in later layers only)."

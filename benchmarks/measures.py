@@ -6,7 +6,7 @@ rayrs computes it in a comparison job:
   cka          `layer_grams` (forward + one U-centred Gram per layer) + `MinibatchCKA`: all pairs in one GEMM
   procrustes   `layer_sample_spaces` (forward + float64 centred Gram + eigh per layer) + `procrustes`: one
                r x r nuclear norm (SVD) per pair
-  svcca        the same sample spaces + `svcca`: per layer the directions of 99% of the variance, one SVD per pair
+  svcca        the same sample spaces + `svcca`: per layer its top 20 directions (the paper's code), one SVD per pair
 
 The ratios are what App. B.1's cost figure shows from a sweep's `seconds` column, measured here on a grid
 large enough to matter. Agreement: Spearman rank correlation of CKA with each measure over the off-diagonal

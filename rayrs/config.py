@@ -263,7 +263,11 @@ def _is_pair(item: Any) -> bool:
     return isinstance(item, list) and len(item) == 2 and all(isinstance(name, str) for name in item)
 
 
-Measure = Literal["cka", "procrustes", "svcca"]
+Measure = Literal["cka", "procrustes", "svcca", "svcca_variance"]
+# The compared layer types (rayrs.models: PAPER_LAYER_TYPES, then BLOCK); spelled out here so that reading a
+# sweep file needs no torch import. A test checks that the two lists agree.
+LayerType = Literal["conv", "bn", "act", "pool", "linear", "block"]
+PAPER_LAYERS: tuple[str, ...] = ("conv", "bn", "act", "pool", "linear")
 Epochs = list[Annotated[int, Field(ge=1)]]
 Trials = Annotated[Literal["all"] | list[str], _word_or_list("all", "trial names", lambda item: isinstance(item, str))]
 
@@ -272,17 +276,23 @@ class ComparisonSection(Section):
     """What every comparison kind shares: its similarity measures (paper App. B.1).
 
     ``cka`` is minibatch linear CKA over the whole probe (the paper's measure); ``procrustes`` (a distance in
-    [0, 2]) and ``svcca`` (a similarity in [0, 1]) are computed on one minibatch of at most 1024 probe inputs
-    (`rayrs.similarity.measures`).
+    [0, 2]), ``svcca`` (a similarity in [0, 1]: each layer's top 20 directions, as the paper's code) and
+    ``svcca_variance`` (the directions of 99% of the variance, Raghu et al. 2017) are computed on one
+    minibatch of at most 1024 probe inputs (`rayrs.similarity.measures`).
+
+    ``layer_types``: which layers are compared, in execution order: by default the paper's "all layers"
+    (conv, bn, act, pool, linear; §2); ``block`` adds each residual block's output (after the addition).
+    The rows' ``layer_*`` indices count the compared layers only (`rayrs.schema`).
     """
 
     measures: list[Measure] = Field(default_factory=lambda: ["cka"], min_length=1)
+    layer_types: list[LayerType] = Field(default_factory=lambda: list(PAPER_LAYERS), min_length=1)
 
-    @field_validator("measures")
+    @field_validator("measures", "layer_types")
     @classmethod
-    def _each_measure_once(cls, value: list[str]) -> list[str]:
+    def _each_once(cls, value: list[str], info: Any) -> list[str]:
         if len(set(value)) != len(value):
-            raise ValueError(f"list each measure once, got {value}")
+            raise ValueError(f"list each {info.field_name.removesuffix('s').replace('_', ' ')} once, got {value}")
         return value
 
 
@@ -331,11 +341,13 @@ class CrossEpoch(ComparisonSection):
     """Convergence over training (Figs 6, 25), benign and/or adversarial probes (each epoch its own attack).
 
     Every layer at each of ``epochs`` (default: every epoch) vs the same layer at the final epoch (Fig 6), and
-    for ``layers`` (names or indices, negative from the end; default 4 evenly spaced) the epoch x epoch matrix
-    (Fig 25). Only same-layer pairs are stored.
+    for ``layers`` (names or indices among the compared layers, negative from the end; default 4 evenly
+    spaced) the epoch x epoch matrix (Fig 25). Only same-layer pairs are stored. ``layer_types`` defaults to
+    the paper's five and ``block``: Fig 6 plots "the output of the first two blocks", a residual block's output.
     """
 
     kind: Literal["cross_epoch"] = "cross_epoch"
+    layer_types: list[LayerType] = Field(default_factory=lambda: [*PAPER_LAYERS, "block"], min_length=1)
     trials: Trials = "all"
     probes: list[Literal["benign", "adversarial"]] = Field(default_factory=lambda: ["benign"], min_length=1)
     epochs: Literal["all"] | Epochs = "all"
@@ -369,8 +381,9 @@ class CrossEpoch(ComparisonSection):
             if isinstance(layer, str):
                 if layer not in names:
                     raise ValueError(
-                        f"no layer named {layer!r}; the model's {count} layers are named like "
-                        f"{', '.join(l.name for l in layers[:3])}, ..., {layers[-1].name}, or use an index"
+                        f"no layer named {layer!r}; the model's {count} layers of types "
+                        f"{', '.join(self.layer_types)} are named like {', '.join(l.name for l in layers[:3])}, ..., "
+                        f"{layers[-1].name}, or use an index"
                     )
                 chosen.append(names[layer])
             elif not -count <= layer < count:
@@ -398,12 +411,40 @@ def probe_dataset(config: TrialConfig) -> str:
     return f"{config.data.dataset} at {size} px"
 
 
+# Images larger than this many pixels a side are "large resolution" to `pool_features: large_images`.
+LARGE_IMAGE_PX = 64
+
+
 class CkaConfig(Section):
-    """Minibatch CKA settings; the paper uses batches of 1024 and 3 passes over the probe set."""
+    """Minibatch CKA settings; the paper uses batches of 1024 and 3 passes over the probe set.
+
+    ``pool_features``: spatially average every 4-D activation to (n, channels) before comparing it, as the
+    paper code's ``cka.py --pool_features`` ("Spatial pooling (avgpool) of features to reduce memory
+    overhead (used for large resolution images)"), for every measure. ``large_images`` pools only models whose
+    probe images are larger than `LARGE_IMAGE_PX` (Imagenette / Imagewoof at 224 px, not CIFAR-10 or digits).
+    rayrs needs no pooling for memory (a layer becomes its n x n Gram in its hook); it changes the values.
+    """
 
     probe_size: int = Field(default=1024, ge=4)  # benign probe inputs: the first N test images
     batch_size: int = Field(default=1024, ge=4)
     passes: int = Field(default=3, ge=1)  # each pass shuffles the probe set differently
+    pool_features: bool | Literal["large_images"] = False
+
+    @field_validator("pool_features", mode="before")
+    @classmethod
+    def _pooling(cls, value: Any) -> Any:
+        if not isinstance(value, bool) and value != "large_images":
+            raise ValueError(f"give true, false or large_images, got {value!r}")
+        return value
+
+    def pools(self, config: TrialConfig) -> bool:
+        """Whether a trial's model is compared on spatially averaged features."""
+        if self.pool_features == "large_images":
+            from rayrs.data import DATASETS
+
+            size = config.data.image_size or DATASETS[config.data.dataset].default_image_size
+            return size > LARGE_IMAGE_PX
+        return self.pool_features
 
 
 class Resources(Section):
@@ -664,7 +705,7 @@ def _check_comparison(comparison: ComparisonSection, trials: list[TrialSpec]) ->
 
         for trial in selected:
             try:
-                comparison.matrix_layers(model_layers(trial.config))
+                comparison.matrix_layers(model_layers(trial.config, comparison.layer_types))
             except ValueError as error:
                 raise ValueError(f"layers: trial {trial.name!r}: {error}") from None
 

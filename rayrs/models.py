@@ -7,12 +7,13 @@ pooling, activation, and batch-normalization layers" (§2, "Representation simil
 - ``MODELS`` / ``build_model``: a registry from architecture name to constructor. Every model takes images
   with pixels in [0, 1]: attacks work in pixel space, so any normalisation lives inside the model.
 - ``comparable_layers``: the ordered list of compared layers of a built model, found by tracing one forward
-  pass; a module that runs twice (torchvision's ``BasicBlock.relu``) is two layers.
+  pass; a module that runs twice (torchvision's ``BasicBlock.relu``) is two layers. By default the paper's
+  types (`PAPER_LAYER_TYPES`); ``block``, each residual block's output, is a type of its own to ask for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -246,6 +247,16 @@ def build_model(
 # The compared layers.
 # ---------------------------------------------------------------------------------------------------------------
 
+# The paper's "all layers" (§2: "including convolutions, pooling, activation, and batch-normalization layers",
+# and the final linear layer): what a comparison compares unless it names other `layer_types`.
+PAPER_LAYER_TYPES = ("conv", "bn", "act", "pool", "linear")
+# A residual block's output, after the addition (torchvision's blocks: after the ReLU that follows it, which
+# is what the block returns). Fig 6's "output of the first two blocks" is the output of a WRN group, i.e. of
+# its last residual block: the paper's code hooks the group module `block1` (tests/test_paper_code_layers.py).
+BLOCK = "block"
+ALL_LAYER_TYPES = (*PAPER_LAYER_TYPES, BLOCK)
+
+# Leaf modules of the paper's types.
 LAYER_TYPES: dict[type[nn.Module], str] = {
     nn.Conv2d: "conv",
     nn.BatchNorm2d: "bn",
@@ -266,22 +277,37 @@ LAYER_TYPES: dict[type[nn.Module], str] = {
 }
 
 
+# Residual blocks, whose output is a `block` layer. Composite modules, so kept apart from the leaves above;
+# rayrs.resnets adds torchvision's BasicBlock and Bottleneck when a ResNet is first built.
+RESIDUAL_BLOCKS: list[type[nn.Module]] = [WideBasicBlock]
+
+
+def register_residual_block(cls: type[nn.Module]) -> type[nn.Module]:
+    """Make ``cls``'s output (a residual block's, after the addition) a compared layer of type ``block``."""
+    if cls not in RESIDUAL_BLOCKS:
+        RESIDUAL_BLOCKS.append(cls)
+    return cls
+
+
 @dataclass(frozen=True)
 class Layer:
-    """One compared layer: the output of one call of one leaf module in one forward pass."""
+    """One compared layer: the output of one call of one module (a leaf, or a residual block) in one forward pass."""
 
-    index: int  # position in execution order, 0..L-1
+    index: int  # position in execution order among the listed layers, 0..L-1
     name: str  # module path, with "#k" appended for the k-th call (k >= 1) of a module that runs repeatedly
-    type: str  # "conv" | "bn" | "act" | "pool" | "linear"
+    type: str  # "conv" | "bn" | "act" | "pool" | "linear" (the paper's) | "block"
     module_name: str  # path of the nn.Module, as in model.named_modules()
     call: int  # which call of that module in one forward pass (0 for most layers)
 
 
 def layer_type(module: nn.Module) -> str | None:
-    """The compared type of a leaf module ("conv", "bn", "act", "pool", "linear"), or None if not compared.
+    """The compared type of a module, or None if it is not compared: "block" for a residual block (see
+    `RESIDUAL_BLOCKS`), else for a leaf module "conv", "bn", "act", "pool" or "linear".
 
     Subclasses count as their base (e.g. ``nn.LazyConv2d`` is a conv).
     """
+    if isinstance(module, tuple(RESIDUAL_BLOCKS)):
+        return BLOCK
     if next(module.children(), None) is not None:
         return None
     for cls in type(module).__mro__:
@@ -290,20 +316,28 @@ def layer_type(module: nn.Module) -> str | None:
     return None
 
 
-def comparable_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
-    """Every compared layer of ``model``, in the order they run on ``example``.
+def comparable_layers(
+    model: nn.Module, example: torch.Tensor, types: Iterable[str] = PAPER_LAYER_TYPES
+) -> list[Layer]:
+    """Every compared layer of ``model`` whose type is in ``types``, in the order they run on ``example``.
 
-    Runs one forward pass (eval mode, no grad) with a forward hook on each leaf module of a compared type;
-    each call of a hooked module is one ``Layer`` (torchvision's ``BasicBlock`` calls ``relu`` twice:
-    ``layer1.0.relu`` and ``layer1.0.relu#1``). Modules that never run are absent. Every module's
-    train/eval flag is restored afterwards and no gradient is recorded.
+    Runs one forward pass (eval mode, no grad) with a forward hook on each module of a listed type; each call
+    of a hooked module is one ``Layer`` (torchvision's ``BasicBlock`` calls ``relu`` twice: ``layer1.0.relu``
+    and ``layer1.0.relu#1``). A layer's place is when its output is complete, so a residual block comes right
+    after the last operation inside it (``block1.0`` after ``block1.0.conv2``, or its shortcut). Modules that
+    never run are absent. Every module's train/eval flag is restored afterwards and no gradient is recorded.
 
     ``example``: ``(n, c, h, w)`` input on the model's device; n = 1 is enough.
+    ``types``: some of `ALL_LAYER_TYPES`; default the paper's five (`PAPER_LAYER_TYPES`), without blocks.
     """
+    wanted = set(types)
+    unknown = wanted - set(ALL_LAYER_TYPES)
+    if unknown:
+        raise ValueError(f"unknown layer types {sorted(unknown)}; choose from {', '.join(ALL_LAYER_TYPES)}")
     executed: list[str] = []
     handles = []
     for module_name, module in model.named_modules():
-        if layer_type(module) is not None:
+        if layer_type(module) in wanted:
             handles.append(module.register_forward_hook(_recorder(executed, module_name)))
     modes = {module: module.training for module in model.modules()}
     try:

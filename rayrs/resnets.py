@@ -9,7 +9,11 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from rayrs.models import Normalize, imagenet_stats
+from rayrs.models import Normalize, imagenet_stats, register_residual_block
+
+# Their output (after the addition and the ReLU that follows it) is a compared layer of type `block`.
+register_residual_block(BasicBlock)
+register_residual_block(Bottleneck)
 
 
 class NormalizedResNet(ResNet):

@@ -2,15 +2,16 @@
 
 A job (`SimilarityJob`) is one Parquet file ``similarity/<kind>/<id>.parquet``: a plain, hashable description
 whose id is a content hash of everything that determines its rows (kind, both checkpoints' trial
-fingerprints and epochs, probes, CKA settings, measure, and for cross_epoch its epochs and matrix layers). A
-rerun skips every job whose file exists; an interrupted run loses at most the jobs in flight. The rows of each
-kind follow `rayrs.schema`.
+fingerprints and epochs, probes, CKA settings, measure, the types of its compared layers, and for cross_epoch
+its epochs and matrix layers). A rerun skips every job whose file exists; an interrupted run loses at most the
+jobs in flight. The rows of each kind follow `rayrs.schema`.
 
 A task (`SimilarityTask`) is every job of one *home* trial, the trial on side ``a`` of each job (the source
 of a transfer), run together in one Ray task: a checkpoint is loaded and forwarded once per probe minibatch,
-and the Grams of that (checkpoint, probe minibatch) feed every job that needs them. Every adversarial probe a
-task uses is crafted on its home trial's checkpoints (`rayrs.similarity.probes`), so tasks never wait on one
-another.
+and the Grams of that (checkpoint, probe minibatch) feed every job that needs them. A view records the layers
+of every type some job of the task compares; each job reads its own out of them (`_Selection`: no copy when
+they are all of them). Every adversarial probe a task uses is crafted on its home trial's checkpoints
+(`rayrs.similarity.probes`), so tasks never wait on one another.
 
 Per minibatch, the views (a checkpoint fed a probe) are formed in this order, each released when its step
 is done:
@@ -24,9 +25,10 @@ cross_epoch over E checkpoints is therefore E forward passes per probe and minib
 paired with the final one as it streams past), and its epoch x epoch matrix keeps only the C chosen layers'
 Grams of every epoch: C x E x n^2 float32 per probe kind.
 
-Memory bound at WRN-28-10 (L = 80 layers), minibatch n = 1024, E = 100 epochs, C = 4 matrix layers (at most
-8), benign and adversarial probes: one view's Grams are L n^2 x 4 B = 320 MiB, so 4 views take 1.25 GiB, and
-the two matrix stacks 2 x 4 x 100 x 4 MiB = 3.1 GiB (6.25 GiB at C = 8): 4.4 GiB, against
+Memory bound at WRN-28-10 (L = 80 layers of the paper's types; 92 with its 12 residual blocks, 15% more),
+minibatch n = 1024, E = 100 epochs, C = 4 matrix layers (at most 8), benign and adversarial probes: one
+view's Grams are L n^2 x 4 B = 320 MiB, so 4 views take 1.25 GiB, and the two matrix stacks
+2 x 4 x 100 x 4 MiB = 3.1 GiB (6.25 GiB at C = 8): 4.4 GiB, against
 100 x 320 MiB = 31 GiB for every epoch's Grams at once (plus, in both cases, one forward pass's activations,
 ~0.7 GB for WRN-28-10's widest layer at n = 1024). Procrustes/SVCCA views hold (L, m, m) float64 sample spaces
 instead: 640 MiB a view at m = 1024, 2 x 4 x 100 x 8 MiB = 6.25 GiB of matrix stacks. Adversarial probes stay
@@ -42,7 +44,7 @@ import json
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -65,7 +67,7 @@ from rayrs.config import (
     probe_dataset,
 )
 from rayrs.data import DATASETS, ImageDataset, to_float
-from rayrs.models import Layer, build_model, comparable_layers
+from rayrs.models import ALL_LAYER_TYPES, PAPER_LAYER_TYPES, Layer, build_model, comparable_layers
 from rayrs.schema import SECONDS_FIELD, SIMILARITY_SCHEMA
 from rayrs.similarity.cka import MinibatchCKA
 from rayrs.similarity.grams import GramRecorder, channels_last, reuse_freed_memory
@@ -92,7 +94,9 @@ class ModelRef:
 class SimilarityJob:
     """One comparison, one Parquet file. ``probe_a``/``probe_b``: a probe id (`rayrs.schema`); for cross_epoch
     the probe kind, ``benign`` or ``adversarial`` (each epoch on its own adversarial probe), ``a`` and ``b`` the
-    final checkpoint, ``epochs`` the epochs compared with it and ``layers`` the epoch x epoch matrix's layers."""
+    final checkpoint, ``epochs`` the epochs compared with it and ``layers`` the epoch x epoch matrix's layers
+    (indices among the compared layers). ``layer_types``: the compared layers' types, in `ALL_LAYER_TYPES`
+    order. ``pool_features``: every measure sees 4-D activations spatially averaged to (n, channels)."""
 
     kind: str
     a: ModelRef
@@ -105,10 +109,22 @@ class SimilarityJob:
     measure: str = "cka"
     epochs: tuple[int, ...] = ()
     layers: tuple[int, ...] = ()
+    layer_types: tuple[str, ...] = PAPER_LAYER_TYPES
+    pool_features: bool = False  # 4-D activations spatially averaged first (`CkaConfig.pool_features`)
 
     @property
     def id(self) -> str:
-        canonical = json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        # Fields added after results were first written enter the hash only when they differ from their
+        # defaults: a job that computes what it computed before keeps its id and its file, while any other
+        # set of layers gives a new id.
+        for name, default in _LATER_FIELDS.items():
+            if fields[name] == default:
+                del fields[name]
+        revision = MEASURES[self.measure].revision if self.measure in MEASURES else 1
+        if revision > 1:  # the measure's definition changed: its older files must not be taken for this job's
+            fields["measure_revision"] = revision
+        canonical = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property
@@ -117,6 +133,10 @@ class SimilarityJob:
 
     def describe(self) -> str:
         measure = "" if self.measure == "cka" else f" ({self.measure})"
+        if self.layer_types != PAPER_LAYER_TYPES:
+            measure += f" [{'+'.join(self.layer_types)}]"
+        if self.pool_features:
+            measure += " pooled"
         if self.kind == "cross_epoch":
             epochs = f"{self.epochs[0]}..{self.a.epoch}"
             return f"cross_epoch {self.a.trial} epochs {epochs} on {self.probe_a} probes{measure}"
@@ -125,6 +145,9 @@ class SimilarityJob:
         if self.a == self.b:
             return f"{self.kind} {self.a.trial}@{self.a.epoch}{measure}"
         return f"{self.kind} {self.a.trial}@{self.a.epoch} vs {self.b.trial}@{self.b.epoch}{measure}"
+
+
+_LATER_FIELDS: dict[str, Any] = {"layer_types": PAPER_LAYER_TYPES, "pool_features": False}
 
 
 @dataclass(frozen=True)
@@ -185,8 +208,17 @@ def _selected(trials: list[TrialSpec], names: Any) -> list[TrialSpec]:
     return trials if names == "all" else [t for name in names for t in trials if t.name == name]
 
 
-def _job(kind: str, a: ModelRef, b: ModelRef, cka: CkaConfig, measure: str, **fields: Any) -> SimilarityJob:
-    return SimilarityJob(kind, a, b, cka.probe_size, cka.batch_size, cka.passes, measure=measure, **fields)
+def _job(comparison: Any, home: TrialSpec, a: ModelRef, b: ModelRef, cka: CkaConfig, measure: str,
+         **fields: Any) -> SimilarityJob:
+    """A job of ``comparison`` whose side-a trial is ``home`` (both sides see the same probe dataset)."""
+    return SimilarityJob(comparison.kind, a, b, cka.probe_size, cka.batch_size, cka.passes, measure=measure,
+                         layer_types=layer_types(comparison.layer_types), pool_features=cka.pools(home.config),
+                         **fields)
+
+
+def layer_types(types: Any) -> tuple[str, ...]:
+    """A comparison's ``layer_types`` in canonical order (`ALL_LAYER_TYPES`): one set, one spelling, one id."""
+    return tuple(t for t in ALL_LAYER_TYPES if t in types)
 
 
 def _adversarial_id(trial: TrialSpec, epoch: int, cka: CkaConfig) -> str:
@@ -198,7 +230,7 @@ def _plan_cross_layer(comparison: CrossLayer, trials: list[TrialSpec], cka: CkaC
         epochs = [trial.config.train.epochs] if comparison.epochs == "final" else comparison.epochs
         for epoch, measure in ((e, m) for e in epochs for m in comparison.measures):
             ref = ModelRef(trial.name, epoch, trial.fingerprint)
-            yield _job(comparison.kind, ref, ref, cka, measure)
+            yield _job(comparison, trial, ref, ref, cka, measure)
 
 
 def _plan_cross_model(comparison: CrossModel, trials: list[TrialSpec], cka: CkaConfig) -> Iterator[SimilarityJob]:
@@ -208,7 +240,7 @@ def _plan_cross_model(comparison: CrossModel, trials: list[TrialSpec], cka: CkaC
     else:
         pairs = [(_selected(trials, [a])[0], _selected(trials, [b])[0]) for a, b in comparison.pairs]
     for (a, b), measure in ((pair, m) for pair in pairs for m in comparison.measures):
-        yield _job(comparison.kind, _final(a), _final(b), cka, measure)
+        yield _job(comparison, a, _final(a), _final(b), cka, measure)
 
 
 def _plan_benign_vs_adversarial(comparison: BenignVsAdversarial, trials: list[TrialSpec],
@@ -217,7 +249,7 @@ def _plan_benign_vs_adversarial(comparison: BenignVsAdversarial, trials: list[Tr
         epochs = [trial.config.train.epochs] if comparison.epochs == "final" else comparison.epochs
         for epoch, measure in ((e, m) for e in epochs for m in comparison.measures):
             ref = ModelRef(trial.name, epoch, trial.fingerprint)
-            yield _job(comparison.kind, ref, ref, cka, measure, probe_b=_adversarial_id(trial, epoch, cka))
+            yield _job(comparison, trial, ref, ref, cka, measure, probe_b=_adversarial_id(trial, epoch, cka))
 
 
 def _plan_transfer(comparison: Transfer, trials: list[TrialSpec], cka: CkaConfig) -> Iterator[SimilarityJob]:
@@ -228,16 +260,17 @@ def _plan_transfer(comparison: Transfer, trials: list[TrialSpec], cka: CkaConfig
             if probe_dataset(source.config) != probe_dataset(target.config):
                 continue
             for measure in [*comparison.measures, TRANSFER_ACCURACY]:
-                yield _job(comparison.kind, _final(source), _final(target), cka, measure, probe_a=probe, probe_b=probe)
+                yield _job(comparison, source, _final(source), _final(target), cka, measure, probe_a=probe,
+                           probe_b=probe)
 
 
 def _plan_cross_epoch(comparison: CrossEpoch, trials: list[TrialSpec], cka: CkaConfig) -> Iterator[SimilarityJob]:
     for trial in _selected(trials, comparison.trials):
         final = trial.config.train.epochs
         epochs = range(1, final + 1) if comparison.epochs == "all" else sorted({*comparison.epochs, final})
-        layers = comparison.matrix_layers(model_layers(trial.config))
+        layers = comparison.matrix_layers(model_layers(trial.config, comparison.layer_types))
         for probe, measure in ((p, m) for p in comparison.probes for m in comparison.measures):
-            yield _job(comparison.kind, _final(trial), _final(trial), cka, measure, probe_a=probe, probe_b=probe,
+            yield _job(comparison, trial, _final(trial), _final(trial), cka, measure, probe_a=probe, probe_b=probe,
                        epochs=tuple(epochs), layers=layers)
 
 
@@ -250,18 +283,18 @@ PLANNERS = {
 }
 
 
-def model_layers(config: TrialConfig) -> list[Layer]:
-    """The compared layers of a trial's model, without data or weights (built on the meta device)."""
+def model_layers(config: TrialConfig, types: Any = PAPER_LAYER_TYPES) -> list[Layer]:
+    """The compared layers of ``types`` of a trial's model, without data or weights (built on the meta device)."""
     size = config.data.image_size or DATASETS[config.data.dataset].default_image_size
-    return list(_layers_of(config.model.arch, config.model.depth, config.model.width, size))
+    return list(_layers_of(config.model.arch, config.model.depth, config.model.width, size, layer_types(types)))
 
 
 @lru_cache(maxsize=32)
-def _layers_of(arch: str, depth: int | None, width: int | None, size: int) -> tuple[Layer, ...]:
+def _layers_of(arch: str, depth: int | None, width: int | None, size: int, types: tuple[str, ...]) -> tuple[Layer, ...]:
     # Layer names and order do not depend on the number of input channels or classes.
     with torch.device("meta"):
         model = build_model(arch, num_classes=10, in_channels=3, depth=depth, width=width)
-    return tuple(comparable_layers(model, torch.empty(1, 3, size, size, device="meta")))
+    return tuple(comparable_layers(model, torch.empty(1, 3, size, size, device="meta"), types))
 
 
 # -- execution ---------------------------------------------------------------------------------------------------------
@@ -298,15 +331,43 @@ class _View:
     probe: str
 
 
-class _Pair:
-    """One job's two views and its measure, accumulated over minibatches: (L_a, L_b), or (L,) same-layer."""
+@dataclass(frozen=True, eq=False)
+class _Selection:
+    """A job's compared layers among a view's layers (those of every type the task's jobs compare).
 
-    def __init__(self, a: _View, b: _View, measure: str, same_layer: bool = False):
+    ``layers``: the job's layers, indexed 0..L_job-1 in execution order (its rows' ``layer_*``); ``index``:
+    where their Grams (or sample spaces) sit in the view's (L_view, n, n) stack, None when they are all of it.
+    """
+
+    layers: list[Layer]
+    index: torch.Tensor | None = None
+
+    def pick(self, rep: torch.Tensor) -> torch.Tensor:
+        """The job's (L_job, n, n) slice of a view's stack (a copy unless it is the whole stack)."""
+        return rep if self.index is None else rep.index_select(0, self.index.to(rep.device))
+
+    def view_indices(self, indices: tuple[int, ...]) -> tuple[int, ...]:
+        """The view's stack positions of the job's layers ``indices``."""
+        return indices if self.index is None else tuple(int(self.index[i]) for i in indices)
+
+
+class _Pair:
+    """One job's two views and its measure, accumulated over minibatches: (L_a, L_b), or (L,) same-layer.
+
+    ``select_a`` / ``select_b`` pick the job's layers out of each view's stack (`_Selection`)."""
+
+    def __init__(self, a: _View, b: _View, measure: str, select_a: _Selection, select_b: _Selection,
+                 same_layer: bool = False):
         self.a, self.b, self.measure, self.same_layer = a, b, measure, same_layer
+        self.select_a, self.select_b = select_a, select_b
         self._cka: MinibatchCKA | None = None
         self._value: torch.Tensor | None = None
 
     def update(self, rep_a: torch.Tensor, rep_b: torch.Tensor) -> None:
+        # One view against itself stays one tensor (MinibatchCKA then reads the self terms off its product).
+        same = rep_a is rep_b and self.select_a is self.select_b
+        rep_a = self.select_a.pick(rep_a)
+        rep_b = rep_a if same else self.select_b.pick(rep_b)
         if self.measure != "cka":  # one minibatch only
             self._value = MEASURES[self.measure].compute(rep_a, rep_b, same_layer=self.same_layer)
             return
@@ -329,7 +390,8 @@ class _Stack:
         self.views, self.layers, self.measure = views, layers, measure
         self._slot = {view: i for i, view in enumerate(views)}
         self._stack: torch.Tensor | None = None
-        self._pairs = [_Pair(views[0], views[0], measure) for _ in layers]  # rows and columns are epochs
+        everything = _Selection([])  # the stack is already the chosen layers'
+        self._pairs = [_Pair(views[0], views[0], measure, everything, everything) for _ in layers]  # epochs x epochs
 
     def observe(self, view: _View, rep: torch.Tensor) -> None:
         if self._stack is None:
@@ -368,6 +430,8 @@ class _Work:
     pairs: list[_Pair] = field(default_factory=list)
     stacks: list[_Stack] = field(default_factory=list)
     accuracies: list[_Accuracy] = field(default_factory=list)
+    layers_a: list[Layer] = field(default_factory=list)  # the job's compared layers on each side
+    layers_b: list[Layer] = field(default_factory=list)
     epochs: list[int] = field(default_factory=list)  # cross_epoch: the epoch of each pair
     probe_ids: list[str] = field(default_factory=list)  # cross_epoch: the probe id of each epoch
     seconds: float = 0.0  # compute time charged to this job (`_TaskRun._sweep`)
@@ -381,13 +445,17 @@ class _TaskRun:
         self.data = load_trial_data(configs[self.home], self.device)
         first = task.jobs[0]
         self.size, self.batch_size, self.passes = first.probe_size, first.batch_size, first.passes
+        self.pool = first.pool_features  # one probe dataset per task, so one answer (`CkaConfig.pools`)
         self.indices = probe_indices(self.data, self.size)
         self.count = self.indices.numel()
         self.labels = self.data.test_labels[self.indices]
         self.adversarial: dict[str, AdversarialProbe] = {}
         self.probes: dict[str, torch.Tensor] = {}  # adversarial probe id -> (n, C, H, W) float32 on the CPU
         self._models: OrderedDict[ModelRef, torch.nn.Module] = OrderedDict()
-        self._layers: dict[str, list[Layer]] = {}
+        # Each view records the layers of every type some job of the task compares; each job picks its own.
+        types = layer_types({t for job in task.jobs for t in job.layer_types})
+        self._layers = {trial: model_layers(configs[trial], types) for trial in task.trials}
+        self._selections: dict[tuple[str, tuple[str, ...]], _Selection] = {}
         self.work = [self._plan(job) for job in task.jobs]
 
     # -- what each job needs --------------------------------------------------------------------------------
@@ -404,8 +472,10 @@ class _TaskRun:
 
             views = [_View(ModelRef(job.a.trial, e, job.a.fingerprint), probe_of(e)) for e in job.epochs]
             final = views[job.epochs.index(job.a.epoch)]
-            work.pairs = [_Pair(view, final, job.measure, same_layer=True) for view in views]
-            work.stacks = [_Stack(views, job.layers, job.measure)]
+            select = self._selection(job.a.trial, job.layer_types)
+            work.layers_a = work.layers_b = select.layers
+            work.pairs = [_Pair(view, final, job.measure, select, select, same_layer=True) for view in views]
+            work.stacks = [_Stack(views, select.view_indices(job.layers), job.measure)]
             work.epochs, work.probe_ids = list(job.epochs), [view.probe for view in views]
             return work
         for side, probe in (("a", job.probe_a), ("b", job.probe_b)):
@@ -416,8 +486,24 @@ class _TaskRun:
         if job.measure == TRANSFER_ACCURACY:
             work.accuracies = [_Accuracy(b)]
         else:
-            work.pairs = [_Pair(a, b, job.measure)]
+            select_a = self._selection(job.a.trial, job.layer_types)
+            select_b = self._selection(job.b.trial, job.layer_types)
+            work.layers_a, work.layers_b = select_a.layers, select_b.layers
+            work.pairs = [_Pair(a, b, job.measure, select_a, select_b)]
         return work
+
+    def _selection(self, trial: str, types: tuple[str, ...]) -> _Selection:
+        """The layers of ``types`` among ``trial``'s view layers (one `_Selection` per trial and types)."""
+        key = (trial, types)
+        if key not in self._selections:
+            view = self._layers[trial]
+            chosen = [layer for layer in view if layer.type in types]
+            if len(chosen) == len(view):
+                self._selections[key] = _Selection(view)
+            else:
+                index = torch.tensor([layer.index for layer in chosen], device=self.device)
+                self._selections[key] = _Selection([replace(layer, index=i) for i, layer in enumerate(chosen)], index)
+        return self._selections[key]
 
     # -- checkpoints, layers, probes ------------------------------------------------------------------------
     def model(self, ref: ModelRef) -> torch.nn.Module:
@@ -429,11 +515,10 @@ class _TaskRun:
         self._models[ref] = model
         if len(self._models) > MODEL_CACHE:
             self._models.popitem(last=False)
-        if ref.trial not in self._layers:
-            self._layers[ref.trial] = comparable_layers(model, to_float(self.data.test_images[:2]))
         return model
 
     def layers(self, trial: str) -> list[Layer]:
+        """Every layer a view of ``trial`` records: those of every type the task's jobs compare."""
         return self._layers[trial]
 
     def inputs(self, probe: str, batch: torch.Tensor) -> torch.Tensor:
@@ -486,14 +571,14 @@ class _TaskRun:
     def _grams(self, view: _View, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(L, b, b) float32 U-centred Grams of the view's layers on one minibatch, and the logits."""
         model = self.model(view.model)
-        with torch.no_grad(), GramRecorder(model, self.layers(view.model.trial)) as recorder:
+        with torch.no_grad(), GramRecorder(model, self.layers(view.model.trial), self.pool) as recorder:
             logits = model(channels_last(self.inputs(view.probe, batch)))
             return recorder.take(), logits
 
     def _sample_spaces(self, view: _View, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(L, b, b) float64 sample spaces of the view's layers (`rayrs.similarity.measures`), and the logits."""
         model = self.model(view.model)
-        return layer_sample_spaces(model, self.layers(view.model.trial), self.inputs(view.probe, batch))
+        return layer_sample_spaces(model, self.layers(view.model.trial), self.inputs(view.probe, batch), self.pool)
 
     def _steps(self, views: set[_View]) -> list[list[_View]]:
         """The views in the order of the module docstring: home final, other models, earlier home epochs."""
@@ -592,9 +677,8 @@ class _TaskRun:
                                     output_row=True)
         if job.kind != "cross_epoch":
             (pair,) = work.pairs
-            layers_a, layers_b = self.layers(job.a.trial), self.layers(job.b.trial)
-            return similarity_table(job, layers_a, layers_b, pair.result(), n_examples, passes)
-        return cross_epoch_table(job, self.layers(job.a.trial), work.epochs, work.probe_ids,
+            return similarity_table(job, work.layers_a, work.layers_b, pair.result(), n_examples, passes)
+        return cross_epoch_table(job, work.layers_a, work.epochs, work.probe_ids,
                                  np.stack([pair.result() for pair in work.pairs]), work.stacks[0].result(),
                                  n_examples, passes)
 
