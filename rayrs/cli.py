@@ -20,8 +20,8 @@ from rayrs.attacks import THREAT_MODELS
 from rayrs.config import comparison_kinds, expand, load_experiment
 from rayrs.data import DATASETS
 from rayrs.errors import UserError
+from rayrs.methods import METHODS
 from rayrs.models import MODELS
-from rayrs.train import METHODS
 
 console = Console(stderr=True)
 

@@ -31,6 +31,8 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rayrs.errors import UserError
+from rayrs.methods import METHODS
+from rayrs.models import model_layers
 
 
 class SweepFileError(UserError):
@@ -151,8 +153,6 @@ class TrainConfig(Section):
     @classmethod
     def _method_defaults(cls, data: Any) -> Any:
         """Fill the method's own weight decay and schedule where the sweep leaves them unset."""
-        from rayrs.train import METHODS
-
         name = data.get("method", "pgd") if isinstance(data, dict) else None
         if isinstance(name, str) and (method := METHODS.get(name)) is not None:
             data = dict(data)
@@ -164,8 +164,6 @@ class TrainConfig(Section):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        from rayrs.train import METHODS
-
         return _check_name(value, METHODS, "training method")
 
     @field_validator("threat_model")
@@ -660,8 +658,6 @@ def _check_comparison(comparison: ComparisonSection, trials: list[TrialSpec]) ->
         for model in models[1:]:
             same_probes("models", models[0], model)
     if isinstance(comparison, CrossEpoch) and comparison.layers is not None:
-        from rayrs.similarity.jobs import model_layers
-
         for trial in selected:
             try:
                 comparison.matrix_layers(model_layers(trial.config))

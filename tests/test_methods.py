@@ -12,9 +12,10 @@ from rayrs.attacks import THREAT_MODELS
 from rayrs.attacks.pgd import pgd_linf
 from rayrs.config import TrainConfig, load_experiment
 from rayrs.errors import UserError
+from rayrs.methods import METHODS, trades_loss
 from rayrs.storage import Storage
 from rayrs.sweep import SweepOptions, run_sweep
-from rayrs.train import METHODS, evaluate, strongest_of, trades_loss, train_trial
+from rayrs.train import evaluate, strongest_of, train_trial
 
 TINY = {"model": {"width": 1}, "eval": {"train_subset": 32, "test_subset": 32, "attack": {"steps": 2}}}
 

@@ -43,7 +43,6 @@ import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -64,8 +63,8 @@ from rayrs.config import (
     TrialSpec,
     probe_dataset,
 )
-from rayrs.data import DATASETS, ImageDataset, to_float
-from rayrs.models import Layer, build_model, comparable_layers
+from rayrs.data import ImageDataset, to_float
+from rayrs.models import Layer, comparable_layers, model_layers
 from rayrs.schema import SECONDS_FIELD, SIMILARITY_SCHEMA
 from rayrs.similarity.cka import MinibatchCKA
 from rayrs.similarity.grams import GramRecorder, channels_last, reuse_freed_memory
@@ -248,20 +247,6 @@ PLANNERS = {
     "transfer": _plan_transfer,
     "cross_epoch": _plan_cross_epoch,
 }
-
-
-def model_layers(config: TrialConfig) -> list[Layer]:
-    """The compared layers of a trial's model, without data or weights (built on the meta device)."""
-    size = config.data.image_size or DATASETS[config.data.dataset].default_image_size
-    return list(_layers_of(config.model.arch, config.model.depth, config.model.width, size))
-
-
-@lru_cache(maxsize=32)
-def _layers_of(arch: str, depth: int | None, width: int | None, size: int) -> tuple[Layer, ...]:
-    # Layer names and order do not depend on the number of input channels or classes.
-    with torch.device("meta"):
-        model = build_model(arch, num_classes=10, in_channels=3, depth=depth, width=width)
-    return tuple(comparable_layers(model, torch.empty(1, 3, size, size, device="meta")))
 
 
 # -- execution ---------------------------------------------------------------------------------------------------------
