@@ -22,17 +22,31 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import torch
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rayrs.attacks import THREAT_MODELS, attack_schedule, default_eps
+from rayrs.data import DATASETS
 from rayrs.errors import UserError
 from rayrs.methods import METHODS
-from rayrs.models import model_layers
+from rayrs.models import MODELS, build_model, model_layers
+
+
+# Bounds past which a value can only be a mistake, and would cost minutes or overflow before a trial starts:
+# every trial's model is built on the meta device to check it (WRN-202 already takes seconds), datasets are
+# held whole on the device (50000 images at 1024 px are 157 GB), and the seed feeds torch's 64-bit generators
+# multiplied by 100003 (rayrs.train.epoch_generator).
+MAX_DEPTH = 202
+MAX_WIDTH = 64
+MAX_IMAGE_SIZE = 1024
+MAX_SEED = 2**32 - 1
 
 
 class SweepFileError(UserError):
@@ -49,8 +63,29 @@ def parse_number(value: Any) -> Any:
     return value
 
 
-Number = Annotated[float, BeforeValidator(parse_number)]
-Eps = Annotated[float, BeforeValidator(parse_number), Field(ge=0)]
+def refuse_booleans(value: Any) -> Any:
+    """YAML's ``true``/``false`` are not numbers (pydantic alone would read them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise ValueError(f"give a number, got {str(value).lower()}")
+    return value
+
+
+def finite_number(value: Any) -> Any:
+    """A number as written (``8/255`` allowed), refusing booleans, infinities and NaN before any bound is checked."""
+    value = parse_number(refuse_booleans(value))
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) else None
+    except (ValueError, OverflowError):
+        return value  # not a number at all: pydantic says so
+    if number is not None and not math.isfinite(number):
+        raise ValueError(f"give a finite number, got {value!r}" if isinstance(value, str) else f"give a finite number, got {number}")
+    return value
+
+
+# Numbers are finite (.inf and .nan are refused) and never booleans; ints are never booleans.
+Number = Annotated[float, BeforeValidator(finite_number), Field(allow_inf_nan=False)]
+Eps = Annotated[Number, Field(ge=0)]  # checked against the threat model's range by TrialConfig
+Int = Annotated[int, BeforeValidator(refuse_booleans)]
 
 
 def _check_name(value: str, registry: dict[str, Any], what: str) -> str:
@@ -68,26 +103,22 @@ class Section(BaseModel):
 class DataConfig(Section):
     dataset: str = "digits"
     root: str | None = None  # folder holding the dataset files (not needed for digits)
-    image_size: int | None = Field(default=None, ge=8)  # None: the dataset's native size
+    image_size: Int | None = Field(default=None, ge=8, le=MAX_IMAGE_SIZE)  # None: the dataset's native size
 
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        from rayrs.data import DATASETS
-
         return _check_name(value, DATASETS, "dataset")
 
 
 class ModelConfig(Section):
     arch: str = "wrn"
-    depth: int | None = Field(default=None, ge=1)  # None: the architecture's default (WRN: 28)
-    width: int | None = Field(default=None, ge=1)  # WRN widening factor k; None: default (WRN: 10)
+    depth: Int | None = Field(default=None, ge=1, le=MAX_DEPTH)  # None: the architecture's default (WRN: 28)
+    width: Int | None = Field(default=None, ge=1, le=MAX_WIDTH)  # WRN widening factor k; None: default (WRN: 10)
 
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, value: str) -> str:
-        from rayrs.models import MODELS
-
         return _check_name(value, MODELS, "model")
 
     @model_validator(mode="after")
@@ -99,10 +130,6 @@ class ModelConfig(Section):
 @functools.lru_cache(maxsize=256)
 def _check_architecture(arch: str, depth: int | None, width: int | None) -> None:
     """Build the model on the meta device (no memory, no weights): a bad depth/width fails here, not on a GPU node."""
-    import torch
-
-    from rayrs.models import build_model
-
     try:
         with torch.device("meta"):
             build_model(arch, num_classes=10, in_channels=3, depth=depth, width=width)
@@ -115,18 +142,18 @@ class AttackSettings(Section):
     (`rayrs.attacks.attack_schedule`): for l_inf on CIFAR-10, PGD-10 with steps of 2/255 in training and
     PGD-20 at evaluation, as in the paper."""
 
-    steps: int | None = Field(default=None, ge=1)
+    steps: Int | None = Field(default=None, ge=1)
     step_size: Number | None = Field(default=None, gt=0)
     random_start: bool = True
     bn_eval: bool = True  # attack with BatchNorm in eval mode (train mode restored afterwards)
-    restarts: int = Field(default=1, ge=1)  # evaluation only: an example counts as robust if no restart fools it
+    restarts: Int = Field(default=1, ge=1)  # evaluation only: an example counts as robust if no restart fools it
 
 
 class FreezeConfig(Section):
     """Freeze the first layers from an epoch on (paper App. D.5): their weights and BatchNorm statistics stop."""
 
-    through: str  # every layer up to and including the last one whose name starts with this, e.g. "block1"
-    from_epoch: int = Field(ge=1)  # frozen during this epoch and every later one
+    through: str = Field(min_length=1)  # every layer up to and including the last one whose name starts with this, e.g. "block1"
+    from_epoch: Int = Field(ge=1)  # frozen during this epoch and every later one
 
 
 class TrainConfig(Section):
@@ -134,8 +161,8 @@ class TrainConfig(Section):
     threat_model: str = "linf"
     eps: Eps | None = None  # None: the threat model's default for the dataset (the paper's; `rayrs.attacks`)
     attack: AttackSettings = Field(default_factory=AttackSettings)
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=128, ge=1)
+    epochs: Int = Field(default=10, ge=1)
+    batch_size: Int = Field(default=128, ge=1)
     lr: Number = Field(default=0.1, gt=0)  # the peak learning rate of the schedule
     momentum: Number = Field(default=0.9, ge=0, lt=1)
     weight_decay: Number | None = Field(default=None, ge=0)  # None: the method's (5e-4; TRADES 2e-4)
@@ -147,7 +174,7 @@ class TrainConfig(Section):
     # torch.compile the model. auto: on CUDA only, where it made a WRN-28-10 PGD-10 step 1.55x faster (H200,
     # benchmarks/results); on a CPU its compile time is rarely won back.
     compile: Literal["auto"] | bool = "auto"
-    seed: int = Field(default=0, ge=0)
+    seed: Int = Field(default=0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="before")
     @classmethod
@@ -169,8 +196,6 @@ class TrainConfig(Section):
     @field_validator("threat_model")
     @classmethod
     def _known_threat_model(cls, value: str) -> str:
-        from rayrs.attacks import THREAT_MODELS
-
         return _check_name(value, THREAT_MODELS, "threat model")
 
     @property
@@ -183,9 +208,9 @@ class EvalConfig(Section):
 
     eps: Eps | None = None  # None: the training eps, or for standard training the paper's eps (TrialConfig.eval_eps)
     attack: AttackSettings = Field(default_factory=AttackSettings)
-    train_subset: int = Field(default=512, ge=1)
-    test_subset: int = Field(default=512, ge=1)
-    batch_size: int = Field(default=256, ge=1)
+    train_subset: Int = Field(default=512, ge=1)
+    test_subset: Int = Field(default=512, ge=1)
+    batch_size: Int = Field(default=256, ge=1)
 
 
 class TrialConfig(Section):
@@ -200,11 +225,44 @@ class TrialConfig(Section):
     def _default_eps(self) -> TrialConfig:
         """An unset training eps is the threat model's default for the dataset (8/255 for l_inf on CIFAR-10)."""
         if self.train.eps is None:
-            from rayrs.attacks import default_eps
-
             eps = default_eps(self.train.threat_model, self.data.dataset)
             # Still inside validation: the one place a frozen settings object may be completed.
             object.__setattr__(self, "train", self.train.model_copy(update={"eps": eps}))
+        return self
+
+    @model_validator(mode="after")
+    def _eps_within_range(self) -> TrialConfig:
+        """Training and evaluation eps inside the threat model's range for these inputs (`ThreatModel.max_eps`)."""
+        threat = THREAT_MODELS[self.train.threat_model]
+        dataset = DATASETS[self.data.dataset]
+        size = self.data.image_size or dataset.default_image_size
+        low, high = threat.eps_range(dataset.channels * size * size)
+        for field, eps in (("train.eps", self.train.eps), ("eval.eps", self.eval.eps)):
+            if eps is not None and not low <= eps <= high:
+                hint = f"; for {eps:g} on the 0-255 scale write {eps:g}/255" if threat.name == "linf" and eps <= 255 else ""
+                raise ValueError(
+                    f"{field}: {eps:g} is outside {threat.name}'s range [{low:g}, {high:g}] for {self.data.dataset} at "
+                    f"{size} px (eps is the {threat.unit}){hint}"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _freeze_names_layers(self) -> TrialConfig:
+        """``train.freeze`` names layers of this model and an epoch of this training (checked on the meta device)."""
+        freeze = self.train.freeze
+        if freeze is None:
+            return self
+        if freeze.from_epoch > self.train.epochs:
+            raise ValueError(
+                f"train.freeze.from_epoch: {freeze.from_epoch} is past the last epoch ({self.train.epochs}), so nothing "
+                "would be frozen; give an epoch within train.epochs, or remove train.freeze"
+            )
+        layers = model_layers(self)
+        if not any(layer.name.startswith(freeze.through) for layer in layers):
+            prefixes = dict.fromkeys(layer.name.split(".")[0] for layer in layers)  # in network order
+            raise ValueError(
+                f"train.freeze.through: no layer name starts with {freeze.through!r}; layers start with: {', '.join(prefixes)}"
+            )
         return self
 
     def fingerprint(self) -> str:
@@ -217,8 +275,6 @@ class TrialConfig(Section):
 
     def attack_schedule(self, phase: Literal["train", "eval"]) -> tuple[float, int, float]:
         """(eps, steps, step size) of the training or evaluation attack, every default resolved."""
-        from rayrs.attacks import attack_schedule
-
         settings, eps = (self.train.attack, self.train.eps) if phase == "train" else (self.eval.attack, self.eval_eps)
         steps, step_size = attack_schedule(
             self.train.threat_model, self.data.dataset, phase, eps, settings.steps, settings.step_size
@@ -232,8 +288,6 @@ class TrialConfig(Section):
             return self.eval.eps
         if self.train.eps > 0:
             return self.train.eps
-        from rayrs.attacks import default_eps
-
         return default_eps(self.train.threat_model, self.data.dataset)
 
 
@@ -262,7 +316,7 @@ def _is_pair(item: Any) -> bool:
 
 
 Measure = Literal["cka", "procrustes", "svcca"]
-Epochs = list[Annotated[int, Field(ge=1)]]
+Epochs = list[Annotated[Int, Field(ge=1)]]
 Trials = Annotated[Literal["all"] | list[str], _word_or_list("all", "trial names", lambda item: isinstance(item, str))]
 
 
@@ -337,7 +391,7 @@ class CrossEpoch(ComparisonSection):
     trials: Trials = "all"
     probes: list[Literal["benign", "adversarial"]] = Field(default_factory=lambda: ["benign"], min_length=1)
     epochs: Literal["all"] | Epochs = "all"
-    layers: list[int | str] | None = None
+    layers: list[Int | str] | None = None
 
     @field_validator("layers")
     @classmethod
@@ -390,8 +444,6 @@ Comparison = Annotated[
 
 def probe_dataset(config: TrialConfig) -> str:
     """The dataset a trial's probes come from; two models can only be compared on the same one."""
-    from rayrs.data import DATASETS
-
     size = config.data.image_size or DATASETS[config.data.dataset].default_image_size
     return f"{config.data.dataset} at {size} px"
 
@@ -399,9 +451,9 @@ def probe_dataset(config: TrialConfig) -> str:
 class CkaConfig(Section):
     """Minibatch CKA settings; the paper uses batches of 1024 and 3 passes over the probe set."""
 
-    probe_size: int = Field(default=1024, ge=4)  # benign probe inputs: the first N test images
-    batch_size: int = Field(default=1024, ge=4)
-    passes: int = Field(default=3, ge=1)  # each pass shuffles the probe set differently
+    probe_size: Int = Field(default=1024, ge=4)  # benign probe inputs: the first N test images
+    batch_size: Int = Field(default=1024, ge=4)
+    passes: Int = Field(default=3, ge=1)  # each pass shuffles the probe set differently
 
 
 class Resources(Section):
@@ -493,14 +545,21 @@ def load_experiment(path: str | Path) -> Experiment:
 
 def describe(error: ValidationError) -> str:
     """The first validation problem as ``field: what is wrong``, in words a person can act on."""
-    first = error.errors()[0]
+    errors = error.errors()
+    first = errors[0]
     # Drop pydantic's union-branch markers such as "dict[str,list[any]]" from the field path.
-    path = [part for part in first["loc"] if not ("[" in str(part) or str(part).startswith("function-"))]
+    path = _field_path(first["loc"])
+    # A field that takes one of several forms (``epochs: final | [1, 2]``) fails once per form: report the form
+    # the input got furthest into (a list with a bad item), not the first form tried.
+    alternatives = [e for e in errors if _field_path(e["loc"])[: len(path)] == path]
+    first = max(alternatives, key=lambda e: len(_field_path(e["loc"])))
+    path = _field_path(first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         allowed = _allowed_keys(first["loc"][:-1])
         message = f"unknown key {path.pop()!r}" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
-    elif first["type"] in ("float_parsing", "int_parsing", "float_type", "int_type", "bool_parsing", "bool_type", "list_type"):
+    elif first["type"] in ("float_parsing", "int_parsing", "float_type", "int_type", "bool_parsing", "bool_type", "list_type",
+                           "finite_number"):
         message += f", got {first['input']!r}"
     elif first["type"] == "union_tag_invalid":
         message = f"unknown comparison kind {first['input'].get('kind')!r}; choose one of: {', '.join(comparison_kinds())}"
@@ -508,6 +567,10 @@ def describe(error: ValidationError) -> str:
         message = f"a comparison needs a `kind:`, one of: {', '.join(comparison_kinds())}"
     location = ".".join(str(part) for part in path)
     return f"{location}: {message}" if location else message
+
+
+def _field_path(location: tuple[Any, ...]) -> list[Any]:
+    return [part for part in location if not ("[" in str(part) or str(part).startswith("function-"))]
 
 
 def _allowed_keys(location: tuple[Any, ...]) -> list[str]:
@@ -593,7 +656,7 @@ def expand(experiment: Experiment, source: str | Path = "sweep") -> list[TrialSp
             config = _normalise(TrialConfig.model_validate(tree))
         except ValidationError as error:
             where = ", ".join(f"{axis}={value}" for axis, value in written.items())
-            raise SweepFileError(f"{source}: grid point {where}: {describe(error)}") from None
+            raise SweepFileError(f"{source}: {f'grid point {where}: ' if where else ''}{describe(error)}") from None
         if name in seen_names:
             raise SweepFileError(f"{source}: grid: two trials are both named {name!r}; make the grid axes distinct")
         if config.fingerprint() in seen_configs:

@@ -50,6 +50,5 @@ def trial_gpu_hours(config: TrialConfig, gpu_tflops: float = DEFAULT_GPU_TFLOPS)
     """Estimated GPU-hours to train ``config`` at ``gpu_tflops`` sustained TFLOP/s."""
     dataset = DATASETS[config.data.dataset]
     size = config.data.image_size or dataset.default_image_size
-    channels = 1 if config.data.dataset == "digits" else 3
-    flops = forward_flops(config.model.arch, config.model.depth, config.model.width, channels, size, 10)  # 10 classes each
+    flops = forward_flops(config.model.arch, config.model.depth, config.model.width, dataset.channels, size, 10)  # 10 classes each
     return trial_forwards(config) * flops / (gpu_tflops * 1e12) / 3600

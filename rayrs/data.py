@@ -121,6 +121,7 @@ class DatasetInfo:
         check: ``(root) -> None``, a cheap look for the files (no decoding) that raises the "missing dataset"
             `UserError`; the sweep runs it before any worker starts.
         train_examples: the size of the training split, for cost estimates (`rayrs sweep --dry-run`).
+        channels: image channels C, known before anything is loaded (eps ranges, cost estimates).
     """
 
     name: str
@@ -133,6 +134,7 @@ class DatasetInfo:
     source: str
     check: Callable[[Path], object] = lambda root: None
     train_examples: int = 0  # size of the training split (for cost estimates before anything is loaded)
+    channels: int = 3  # image channels C (for checks and cost estimates before anything is loaded)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -391,6 +393,7 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo(
             name="digits",
             train_examples=1347,
+            channels=1,
             description="handwritten digits, 8x8 upsampled to 16x16; ships with scikit-learn (the quickstart's data)",
             load=_load_digits,
             default_image_size=16,

@@ -94,6 +94,29 @@ BAD_FILES = {
     "bad experiment name": ("name: 'my sweep!'\n", "name: String should match pattern"),
     "top level not a mapping": ("- a\n- b\n", "expected a mapping of settings at the top level, got list"),
     "unreadable YAML": ("train: {eps: [0.1\n", "not valid YAML (line 2)"),
+    # Numbers are finite and never booleans; eps lies in its threat model's range (issue 12, item 11).
+    "eps past the l_inf range": ("train: {eps: 300}\n", "train.eps: 300 is outside linf's range [0, 1] for digits at 16 px"),
+    "eps on the 0-255 scale": ("train: {eps: 8}\n", "outside linf's range [0, 1] for digits at 16 px (eps is the max per-pixel change on the [0, 1] scale); for 8 on the 0-255 scale write 8/255"),
+    "eval eps past the range": ("eval: {eps: 2}\n", "eval.eps: 2 is outside linf's range [0, 1]"),
+    "l2 eps past the diameter": ("train: {threat_model: l2, eps: 17}\n", "train.eps: 17 is outside l2's range [0, 16] for digits at 16 px"),
+    "infinite eps": ("train: {eps: .inf}\n", "train.eps: give a finite number, got inf"),
+    "infinite lr": ("train: {lr: .inf}\n", "train.lr: give a finite number, got inf"),
+    "nan momentum": ("train: {momentum: .nan}\n", "train.momentum: give a finite number, got nan"),
+    "overflowing fraction": ("train: {lr: 1e300/1e-300}\n", "train.lr: give a finite number, got inf"),
+    "boolean epochs": ("train: {epochs: true}\n", "train.epochs: give a number, got true"),
+    "boolean eps": ("train: {eps: false}\n", "train.eps: give a number, got false"),
+    "boolean on a grid axis": ("grid: {seed: [0, true]}\n", "grid point seed=True: train.seed: give a number, got true"),
+    "boolean epoch to compare": ("compare: [{kind: cross_layer, epochs: [true]}]\n", "compare.0.cross_layer.epochs.0: give a number, got true"),
+    "absurd depth": ("model: {depth: 1000000}\n", "model.depth: Input should be less than or equal to 202"),
+    "seed past 32 bits": ("train: {seed: 1099511627776}\n", "train.seed: Input should be less than or equal to 4294967295"),
+    # Layer names are checked on the meta device before anything is written (item 12).
+    "freezing an unknown layer": ("train: {epochs: 2, freeze: {through: stage9, from_epoch: 1}}\n",
+                                  "train.freeze.through: no layer name starts with 'stage9'; layers start with: conv1, block1, block2, block3"),
+    "freezing an unknown layer on a grid axis": (
+        "train: {epochs: 2}\ngrid: {train.freeze.through: [block1, blok2], train.freeze.from_epoch: [1]}\n",
+        "grid point train.freeze.through=blok2, train.freeze.from_epoch=1: train.freeze.through: no layer name starts with 'blok2'"),
+    "freezing after the last epoch": ("train: {epochs: 2, freeze: {through: block1, from_epoch: 3}}\n",
+                                      "train.freeze.from_epoch: 3 is past the last epoch (2), so nothing would be frozen"),
 }
 
 
@@ -107,6 +130,27 @@ def test_a_bad_sweep_file_gets_one_line_naming_file_and_field(tmp_path, case):
     assert message.startswith(f"{path}: ")
     assert expected in message
     assert "\n" not in message
+
+
+# The upper end of each threat model's eps range on CIFAR-10 (C x H x W = 3 x 32 x 32 = 3072 values), worked out
+# by hand from each unit: linf changes a pixel by at most 1 on [0, 1]; l2 spans the diameter of [0, 1]^3072;
+# JPEG's variable is at most 2 on each of at most 3072 coefficients; Gabor's amplitude is on the 0-255 scale;
+# Snow past 16 turns a half-intensity flake's streak white.
+CIFAR_EPS_TOP = {"linf": 1.0, "l2": 3072**0.5, "jpeg": 2 * 3072**0.5, "gabor": 255.0, "snow": 16.0}
+
+
+@pytest.mark.parametrize("threat_model", list(CIFAR_EPS_TOP))
+def test_each_threat_model_states_its_eps_range_and_the_paper_eps_is_inside(tmp_path, threat_model):
+    from rayrs.attacks import THREAT_MODELS, default_eps
+
+    top = CIFAR_EPS_TOP[threat_model]
+    assert THREAT_MODELS[threat_model].eps_range(3 * 32 * 32) == pytest.approx((0.0, top))
+    assert 0 < default_eps(threat_model, "cifar10") <= top
+    text = f"data: {{dataset: cifar10, root: data}}\ntrain: {{threat_model: {threat_model}, eps: EPS}}\n"
+    (trial,) = expand(load_experiment(write(tmp_path, text.replace("EPS", repr(top)), "ok.yaml")))
+    assert trial.config.train.eps == pytest.approx(top)
+    with pytest.raises(SweepFileError, match=rf"train.eps: .* is outside {threat_model}'s range \[0, "):
+        load_experiment(write(tmp_path, text.replace("EPS", repr(top * 1.01)), "past.yaml"))
 
 
 def test_a_missing_sweep_file(tmp_path):
