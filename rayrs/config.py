@@ -48,6 +48,13 @@ MAX_WIDTH = 64
 MAX_IMAGE_SIZE = 1024
 MAX_SEED = 2**32 - 1
 
+# Size limits of a sweep file, checked before anything is expanded: a sweep file is a few hundred bytes, and
+# a grid of a million trials (three axes of 100 values) is a typo long before it is an experiment. Raise
+# `max_trials` in the sweep file to run a bigger grid on purpose.
+MAX_TRIALS = 1000
+MAX_SWEEP_FILE_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000  # values once YAML aliases are expanded (an alias bomb is tiny on disk)
+
 
 class SweepFileError(UserError):
     """A sweep file that cannot be run; the message names the file and the field."""
@@ -480,13 +487,14 @@ AXIS_ALIASES = {
 
 
 class Experiment(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     results: str = "results"  # folder or URI; this experiment's results go to <results>/<name>
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     grid: GridAxes | list[GridAxes] = Field(default_factory=dict)
+    max_trials: Int = Field(default=MAX_TRIALS, ge=1)  # a grid of more trials is refused before it is expanded
     compare: list[Comparison] = Field(default_factory=lambda: [CrossLayer()])
     cka: CkaConfig = Field(default_factory=CkaConfig)
     resources: Resources = Field(default_factory=Resources)
@@ -503,6 +511,19 @@ class Experiment(Section):
                 if not values:
                     raise ValueError(f"axis {axis!r} has no values; give at least one")
         return grid
+
+    @model_validator(mode="after")
+    def _not_too_many_trials(self) -> Experiment:
+        """Count the grid's trials from its axes (the product per grid, summed over a list) before expanding it."""
+        grids = self.grid if isinstance(self.grid, list) else [self.grid]
+        count = sum(math.prod(len(values) for values in axes.values()) for axes in grids)
+        if count > self.max_trials:
+            shape = " + ".join(" x ".join(f"{axis} {len(values)}" for axis, values in axes.items()) or "1" for axes in grids)
+            raise ValueError(
+                f"grid: {count} trials ({shape}) is more than max_trials ({self.max_trials}); shrink the grid, "
+                f"or set `max_trials: {count}` at the top of the sweep file if you mean it"
+            )
+        return self
 
 
 class TrialSpec(BaseModel):
@@ -522,16 +543,36 @@ class TrialSpec(BaseModel):
 
 # ----------------------------------------------------------------------------------------------------
 def load_experiment(path: str | Path) -> Experiment:
-    """Read and validate a sweep file; every problem becomes a one-line `SweepFileError`."""
+    """Read and validate a sweep file; every problem becomes a one-line `SweepFileError`.
+
+    The file's size, the values its YAML aliases expand to and the number of trials its grid makes are bounded
+    (`MAX_SWEEP_FILE_BYTES`, `MAX_YAML_VALUES`, ``max_trials``) and checked before anything is expanded.
+    """
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        examples = sorted(path.glob("*.yaml"))
+        hint = f", e.g. {examples[0]}" if examples else ""
+        raise SweepFileError(f"{path} is a folder, not a sweep file; give one YAML file{hint}")
+    if not path.exists():
         raise SweepFileError(f"{path}: no such sweep file")
+    if not path.is_file():
+        raise SweepFileError(f"{path} is not a regular file; give a YAML sweep file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        with path.open("rb") as file:
+            data = file.read(MAX_SWEEP_FILE_BYTES + 1)
+    except OSError as error:
+        raise SweepFileError(f"{path}: cannot read it ({error.strerror or error})") from None
+    if len(data) > MAX_SWEEP_FILE_BYTES:
+        raise SweepFileError(f"{path}: larger than {MAX_SWEEP_FILE_BYTES >> 20} MiB; a sweep file is a few lines of YAML")
+    try:
+        raw = yaml.safe_load(data.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         where = getattr(error, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
         raise SweepFileError(f"{path}: not valid YAML{line}: {getattr(error, 'problem', error)}") from None
+    except RecursionError:
+        raise SweepFileError(f"{path}: not valid YAML: nested too deeply") from None
+    _check_expanded_size(raw, path)
     if not isinstance(raw, dict):
         raise SweepFileError(f"{path}: expected a mapping of settings at the top level, got {type(raw).__name__}")
     raw.setdefault("name", path.stem)
@@ -541,6 +582,38 @@ def load_experiment(path: str | Path) -> Experiment:
         raise SweepFileError(f"{path}: {describe(error)}") from None
     expand(experiment, source=path)  # grid values are validated here, before anything runs
     return experiment
+
+
+def _check_expanded_size(raw: Any, path: Path) -> None:
+    """Refuse YAML whose aliases expand past `MAX_YAML_VALUES` values, or refer to themselves.
+
+    PyYAML shares one object per anchor, so loading an alias bomb is cheap; whatever copies it (validation,
+    JSON) would not be. Sizes are memoised by identity: counting is linear in the file, not in the expansion.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise SweepFileError(f"{path}: a YAML alias refers to a value that contains it; write the values out")
+        open_nodes.add(key)
+        children = [part for item in node.items() for part in item] if isinstance(node, dict) else node
+        total = 1 + sum(size(child) for child in children)
+        open_nodes.discard(key)
+        if total > MAX_YAML_VALUES:
+            raise SweepFileError(
+                f"{path}: its YAML aliases expand to more than {MAX_YAML_VALUES} values; a sweep file needs a few "
+                "hundred (write the grid's values out, or shrink it)"
+            )
+        sizes[key] = total
+        return total
+
+    size(raw)
 
 
 def describe(error: ValidationError) -> str:

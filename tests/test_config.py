@@ -67,6 +67,13 @@ def test_the_sweep_name_defaults_to_the_file_name(tmp_path):
     assert load_experiment(path).name == "my_sweep"
 
 
+ALIAS_BOMB = "".join(  # 10^6 values once expanded, 300 bytes on disk
+    f"{name}: &{name} [{', '.join([f'*{previous}'] * 10)}]\n" for previous, name in zip("abcdef", "bcdefg")
+).replace("b: &b [*a", "a: &a [0.1]\nb: &b [*a") + "grid: {train.lr: *g}\n"
+MILLION_TRIALS = "grid: {seed: %s, train.lr: %s, epochs: %s}\n" % (
+    list(range(100)), [round(0.001 * i, 3) for i in range(1, 101)], list(range(1, 101))
+)
+
 BAD_FILES = {
     "unknown top-level key": ("epochz: 3\n", "unknown key 'epochz'"),
     "unknown nested key": ("train: {lr_rate: 0.1}\n", "train: unknown key 'lr_rate' (allowed: method, threat_model, eps"),
@@ -115,6 +122,16 @@ BAD_FILES = {
     "freezing an unknown layer on a grid axis": (
         "train: {epochs: 2}\ngrid: {train.freeze.through: [block1, blok2], train.freeze.from_epoch: [1]}\n",
         "grid point train.freeze.through=blok2, train.freeze.from_epoch=1: train.freeze.through: no layer name starts with 'blok2'"),
+    # Size limits, checked before anything is expanded (item 9).
+    "a million trials": (MILLION_TRIALS, "grid: 1000000 trials (seed 100 x train.lr 100 x epochs 100) is more than "
+                         "max_trials (1000); shrink the grid, or set `max_trials: 1000000` at the top of the sweep file"),
+    "a list of grids past the limit": ("grid: [{seed: %s}, {seed: [7], eps: [0, 0.1]}]\nmax_trials: 10\n" % list(range(9)),
+                                       "grid: 11 trials (seed 9 + seed 1 x eps 2) is more than max_trials (10)"),
+    "a YAML alias bomb": (ALIAS_BOMB, "its YAML aliases expand to more than 100000 values"),
+    "a YAML alias inside itself": ("grid: &g {seed: [0, *g]}\n", "a YAML alias refers to a value that contains it"),
+    "YAML nested too deeply": ("grid: {seed: " + "[" * 5000 + "]" * 5000 + "}\n", "not valid YAML: nested too deeply"),
+    "a huge file": ("# padding\n" * 200_000, "larger than 1 MiB; a sweep file is a few lines of YAML"),
+    "an overlong experiment name": ("name: " + "x" * 101 + "\n", "name: String should have at most 100 characters"),
     "freezing after the last epoch": ("train: {epochs: 2, freeze: {through: block1, from_epoch: 3}}\n",
                                       "train.freeze.from_epoch: 3 is past the last epoch (2), so nothing would be frozen"),
 }
@@ -156,3 +173,37 @@ def test_each_threat_model_states_its_eps_range_and_the_paper_eps_is_inside(tmp_
 def test_a_missing_sweep_file(tmp_path):
     with pytest.raises(SweepFileError, match="no such sweep file"):
         load_experiment(tmp_path / "nope.yaml")
+
+
+def test_a_folder_given_as_the_sweep_file_is_named_as_a_folder(tmp_path):
+    (tmp_path / "mine.yaml").write_text("train: {epochs: 1}\n")
+    with pytest.raises(SweepFileError) as caught:
+        load_experiment(tmp_path)
+    assert str(caught.value) == f"{tmp_path} is a folder, not a sweep file; give one YAML file, e.g. {tmp_path / 'mine.yaml'}"
+
+
+def test_max_trials_can_be_raised_in_the_sweep_file(tmp_path):
+    grid = "grid: {seed: [0, 1, 2], eps: [0.05, 0.1]}\n"
+    with pytest.raises(SweepFileError, match=r"grid: 6 trials \(seed 3 x eps 2\) is more than max_trials \(5\)"):
+        load_experiment(write(tmp_path, grid + "max_trials: 5\n"))
+    assert len(expand(load_experiment(write(tmp_path, grid + "max_trials: 6\n")))) == 6
+
+
+@pytest.mark.timeout(300)  # the old code expanded both: minutes and gigabytes
+@pytest.mark.parametrize("case", ["a million trials", "a YAML alias bomb"])
+def test_huge_sweep_files_are_refused_before_anything_is_expanded(tmp_path, case):
+    import time
+    import tracemalloc
+
+    load_experiment(REPO / "sweeps" / "quickstart.yaml")  # the default WRN built once: not what is timed here
+    path = write(tmp_path, BAD_FILES[case][0])
+    tracemalloc.start()
+    started = time.perf_counter()
+    with pytest.raises(SweepFileError):
+        load_experiment(path)
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # Refusing costs what validating a small sweep costs (milliseconds of CPU; 10 s leaves room for a loaded
+    # 2-core machine), where expanding 10^6 trials or 10^6 aliased values took minutes and gigabytes.
+    assert seconds < 10 and peak < 50 * 2**20, (seconds, peak)
