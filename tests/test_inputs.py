@@ -1,0 +1,148 @@
+"""Inputs that cannot hurt: every mistake a person can make at the door gets one line (exit 1, no traceback,
+nothing written, within 10 s), data files cannot run code, and hostile names cannot break the report.
+
+Object stores are simulated with 127.0.0.1 and a port nobody listens on: no other address is ever contacted
+(the AWS instance-metadata lookup is switched off, and the Google one is pointed at the same closed port).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rayrs import checkpoint
+from rayrs import storage as layout
+from rayrs.cli import app
+from rayrs.config import TrialSpec, expand, load_experiment
+from rayrs.errors import UserError
+from rayrs.storage import Storage
+from test_data import _Py2Str, _write_py2_pickle, write_cifar10
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "sweeps" / "quickstart.yaml"
+runner = CliRunner()
+
+TINY_SWEEP = """
+name: tiny
+data: {dataset: digits}
+model: {arch: wrn, depth: 10, width: 1}
+train: {method: standard, epochs: 2, batch_size: 256}
+eval: {train_subset: 16, test_subset: 16, attack: {steps: 1}}
+cka: {probe_size: 16, batch_size: 16, passes: 1}
+"""
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def one_line_error(args: list[str], seconds: float = 10.0, after_progress: bool = False) -> str:
+    """Run ``rayrs ARGS``; assert exit 1 with exactly one line on stderr, no traceback, within ``seconds``.
+
+    ``after_progress``: a sweep that got going prints its progress first; then the error is its one last line.
+    """
+    started = time.perf_counter()
+    result = runner.invoke(app, args, terminal_width=400)
+    elapsed = time.perf_counter() - started
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert (errors == lines[-1:] if after_progress else errors == lines) and len(errors) == 1, result.stderr
+    assert "Traceback" not in result.output
+    assert elapsed < seconds, f"took {elapsed:.1f} s"
+    return errors[0]
+
+
+@pytest.fixture
+def no_cloud_credentials(monkeypatch):
+    """No credentials, and no instance-metadata lookups anywhere but 127.0.0.1's closed port."""
+    port = closed_port()
+    for name in ("AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "GOOGLE_APPLICATION_CREDENTIALS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")  # a fake key: the request fails at connect, unsigned or not
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("GCE_METADATA_ROOT", f"127.0.0.1:{port}")
+    monkeypatch.setenv("CLOUDSDK_CONFIG", "/nonexistent")
+    return port
+
+
+# -- item 8: CIFAR-10's pickles cannot run code --------------------------------------------------------------------
+class _RunsCode:
+    """What a hostile data_batch_1 holds: unpickling it calls exec (here: it would create a file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+def test_a_cifar10_batch_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    write_cifar10(tmp_path / "data")
+    batch = tmp_path / "data" / "cifar-10-batches-py" / "data_batch_1"
+    marker = tmp_path / "payload-ran"
+    _write_py2_pickle(batch, {_Py2Str(b"data"): np.zeros((2, 3072), np.uint8), _Py2Str(b"labels"): [0, 1],
+                              _Py2Str(b"filenames"): _RunsCode(marker)})
+    from rayrs.data import load_dataset
+
+    with pytest.raises(UserError) as caught:
+        load_dataset("cifar10", root=tmp_path / "data")
+    assert not marker.exists()  # the payload never ran
+    message = str(caught.value)
+    assert message.startswith(f"cifar10: refused to read {batch}: it asks to run ") and "exec, which a CIFAR-10 batch never does" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar10_batches_pickled_again_by_python_3_read_the_same(tmp_path, protocol):
+    # Re-pickled copies (str keys, numpy's protocol-4/5 array pickles) read as the Python 2 originals do.
+    from rayrs.data import load_dataset, read_cifar10_batch
+
+    train_data, train_labels, test_data, test_labels = write_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta"):
+        batch = read_cifar10_batch(folder / name)
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
+    ds = load_dataset("cifar10", root=tmp_path)
+    assert np.array_equal(ds.train_images.numpy().reshape(-1, 3072), train_data)
+    assert np.array_equal(ds.test_images.numpy().reshape(-1, 3072), test_data)
+    assert ds.train_labels.tolist() == train_labels.tolist() and ds.test_labels.tolist() == test_labels.tolist()
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (np.array([1, "x"], dtype=object), "could not read"),  # object arrays hold pickled Python objects
+        (np.zeros(3, dtype=[("a", "u1"), ("b", "f4")]), "not plain numbers"),
+        ({1, 2}, "refused to read"),  # a set is built by calling builtins.set
+        (3.5, "it holds a float, which a CIFAR-10 batch never does"),
+    ],
+    ids=["object array", "structured array", "set", "float"],
+)
+def test_a_cifar10_batch_holding_anything_but_plain_data_is_refused(tmp_path, payload, expected):
+    from rayrs.data import read_cifar10_batch
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({"data": np.zeros((1, 3072), np.uint8), "labels": [0], "extra": payload}, protocol=2))
+    with pytest.raises(UserError) as caught:
+        read_cifar10_batch(path)
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
