@@ -146,3 +146,37 @@ def test_a_cifar10_batch_holding_anything_but_plain_data_is_refused(tmp_path, pa
     with pytest.raises(UserError) as caught:
         read_cifar10_batch(path)
     assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+# -- item 14: the report's embedded JSON ------------------------------------------------------------------------------
+HOSTILE = "<!--<script>"  # inside a <script>, "<!--" then "<script" makes the next "</script>" not end it
+
+
+def test_embedded_json_escapes_every_angle_bracket_and_reads_back():
+    from analysis.report import _script_json
+
+    spec = {"data": {"values": [{"trial": HOSTILE}, {"trial": "</script><b>"}]}}
+    text = _script_json(spec)
+    assert "<" not in text and json.loads(text) == spec
+
+
+def test_a_hostile_trial_name_leaves_every_chart_drawn(tmp_path):
+    import polars as pl
+
+    from analysis import synthetic
+    from analysis.report import render_report
+    from test_report_browser import CHROMIUM, MARKS, charts, dump_dom
+
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    results = synthetic.write_results(tmp_path / "results")
+    victim = pl.read_parquet(tmp_path / "results" / layout.METRICS)["trial"][0]
+    for table in (tmp_path / "results").rglob("*.parquet"):  # the trial's name, everywhere it appears
+        frame = pl.read_parquet(table)
+        names = [c for c in ("trial", "model_a", "model_b") if c in frame.columns]
+        frame.with_columns(pl.col(c).replace(victim, HOSTILE) for c in names).write_parquet(table)
+    report = render_report(results, formats=("html",))
+    dom = dump_dom(report.index, tmp_path / "profile")
+    drawn = charts(dom)
+    assert sorted(drawn) == sorted(MARKS)
+    assert all("<svg" in drawn[name] for name in MARKS), [name for name in MARKS if "<svg" not in drawn[name]]
