@@ -180,3 +180,23 @@ def test_a_hostile_trial_name_leaves_every_chart_drawn(tmp_path):
     drawn = charts(dom)
     assert sorted(drawn) == sorted(MARKS)
     assert all("<svg" in drawn[name] for name in MARKS), [name for name in MARKS if "<svg" not in drawn[name]]
+
+
+# -- item 7: one data layout ---------------------------------------------------------------------------------------------
+def test_every_sweep_file_reads_the_data_folder_the_readme_documents():
+    readme = (REPO / "README.md").read_text()
+    documented = re.search(r"root: null +# folder holding the files: (\S+)/ with cifar-10-batches-py/, imagenette2-320/", readme)
+    assert documented, "the README's sweep-file reference no longer documents the data folder"
+    roots = {}
+    for path in sorted((REPO / "sweeps").glob("*.yaml")):
+        for trial in expand(load_experiment(path)):
+            if trial.config.data.dataset != "digits":  # digits ships with scikit-learn: no folder
+                roots[f"{path.name}: {trial.name}"] = trial.config.data.root
+    assert roots and set(roots.values()) == {documented[1]}, roots
+
+
+def test_trial_spec_round_trips_through_json():
+    # TrialSpec is what Ray ships to workers; the new validation must not refuse what it wrote itself.
+    for path in sorted((REPO / "sweeps").glob("*.yaml")):
+        for trial in expand(load_experiment(path)):
+            assert TrialSpec.model_validate(json.loads(trial.model_dump_json())) == trial
