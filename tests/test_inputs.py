@@ -27,7 +27,7 @@ from rayrs import storage as layout
 from rayrs.cli import app
 from rayrs.config import TrialSpec, expand, load_experiment
 from rayrs.errors import UserError
-from rayrs.storage import Storage
+from rayrs.storage import Storage, parse_location
 from test_data import _Py2Str, _write_py2_pickle, write_cifar10
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,6 +83,61 @@ def no_cloud_credentials(monkeypatch):
     monkeypatch.setenv("GCE_METADATA_ROOT", f"127.0.0.1:{port}")
     monkeypatch.setenv("CLOUDSDK_CONFIG", "/nonexistent")
     return port
+
+
+# -- item 13: storage URIs parsed once, as users type them ---------------------------------------------------------
+LOCATIONS = {
+    # typed                                          -> where the experiment "exp" goes (str of the child)
+    "results": str(Path("results").resolve() / "exp"),
+    "~/results": str(Path("~/results").expanduser() / "exp"),
+    "/data/results/": "/data/results/exp",
+    "file:///data/results": "/data/results/exp",
+    "file://localhost/data/results": "/data/results/exp",
+    "s3://bucket": "s3://bucket/exp",
+    "s3://bucket/prefix/": "s3://bucket/prefix/exp",
+    "s3://bucket/prefix?region=eu-west-1": "s3://bucket/prefix/exp?region=eu-west-1",
+    "S3://Bucket/prefix?region=eu-west-1&endpoint_override=127.0.0.1:9": "s3://Bucket/prefix/exp?region=eu-west-1&endpoint_override=127.0.0.1:9",
+    "gs://bucket/prefix?anonymous=true": "gs://bucket/prefix/exp?anonymous=true",
+}
+
+
+@pytest.mark.parametrize("typed", list(LOCATIONS))
+def test_a_results_location_keeps_its_query_apart_from_its_path(typed):
+    assert str(parse_location(typed).child("exp")) == LOCATIONS[typed]
+
+
+def test_two_experiments_under_one_s3_prefix_with_a_query_get_two_folders(no_cloud_credentials):
+    root = Storage("s3://bucket/prefix?region=eu-west-1")  # a region given: nothing is asked over the network
+    a, b = root.child("width_eps"), root.child("dynamics")
+    assert a.root == "s3://bucket/prefix/width_eps?region=eu-west-1"
+    assert (a.full_path("sweep.json"), b.full_path("sweep.json")) == ("bucket/prefix/width_eps/sweep.json",
+                                                                      "bucket/prefix/dynamics/sweep.json")
+    assert a.filesystem.region == "eu-west-1"
+    assert pickle.loads(pickle.dumps(a)).root == a.root  # how Ray ships it to workers
+
+
+BAD_LOCATIONS = {
+    "file://tmp/x": "results location 'file://tmp/x' names the host 'tmp'; for the folder /tmp/x write file:///tmp/x, "
+                    "for tmp/x under the working directory write tmp/x",
+    "file:/tmp/x": "write file:// with two slashes, e.g. file:///tmp/x",
+    "s3:/bucket/prefix": "write s3:// with two slashes, e.g. s3://bucket/prefix",
+    "s3://": "names no bucket; write s3://BUCKET/prefix",
+    "s3://bucket//prefix": "empty, '.' or '..' path segments are not allowed",
+    "s3://bucket/../prefix": "empty, '.' or '..' path segments are not allowed",
+    "s3://bucket/prefix?regoin=eu-west-1": "unknown option 'regoin' for s3://; allowed: region, endpoint_override",
+    "s3://bucket/prefix?region=us-east-1&anonymous=maybe": "?anonymous= takes true or false, got 'maybe'",
+    "s3://bucket/prefix#results": "'#' starts a URI fragment",
+    "file:///tmp/x?mode=fast": "a local folder takes no ?options",
+    "ftp://host/results": "unknown storage scheme 'ftp://'",
+    "": "results location is empty",
+}
+
+
+@pytest.mark.parametrize("typed", list(BAD_LOCATIONS))
+def test_an_ambiguous_results_location_is_refused_in_one_line(typed, no_cloud_credentials):
+    with pytest.raises(UserError) as caught:
+        Storage(typed)
+    assert BAD_LOCATIONS[typed] in str(caught.value) and "\n" not in str(caught.value)
 
 
 # -- item 8: CIFAR-10's pickles cannot run code --------------------------------------------------------------------
