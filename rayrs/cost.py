@@ -47,7 +47,9 @@ def trial_forwards(config: TrialConfig) -> float:
 
 
 def trial_gpu_hours(config: TrialConfig, gpu_tflops: float = DEFAULT_GPU_TFLOPS) -> float:
-    """Estimated GPU-hours to train ``config`` at ``gpu_tflops`` sustained TFLOP/s."""
+    """Estimated GPU-hours to train ``config`` at ``gpu_tflops`` sustained TFLOP/s (a positive number)."""
+    if not gpu_tflops > 0:
+        raise ValueError(f"gpu_tflops must be positive, got {gpu_tflops}")
     dataset = DATASETS[config.data.dataset]
     size = config.data.image_size or dataset.default_image_size
     flops = forward_flops(config.model.arch, config.model.depth, config.model.width, dataset.channels, size, 10)  # 10 classes each

@@ -85,6 +85,158 @@ def no_cloud_credentials(monkeypatch):
     return port
 
 
+# -- item 10: one line for every mistake ------------------------------------------------------------------------
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+def test_results_under_a_file_is_one_line(tmp_path, dry_run):
+    (tmp_path / "a_file").write_text("not a folder")
+    results = tmp_path / "a_file" / "results"
+    line = one_line_error(["sweep", str(QUICKSTART), "--results", str(results), "--local"] + (["--dry-run"] if dry_run else []))
+    assert f"results location {results} is under {tmp_path / 'a_file'}, a file, not a folder" in line
+    assert (tmp_path / "a_file").read_text() == "not a folder"
+
+
+def _without_root_privileges() -> None:
+    """In the child, before exec: as root, give up the capabilities that let root write into any folder."""
+    if os.geteuid() != 0:
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2, 3):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP: gone from this process and its exec
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_results_in_a_read_only_folder_is_one_line_and_nothing_is_written(tmp_path):
+    sweep = tmp_path / "tiny.yaml"
+    sweep.write_text(TINY_SWEEP)
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "rayrs", "sweep", str(sweep), "--results", str(read_only / "results"), "--local"],
+            capture_output=True, text=True, timeout=300, preexec_fn=_without_root_privileges,
+        )
+    finally:
+        read_only.chmod(0o755)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"results location {read_only / 'results' / 'tiny'}: cannot write in {read_only} (permission denied)" in lines[0]
+    assert list(read_only.iterdir()) == []
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+def test_an_unreachable_s3_location_is_one_line_within_seconds(tmp_path, no_cloud_credentials, dry_run):
+    results = f"s3://bucket/prefix?region=us-east-1&endpoint_override=127.0.0.1:{closed_port()}&scheme=http"
+    line = one_line_error(["sweep", str(QUICKSTART), "--results", results, "--local"] + (["--dry-run"] if dry_run else []))
+    assert line.startswith("error: results location s3://bucket/prefix/quickstart?region=us-east-1&endpoint_override=")
+    assert "check the bucket name, the network and the AWS credentials" in line
+
+
+def test_gs_without_credentials_does_not_hang(no_cloud_credentials):
+    # Credentials discovery asks the (here: closed) metadata server and retries for minutes; rayrs gives up
+    # after DOOR_SECONDS and names what to configure.
+    results = f"gs://bucket/prefix?endpoint_override=127.0.0.1:{no_cloud_credentials}&scheme=http"
+    line = one_line_error(["status", results], seconds=layout.DOOR_SECONDS + 2)
+    assert line.startswith(f"error: results location {results}: ")
+    assert "GOOGLE_APPLICATION_CREDENTIALS" in line
+
+
+def test_hdfs_without_hadoop_is_one_line():
+    line = one_line_error(["status", f"hdfs://127.0.0.1:{closed_port()}/results/tiny"])
+    assert "hdfs:// needs Hadoop's libhdfs and a Java runtime on every node" in line
+
+
+def _results_with_one_epoch(tmp_path: Path, meta: object | None = None, width: int | None = None) -> tuple[Path, Path]:
+    """A tiny sweep's results as a run leaves them after epoch 1 of 2 (no training: the files are written here).
+
+    ``meta`` replaces epoch 1's meta.json; ``width`` writes epoch 1's weights from a WRN-10 of that width.
+    Returns (sweep file, results folder).
+    """
+    from rayrs.models import build_model
+    from rayrs.train import trial_record
+
+    sweep = tmp_path / "tiny.yaml"
+    sweep.write_text(TINY_SWEEP)
+    experiment = load_experiment(sweep)
+    (trial,) = expand(experiment)
+    storage = Storage(tmp_path / "results" / "tiny")
+    storage.write_json(layout.SWEEP_CONFIG, experiment.model_dump(mode="json"))
+    storage.write_json(layout.trial_spec(trial.name), trial_record(trial))
+    torch.manual_seed(0)
+    model = build_model("wrn", num_classes=10, in_channels=1, depth=10, width=width or 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    metrics = {"epoch": 1, "lr": 0.1, "train_objective": 2.0, "eval_eps": 0.1, "epoch_seconds": 1.0,
+               **{f"{s}_{k}_{m}": 0.5 for s in ("train", "test") for k in ("clean", "robust") for m in ("acc", "loss")}}
+    checkpoint.save_epoch(storage, trial.name, 1, model, optimizer, {"metrics": metrics})
+    if meta is not None:
+        storage.write_json(layout.epoch_meta(trial.name, 1), meta)
+    return sweep, tmp_path / "results"
+
+
+@pytest.mark.parametrize(
+    ("meta", "problem"),
+    [({}, "no epoch"), ([1], "a JSON list, not an object"), ({"epoch": 2, "metrics": {}}, "it is of epoch 2, not 1"),
+     ({"epoch": 1, "metrics": "good"}, "no metrics"), ({"epoch": 1, "metrics": {"epoch": 1}}, "metric 'lr' is missing"),
+     ({"epoch": 1, "metrics": {"epoch": 1, "lr": "high"}}, "metric 'lr' is not a number")],
+    ids=["empty", "list", "other epoch", "metrics not an object", "metric missing", "metric not a number"],
+)
+def test_a_damaged_meta_json_is_one_line_naming_it_in_status(tmp_path, meta, problem):
+    _, results = _results_with_one_epoch(tmp_path, meta=meta)
+    path = results / "tiny" / layout.epoch_meta("trial", 1)
+    line = one_line_error(["status", str(results / "tiny")])
+    assert line == f"error: {path} is not an epoch record of rayrs ({problem}); rerun the sweep with --redo trial to retrain that trial"
+
+
+def test_an_empty_meta_json_is_one_line_naming_it_on_resume(tmp_path):
+    sweep, results = _results_with_one_epoch(tmp_path, meta={})
+    meta = results / "tiny" / layout.epoch_meta("trial", 1)
+    line = one_line_error(["sweep", str(sweep), "--results", str(results), "--local", "--resume", "--no-report"], seconds=60,
+                          after_progress=True)
+    assert f"{meta} is not an epoch record of rayrs (no epoch)" in line
+
+
+def test_a_schema_invalid_sweep_json_is_one_line_in_status(tmp_path):
+    _, results = _results_with_one_epoch(tmp_path)
+    sweep_json = results / "tiny" / layout.SWEEP_CONFIG
+    sweep_json.write_text(json.dumps({"name": "tiny", "grid": 5, "train": {"epochs": "many"}}))
+    line = one_line_error(["status", str(results / "tiny")])
+    assert f"{sweep_json} is not a sweep this rayrs can read (" in line and "rerun the sweep file with --resume" in line
+
+
+def test_a_checkpoint_of_another_architecture_is_one_line_naming_it(tmp_path):
+    sweep, results = _results_with_one_epoch(tmp_path, width=2)  # the sweep's model is WRN-10-1
+    weights = results / "tiny" / layout.weights("trial", 1)
+    line = one_line_error(["sweep", str(sweep), "--results", str(results), "--local", "--resume", "--no-report"], seconds=60,
+                          after_progress=True)
+    assert f"checkpoint {weights} holds the weights of another model (block1.0.conv1.weight is (32, 16, 3, 3) there, (16, 16, 3, 3) " in line
+    assert line.endswith("rerun the sweep with --redo trial to retrain that trial")
+
+
+def test_comparisons_name_a_checkpoint_of_another_architecture(tmp_path):
+    from rayrs.similarity.jobs import ModelRef, load_checkpoint_model
+    from rayrs.train import load_trial_data
+
+    sweep, results = _results_with_one_epoch(tmp_path, width=2)
+    (trial,) = expand(load_experiment(sweep))
+    data = load_trial_data(trial.config, torch.device("cpu"))
+    with pytest.raises(UserError, match=r"holds the weights of another model \(block1.0.conv1.weight is \(32, 16, 3, 3\) there"):
+        load_checkpoint_model(Storage(results / "tiny"), ModelRef("trial", 1, trial.fingerprint), trial.config, data)
+
+
+@pytest.mark.parametrize("value", ["0", "-50", "nan", "inf"])
+def test_gpu_tflops_must_be_a_positive_number(tmp_path, value):
+    line = one_line_error(["sweep", str(QUICKSTART), "--dry-run", "--results", str(tmp_path), f"--gpu-tflops={value}"])
+    assert "--gpu-tflops" in line and "a positive number" in line
+
+
+def test_a_folder_given_as_the_sweep_file_is_one_line(tmp_path):
+    line = one_line_error(["sweep", str(REPO / "sweeps"), "--dry-run", "--results", str(tmp_path)])
+    assert f"{REPO / 'sweeps'} is a folder, not a sweep file; give one YAML file, e.g. {REPO / 'sweeps' / 'dynamics.yaml'}" in line
+
+
 # -- item 13: storage URIs parsed once, as users type them ---------------------------------------------------------
 LOCATIONS = {
     # typed                                          -> where the experiment "exp" goes (str of the child)

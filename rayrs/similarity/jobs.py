@@ -271,7 +271,7 @@ def run_job(job: SimilarityJob, configs: dict[str, TrialConfig], storage: Storag
 
 def load_checkpoint_model(storage: Storage, ref: ModelRef, config: TrialConfig, data: ImageDataset) -> torch.nn.Module:
     model = build_for(config, data, data.test_images.device)
-    model.load_state_dict(checkpoint.load_weights(storage, ref.trial, ref.epoch, data.test_images.device))
+    checkpoint.load_model_weights(storage, ref.trial, ref.epoch, model)
     return model.eval()
 
 
