@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rayrs.attacks import THREAT_MODELS, attack_schedule, default_eps
 from rayrs.data import DATASETS
@@ -52,6 +52,8 @@ MAX_SEED = 2**32 - 1
 # a grid of a million trials (three axes of 100 values) is a typo long before it is an experiment. Raise
 # `max_trials` in the sweep file to run a bigger grid on purpose.
 MAX_TRIALS = 1000
+MAX_JOBS = 100_000  # comparison jobs, counted from the trials before any is planned
+MAX_EPOCHS = 10_000  # per trial: cross_epoch plans one comparison per kept epoch
 MAX_SWEEP_FILE_BYTES = 1 << 20
 MAX_YAML_VALUES = 100_000  # values once YAML aliases are expanded (an alias bomb is tiny on disk)
 
@@ -168,7 +170,7 @@ class TrainConfig(Section):
     threat_model: str = "linf"
     eps: Eps | None = None  # None: the threat model's default for the dataset (the paper's; `rayrs.attacks`)
     attack: AttackSettings = Field(default_factory=AttackSettings)
-    epochs: Int = Field(default=10, ge=1)
+    epochs: Int = Field(default=10, ge=1, le=MAX_EPOCHS)
     batch_size: Int = Field(default=128, ge=1)
     lr: Number = Field(default=0.1, gt=0)  # the peak learning rate of the schedule
     momentum: Number = Field(default=0.9, ge=0, lt=1)
@@ -323,7 +325,13 @@ def _is_pair(item: Any) -> bool:
 
 
 Measure = Literal["cka", "procrustes", "svcca"]
-Epochs = list[Annotated[Int, Field(ge=1)]]
+def _each_once(value: list[Any]) -> list[Any]:
+    if len(set(value)) != len(value):
+        raise ValueError(f"list each epoch once, got {value[:20]}{' ...' if len(value) > 20 else ''}")
+    return value
+
+
+Epochs = Annotated[list[Annotated[Int, Field(ge=1)]], AfterValidator(_each_once)]
 Trials = Annotated[Literal["all"] | list[str], _word_or_list("all", "trial names", lambda item: isinstance(item, str))]
 
 
@@ -495,6 +503,7 @@ class Experiment(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     grid: GridAxes | list[GridAxes] = Field(default_factory=dict)
     max_trials: Int = Field(default=MAX_TRIALS, ge=1)  # a grid of more trials is refused before it is expanded
+    max_jobs: Int = Field(default=MAX_JOBS, ge=1)  # so are comparisons that would make more jobs
     compare: list[Comparison] = Field(default_factory=lambda: [CrossLayer()])
     cka: CkaConfig = Field(default_factory=CkaConfig)
     resources: Resources = Field(default_factory=Resources)
@@ -623,9 +632,10 @@ def describe(error: ValidationError) -> str:
     # Drop pydantic's union-branch markers such as "dict[str,list[any]]" from the field path.
     path = _field_path(first["loc"])
     # A field that takes one of several forms (``epochs: final | [1, 2]``) fails once per form: report the form
-    # the input got furthest into (a list with a bad item), not the first form tried.
+    # the input got furthest into (a list with a bad item), or whose check had something to say (a list with an
+    # epoch twice), not the first form tried.
     alternatives = [e for e in errors if _field_path(e["loc"])[: len(path)] == path]
-    first = max(alternatives, key=lambda e: len(_field_path(e["loc"])))
+    first = max(alternatives, key=lambda e: (len(_field_path(e["loc"])), e["type"] == "value_error"))
     path = _field_path(first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
@@ -740,12 +750,39 @@ def expand(experiment: Experiment, source: str | Path = "sweep") -> list[TrialSp
         seen_names[name] = point
         seen_configs[config.fingerprint()] = name
         trials.append(TrialSpec(name=name, experiment=experiment.name, config=config, axes=point))
+    jobs = 0
     for index, comparison in enumerate(experiment.compare):
         try:
             _check_comparison(comparison, trials)
         except ValueError as error:
             raise SweepFileError(f"{source}: compare.{index}.{comparison.kind}.{error}") from None
+        jobs += _job_count(comparison, trials)
+        if jobs > experiment.max_jobs:
+            raise SweepFileError(
+                f"{source}: compare: {jobs} comparison jobs by compare.{index} ({comparison.kind}) is more than "
+                f"max_jobs ({experiment.max_jobs}); compare fewer trials or epochs, or set `max_jobs: {jobs}` "
+                "at the top of the sweep file if you mean it"
+            )
     return trials
+
+
+def _job_count(comparison: ComparisonSection, trials: list[TrialSpec]) -> int:
+    """How many jobs `rayrs.similarity.jobs.plan_jobs` makes of ``comparison``, counted without planning them."""
+    names = getattr(comparison, "trials", getattr(comparison, "models", "all"))
+    selected = trials if names == "all" else [t for t in trials if t.name in set(names)]
+    measures = len(comparison.measures)
+    per_probes: dict[str, int] = {}
+    for trial in selected:
+        per_probes[probe_dataset(trial.config)] = per_probes.get(probe_dataset(trial.config), 0) + 1
+    if isinstance(comparison, CrossModel):
+        pairs = sum(k * (k - 1) // 2 for k in per_probes.values()) if comparison.pairs == "all" else len(comparison.pairs)
+        return pairs * measures
+    if isinstance(comparison, Transfer):
+        return sum(k * k for k in per_probes.values()) * (measures + 1)  # + the transfer accuracy
+    if isinstance(comparison, CrossEpoch):
+        return len(selected) * len(comparison.probes) * measures
+    epochs = 1 if comparison.epochs == "final" else len(comparison.epochs)
+    return len(selected) * epochs * measures
 
 
 def _check_comparison(comparison: ComparisonSection, trials: list[TrialSpec]) -> None:

@@ -127,6 +127,11 @@ BAD_FILES = {
                          "max_trials (1000); shrink the grid, or set `max_trials: 1000000` at the top of the sweep file"),
     "a list of grids past the limit": ("grid: [{seed: %s}, {seed: [7], eps: [0, 0.1]}]\nmax_trials: 10\n" % list(range(9)),
                                        "grid: 11 trials (seed 9 + seed 1 x eps 2) is more than max_trials (10)"),
+    "too many comparison jobs": ("grid: {seed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}\nmax_jobs: 50\ncompare: [{kind: cross_layer}, {kind: transfer}]\n",
+                                 "compare: 210 comparison jobs by compare.1 (transfer) is more than max_jobs (50); compare fewer trials"),
+    "an epoch listed twice": ("train: {epochs: 3}\ncompare: [{kind: cross_layer, epochs: [1, 2, 1]}]\n",
+                              "compare.0.cross_layer.epochs: list each epoch once, got [1, 2, 1]"),
+    "absurd epochs": ("train: {epochs: 100000000}\n", "train.epochs: Input should be less than or equal to 10000"),
     "a YAML alias bomb": (ALIAS_BOMB, "its YAML aliases expand to more than 100000 values"),
     "a YAML alias inside itself": ("grid: &g {seed: [0, *g]}\n", "a YAML alias refers to a value that contains it"),
     "YAML nested too deeply": ("grid: {seed: " + "[" * 5000 + "]" * 5000 + "}\n", "not valid YAML: nested too deeply"),
@@ -180,6 +185,16 @@ def test_a_folder_given_as_the_sweep_file_is_named_as_a_folder(tmp_path):
     with pytest.raises(SweepFileError) as caught:
         load_experiment(tmp_path)
     assert str(caught.value) == f"{tmp_path} is a folder, not a sweep file; give one YAML file, e.g. {tmp_path / 'mine.yaml'}"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_jobs_are_counted_before_planning_exactly_as_planned(path):
+    from rayrs.config import _job_count
+    from rayrs.similarity.jobs import plan_jobs
+
+    experiment = load_experiment(path)
+    trials = expand(experiment)
+    assert sum(_job_count(comparison, trials) for comparison in experiment.compare) == len(plan_jobs(experiment, trials))
 
 
 def test_max_trials_can_be_raised_in_the_sweep_file(tmp_path):
