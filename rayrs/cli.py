@@ -58,7 +58,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except UserError as error:
-        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        line = " ".join(str(error).split())  # one line, whatever a message quotes (a file's text, an SDK's error)
+        console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print("interrupted: everything finished so far is kept; rerun with --resume to go on")

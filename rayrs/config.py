@@ -578,7 +578,8 @@ def load_experiment(path: str | Path) -> Experiment:
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         where = getattr(error, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
-        raise SweepFileError(f"{path}: not valid YAML{line}: {getattr(error, 'problem', error)}") from None
+        problem = " ".join(str(getattr(error, "problem", None) or error).split())  # a reader error spans lines
+        raise SweepFileError(f"{path}: not valid YAML{line}: {problem}") from None
     except RecursionError:
         raise SweepFileError(f"{path}: not valid YAML: nested too deeply") from None
     _check_expanded_size(raw, path)

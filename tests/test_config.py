@@ -101,6 +101,7 @@ BAD_FILES = {
     "bad experiment name": ("name: 'my sweep!'\n", "name: String should match pattern"),
     "top level not a mapping": ("- a\n- b\n", "expected a mapping of settings at the top level, got list"),
     "unreadable YAML": ("train: {eps: [0.1\n", "not valid YAML (line 2)"),
+    "a control character": ("\x1f", "not valid YAML: unacceptable character #x001f: special characters are not allowed"),
     # Numbers are finite and never booleans; eps lies in its threat model's range (issue 12, item 11).
     "eps past the l_inf range": ("train: {eps: 300}\n", "train.eps: 300 is outside linf's range [0, 1] for digits at 16 px"),
     "eps on the 0-255 scale": ("train: {eps: 8}\n", "outside linf's range [0, 1] for digits at 16 px (eps is the max per-pixel change on the [0, 1] scale); for 8 on the 0-255 scale write 8/255"),
