@@ -6,20 +6,24 @@ and odd keys in every field, huge or empty grid axes, text that is not YAML at a
 FILE --dry-run`` must either print a plan (exit 0) or exit 1 with exactly one line and no traceback; it never
 writes anything, and it returns within a time and memory bound. Valid files must give a plan.
 
-The examples are derandomised (the same ones on every run, drawn from the test's name) and hypothesis keeps no
-example database: the suite writes nothing into the repository.
+The examples are derandomised (the same ones on every run, drawn from the test's name), hypothesis keeps no
+example database, and its caches (Unicode tables) go to the system's temporary folder, not the repository.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import string
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
+# Read by hypothesis when it first needs its cache folder (default: ./.hypothesis in the repository).
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "rayrs-hypothesis"))
+
+import yaml  # noqa: E402
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
