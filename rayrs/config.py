@@ -14,6 +14,12 @@ products), the comparisons to compute (``compare``), the CKA settings and the re
 Units: ``eps`` is on the [0, 1] pixel scale for ``linf`` and ``l2`` and may be written as a fraction such as
 ``8/255``. ``eps: 0`` means standard (non-robust) training; ``method: standard`` always trains with eps 0.
 Every error names the file, the field and what is allowed, in one line (`SweepFileError`).
+
+What can be checked is checked here, before anything is written: numbers are finite and never booleans, eps lies
+in its threat model's range (`rayrs.attacks.ThreatModel.max_eps`), ``train.freeze`` names layers of the model
+(built on the meta device), and a sweep file's size, its YAML aliases, its trials and its comparison jobs are
+counted against limits (`MAX_SWEEP_FILE_BYTES`, `MAX_YAML_VALUES`, ``max_trials``, ``max_jobs``) before anything
+is expanded.
 """
 
 from __future__ import annotations
@@ -630,7 +636,6 @@ def describe(error: ValidationError) -> str:
     """The first validation problem as ``field: what is wrong``, in words a person can act on."""
     errors = error.errors()
     first = errors[0]
-    # Drop pydantic's union-branch markers such as "dict[str,list[any]]" from the field path.
     path = _field_path(first["loc"])
     # A field that takes one of several forms (``epochs: final | [1, 2]``) fails once per form: report the form
     # the input got furthest into (a list with a bad item), or whose check had something to say (a list with an
@@ -641,7 +646,8 @@ def describe(error: ValidationError) -> str:
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         allowed = _allowed_keys(first["loc"][:-1])
-        message = f"unknown key {path.pop()!r}" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+        message = f"unknown key {first['loc'][-1]!r}" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+        path = _field_path(first["loc"][:-1])
     elif first["type"] in ("float_parsing", "int_parsing", "float_type", "int_type", "bool_parsing", "bool_type", "list_type",
                            "finite_number"):
         message += f", got {first['input']!r}"
@@ -653,8 +659,12 @@ def describe(error: ValidationError) -> str:
     return f"{location}: {message}" if location else message
 
 
+_UNION_BRANCH = re.compile(r"[a-z][a-z0-9_-]*\[.*\]|function-.*")  # pydantic's "dict[str,list[any]]", "literal['final']"
+
+
 def _field_path(location: tuple[Any, ...]) -> list[Any]:
-    return [part for part in location if not ("[" in str(part) or str(part).startswith("function-"))]
+    """A validation error's location without pydantic's union-branch markers (a key such as "[" is kept)."""
+    return [part for part in location if not (isinstance(part, str) and _UNION_BRANCH.fullmatch(part))]
 
 
 def _allowed_keys(location: tuple[Any, ...]) -> list[str]:

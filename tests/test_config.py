@@ -76,6 +76,8 @@ MILLION_TRIALS = "grid: {seed: %s, train.lr: %s, epochs: %s}\n" % (
 
 BAD_FILES = {
     "unknown top-level key": ("epochz: 3\n", "unknown key 'epochz'"),
+    "an unknown key '['": ("'[': 1\n", "sweep.yaml: unknown key '[' (allowed: name, results"),
+    "an unknown key that looks like a type": ("train: {'list[int]': 2}\n", "train: unknown key 'list[int]' (allowed: method"),
     "unknown nested key": ("train: {lr_rate: 0.1}\n", "train: unknown key 'lr_rate' (allowed: method, threat_model, eps"),
     "unknown dataset": ("data: {dataset: mnist}\n", "data.dataset: unknown dataset 'mnist'; choose one of: digits, cifar10, imagenette, imagewoof"),
     "unknown model": ("model: {arch: vgg16}\n", "model.arch: unknown model 'vgg16'; choose one of: wrn, resnet18"),

@@ -156,6 +156,17 @@ def hostile_sweeps(draw: st.DrawFn) -> Any:
         axes = draw(st.lists(GRID_AXES, max_size=3, unique=True))
         sweep["grid"] = {axis: draw(st.lists(ODD_SCALARS, max_size=draw(st.sampled_from([0, 1, 3, 40])))) for axis in axes}
     if draw(st.booleans()):
+        # Valid values on big axes: up to 40^3 = 64,000 trials, each of them fine on its own.
+        big = {"seed": list(range(40)), "train.lr": [0.001 * (i + 1) for i in range(40)], "epochs": list(range(1, 41)),
+               "eval.test_subset": list(range(1, 41))}
+        sweep["grid"] = {axis: big[axis] for axis in draw(st.lists(st.sampled_from(list(big)), min_size=1, max_size=3, unique=True))}
+    if draw(st.booleans()):
+        # An alias bomb: safe_dump writes each shared list once and refers to it (&id001 ... *id001).
+        bomb: Any = draw(ODD_SCALARS)
+        for _ in range(draw(st.integers(1, 7))):
+            bomb = [bomb] * 10
+        set_path(sweep, draw(st.sampled_from([("grid", "train.lr"), *FIELDS])), bomb)
+    if draw(st.booleans()):
         sweep["compare"] = draw(st.lists(
             st.fixed_dictionaries({"kind": st.one_of(st.sampled_from(COMPARISON_KINDS), ODD_STRINGS)},
                                   optional={key: ODD_VALUES for key in ("trials", "pairs", "models", "epochs", "layers",
@@ -163,6 +174,23 @@ def hostile_sweeps(draw: st.DrawFn) -> Any:
             max_size=3,
         ))
     return draw(st.one_of(st.just(sweep), ODD_VALUES))  # now and then not even a mapping
+
+
+@st.composite
+def huge_sweeps(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid sweep file made huge: valid values on big grid axes (1,600 to 10^6 trials), or an alias bomb."""
+    sweep = draw(valid_sweeps())
+    if draw(st.booleans()):
+        size = draw(st.sampled_from([40, 100]))
+        big = {"seed": list(range(size)), "train.lr": [0.001 * (i + 1) for i in range(size)],
+               "epochs": list(range(1, size + 1)), "eval.test_subset": list(range(1, size + 1))}
+        sweep["grid"] = {axis: big[axis] for axis in draw(st.lists(st.sampled_from(list(big)), min_size=2, max_size=3, unique=True))}
+    else:
+        bomb: Any = [0.1]
+        for _ in range(draw(st.integers(5, 7))):  # 10^5 to 10^7 values once expanded
+            bomb = [bomb] * 10
+        sweep["grid"] = {"train.lr": bomb}
+    return sweep
 
 
 def as_yaml(sweep: Any) -> str:
@@ -249,6 +277,13 @@ def test_a_nearly_valid_sweep_file_gets_a_plan_or_one_line(sweep):
 @given(hostile_sweeps())
 def test_a_hostile_sweep_file_gets_a_plan_or_one_line(sweep):
     dry_run(as_yaml(sweep))
+
+
+@settings(SETTINGS, max_examples=6)
+@given(huge_sweeps())
+def test_a_huge_sweep_file_is_refused_within_the_bounds(sweep):
+    code, _, err = dry_run(as_yaml(sweep))
+    assert code == 1 and ("max_trials" in err or "YAML aliases expand" in err), err
 
 
 @settings(SETTINGS, max_examples=20)
