@@ -423,8 +423,9 @@ def _experiment_name(storage: Storage, metrics: pl.DataFrame) -> str:
 
 
 def _script_json(spec: dict) -> str:
-    # "</" inside a <script> would end it early (a trial named "</script>" must not break the page).
-    return json.dumps(spec, separators=(",", ":")).replace("</", "<\\/")
+    # Inside a <script>, "</" would end it early and "<!--" followed by "<script" would keep the next "</script>"
+    # from ending it (both blank the charts after it): no "<" at all, written as the JSON escape \u003c.
+    return json.dumps(spec, separators=(",", ":")).replace("<", "\\u003c")
 
 
 _PAGE = """<!DOCTYPE html>

@@ -34,8 +34,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from rayrs.config import TrialConfig, load_experiment
 from rayrs.cost import ATTACK_STEP_FORWARDS, TRAIN_STEP_FORWARDS, forward_flops
 from rayrs.data import augment, load_dataset, to_float
+from rayrs.methods import METHODS
 from rayrs.models import build_model
-from rayrs.train import METHODS, build_for, epoch_generator, make_attack, train_epoch, train_step
+from rayrs.train import build_for, epoch_generator, make_attack, train_epoch, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 

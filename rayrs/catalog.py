@@ -25,7 +25,7 @@ def metrics_rows(storage: Storage, trials: Iterable[str]) -> list[dict]:
         if not storage.exists(layout.trial_spec(trial)):
             continue
         record = storage.read_json(layout.trial_spec(trial))
-        epochs = [checkpoint.read_meta(storage, trial, epoch)["metrics"] for epoch in checkpoint.completed_epochs(storage, trial)]
+        epochs = [checkpoint.read_metrics(storage, trial, epoch) for epoch in checkpoint.completed_epochs(storage, trial)]
         best = max(epochs, key=lambda m: (m["test_robust_acc"], -m["epoch"]), default=None)  # earliest of ties
         for metrics in epochs:
             rows.append(
@@ -59,7 +59,7 @@ class TrialStatus:
 def trial_status(storage: Storage, trial: TrialSpec) -> TrialStatus:
     """How far ``trial`` got, read from its checkpoints alone (no Ray)."""
     epochs = checkpoint.completed_epochs(storage, trial.name)
-    metas = [checkpoint.read_meta(storage, trial.name, e)["metrics"] for e in epochs]
+    metas = [checkpoint.read_metrics(storage, trial.name, e) for e in epochs]
     last = metas[-1] if metas else {}
     seconds = [m["epoch_seconds"] for m in metas if m.get("epoch_seconds") is not None]
     return TrialStatus(

@@ -16,7 +16,8 @@ Datasets are never downloaded: loaders read the standard on-disk formats and, wh
 raise a one-line `UserError` saying which path was searched, what was expected and where to get it.
 
 - ``digits``: scikit-learn's 8x8 handwritten digits (ships inside scikit-learn; the quickstart's data).
-- ``cifar10``: the CIFAR-10 python batches (``cifar-10-batches-py``), read by torchvision.
+- ``cifar10``: the CIFAR-10 python batches (``cifar-10-batches-py``): pickles, read by `read_cifar10_batch`
+  with an unpickler that admits nothing but data (a file that asks to run code is refused, and nothing runs).
 - ``imagenette``, ``imagewoof``: fast.ai's ImageNet subsets as ``train/<wnid>/*.JPEG`` and
   ``val/<wnid>/*.JPEG`` folder trees, decoded by torchvision.
 
@@ -26,6 +27,7 @@ import, and ``rayrs --help`` or the digits quickstart should not pay for the oth
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from collections.abc import Callable
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -121,6 +124,7 @@ class DatasetInfo:
         check: ``(root) -> None``, a cheap look for the files (no decoding) that raises the "missing dataset"
             `UserError`; the sweep runs it before any worker starts.
         train_examples: the size of the training split, for cost estimates (`rayrs sweep --dry-run`).
+        channels: image channels C, known before anything is loaded (eps ranges, cost estimates).
     """
 
     name: str
@@ -133,6 +137,7 @@ class DatasetInfo:
     source: str
     check: Callable[[Path], object] = lambda root: None
     train_examples: int = 0  # size of the training split (for cost estimates before anything is loaded)
+    channels: int = 3  # image channels C (for checks and cost estimates before anything is loaded)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -206,37 +211,168 @@ def _cifar10_folder(root: Path) -> Path:
     return folder
 
 
-def _cifar10_split(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
-    """Read one split with torchvision's reader.
+def _cifar10_split(folder: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """Read one split from the batches in ``folder`` (`read_cifar10_batch`: nothing in them can run).
 
     Returns:
         images ``(N, 3, 32, 32)`` uint8 on the CPU, labels ``(N,)`` int64, and the class names.
     """
-    from torchvision.datasets import CIFAR10
+    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    images, labels = [], []
+    for name in names:
+        path = folder / name
+        batch = read_cifar10_batch(path)
+        data, targets = batch.get("data"), batch.get("labels")
+        if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+            what = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+            raise _corrupted(path, f"'data' should be (N, 3072) uint8, got {what}")
+        if not (isinstance(targets, list) and len(targets) == len(data) and all(type(t) is int and 0 <= t < 10 for t in targets)):
+            raise _corrupted(path, f"'labels' should be {len(data)} class indices 0..9")
+        images.append(data.reshape(-1, 3, 32, 32))  # each row: 1024 red, 1024 green, 1024 blue values
+        labels.extend(targets)
+    meta_path = folder / "batches.meta"
+    classes = read_cifar10_batch(meta_path).get("label_names")
+    if not (isinstance(classes, list) and len(classes) == 10 and all(isinstance(c, str) for c in classes)):
+        raise _corrupted(meta_path, "'label_names' should be the 10 class names")
+    return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64), tuple(classes)
 
-    class PresentCIFAR10(CIFAR10):
-        """torchvision's CIFAR10, checking that the files exist instead of their md5 sums.
 
-        torchvision checks each file's md5 on every construction; that hashes 180 MB per load and rejects any
-        file that is not byte-identical to the official archive (tiny test files, re-pickled copies).
-        torchvision's `check_integrity` treats a `None` checksum as "the file exists", so no method is overridden.
-        """
+def _corrupted(path: Path, reason: str) -> UserError:
+    return UserError(
+        f"cifar10: could not read {path} ({reason}); it looks corrupted: "
+        f"extract cifar-10-python.tar.gz from {CIFAR10_SOURCE} again"
+    )
 
-        train_list = [[name, None] for name, _ in CIFAR10.train_list]
-        test_list = [[name, None] for name, _ in CIFAR10.test_list]
-        meta = {**CIFAR10.meta, "md5": None}
 
+def read_cifar10_batch(path: Path) -> dict:
+    """One CIFAR-10 python batch (a pickle), read without letting it run anything.
+
+    The batches hold dicts, lists, strings (Python 2 ``str``, read as latin-1 text, as torchvision does), ints
+    and numpy arrays. The unpickler admits no function or class at all except the names numpy's array pickles
+    use (``_reconstruct``, ``ndarray``, ``dtype``, ``_frombuffer``, and ``_codecs.encode`` for bytes written by
+    Python 3), and those are stand-ins that only record their arguments: the arrays are then built here from
+    raw bytes and a plain numeric dtype (`_ArrayRecipe`). Anything else in the file is refused in one line,
+    before it can run, and so is any value other than a dict, list, str, bytes, int or numeric array.
+
+    Raises:
+        UserError: the file is not a readable batch, or asks to run something.
+    """
     try:
-        split = PresentCIFAR10(str(root), train=train, download=False)
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as err:
-        reason = " ".join(str(err).split()) or type(err).__name__
+        with path.open("rb") as file:
+            loaded = _CifarUnpickler(file, encoding="latin1").load()
+    except _Refused as refusal:
         raise UserError(
-            f"cifar10: could not read the batches in {root / CIFAR10_FOLDER} ({reason}); "
-            f"they look corrupted: extract cifar-10-python.tar.gz from {CIFAR10_SOURCE} again"
-        ) from err
-    images = torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous()  # torchvision keeps NHWC
-    labels = torch.tensor(split.targets, dtype=torch.int64)
-    return images, labels, tuple(split.classes)
+            f"cifar10: refused to read {path}: it asks to run {refusal}, which a CIFAR-10 batch never does "
+            f"(nothing was run); extract cifar-10-python.tar.gz from {CIFAR10_SOURCE} again"
+        ) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+            OverflowError, MemoryError, RecursionError) as error:
+        raise _corrupted(path, " ".join(str(error).split()) or type(error).__name__) from None
+    try:
+        batch = _built(loaded)
+    except (ValueError, TypeError) as error:
+        raise _corrupted(path, " ".join(str(error).split())) from None
+    if not isinstance(batch, dict):
+        raise _corrupted(path, f"a pickled {type(batch).__name__}, not a dict")
+    return batch
+
+
+class _Refused(Exception):
+    """A pickle asked for a global the CIFAR-10 reader does not admit (its message: ``module.name``)."""
+
+
+class _DtypeRecipe:
+    """Stands in for ``numpy.dtype(spec, align, copy)`` while unpickling; `dtype` builds the real one."""
+
+    CODES = {f"{kind}{size}" for kind in "iu" for size in (1, 2, 4, 8)} | {"f2", "f4", "f8", "b1"}
+
+    def __init__(self, spec: object = None, align: object = False, copy: object = True) -> None:
+        self.spec, self.state = spec, None
+
+    def __setstate__(self, state: object) -> None:
+        self.state = state
+
+    def dtype(self) -> np.dtype:
+        spec = self.spec.decode("latin1") if isinstance(self.spec, bytes) else self.spec
+        order = self.state[1] if isinstance(self.state, tuple) and len(self.state) == 8 else "|"
+        plain = isinstance(self.state, tuple) and len(self.state) == 8 and self.state[2:5] == (None, None, None)
+        if spec not in self.CODES or order not in ("|", "<", ">", "=") or not plain:
+            raise ValueError(f"an array of dtype {spec!r} (state {self.state!r}), not plain numbers")
+        return np.dtype(("|" if spec.endswith("1") else order) + spec)
+
+
+class _ArrayRecipe:
+    """Stands in for an ndarray while unpickling: records shape, dtype and raw bytes; `array` builds it."""
+
+    def __init__(self, shape: object = (0,), dtype: object = None, buffer: object = None, order: object = "C") -> None:
+        self.shape, self.dtype_recipe, self.raw, self.fortran = shape, dtype, buffer, order == "F"
+
+    def __setstate__(self, state: object) -> None:
+        if not (isinstance(state, tuple) and len(state) in (4, 5)):
+            raise ValueError("an array whose pickled state is not (shape, dtype, fortran, data)")
+        self.shape, self.dtype_recipe, self.fortran, self.raw = state[-4:]
+
+    def array(self) -> np.ndarray:
+        if not isinstance(self.dtype_recipe, _DtypeRecipe):
+            raise ValueError("an array without a plain dtype")
+        dtype = self.dtype_recipe.dtype()
+        shape = self.shape
+        if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
+            raise ValueError(f"an array of shape {shape!r}")
+        raw = self.raw.encode("latin1") if isinstance(self.raw, str) else self.raw  # a Python 2 str
+        if not isinstance(raw, (bytes, bytearray, pickle.PickleBuffer)):
+            raise ValueError(f"an array whose data is a {type(raw).__name__}, not bytes")
+        flat = np.frombuffer(raw, dtype=dtype)
+        if flat.size != math.prod(shape):
+            raise ValueError(f"an array of shape {shape} with {flat.size} values")
+        return flat.reshape(shape, order="F" if self.fortran else "C").copy()
+
+
+def _reconstruct(subtype: object, shape: object, dtype: object) -> _ArrayRecipe:
+    if subtype is not _ArrayRecipe:  # numpy.ndarray, as admitted by _CifarUnpickler
+        raise ValueError("an array of a type other than numpy.ndarray")
+    return _ArrayRecipe()
+
+
+def _frombuffer(buffer: object, dtype: object, shape: object, order: object) -> _ArrayRecipe:
+    return _ArrayRecipe(shape, dtype, buffer, order)
+
+
+def _latin1_bytes(text: object, encoding: object = "latin1") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise ValueError("bytes written in an encoding other than latin-1")
+    return text.encode("latin1")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that resolves a global only to the stand-ins above; everything else raises `_Refused`."""
+
+    ADMITTED = {
+        **{(module, "_reconstruct"): _reconstruct for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+        **{(module, "_frombuffer"): _frombuffer for module in ("numpy.core.numeric", "numpy._core.numeric")},
+        ("numpy", "ndarray"): _ArrayRecipe,
+        ("numpy", "dtype"): _DtypeRecipe,
+        ("_codecs", "encode"): _latin1_bytes,
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return self.ADMITTED[module, name]
+        except KeyError:
+            raise _Refused(f"{module}.{name}") from None
+
+
+def _built(value: object) -> object:
+    """The unpickled value with its array recipes built; anything but dict, list, str, bytes, int is refused."""
+    if isinstance(value, _ArrayRecipe):
+        return value.array()
+    if isinstance(value, dict):
+        return {_built(key): _built(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_built(item) for item in value]
+    if type(value) in (str, bytes, int):
+        return value
+    raise ValueError(f"it holds a {type(value).__name__}, which a CIFAR-10 batch never does")
 
 
 def _load_cifar10(root: Path | None, image_size: int, device: torch.device) -> ImageDataset:
@@ -248,8 +384,8 @@ def _load_cifar10(root: Path | None, image_size: int, device: torch.device) -> I
 
     assert root is not None  # load_dataset guarantees it (needs_root)
     folder = _cifar10_folder(root)
-    train_x, train_y, classes = _cifar10_split(folder.parent, train=True)
-    test_x, test_y, _ = _cifar10_split(folder.parent, train=False)
+    train_x, train_y, classes = _cifar10_split(folder, train=True)
+    test_x, test_y, _ = _cifar10_split(folder, train=False)
     return ImageDataset(
         name="cifar10",
         train_images=resize(train_x.to(device), [image_size, image_size], antialias=True),
@@ -391,6 +527,7 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo(
             name="digits",
             train_examples=1347,
+            channels=1,
             description="handwritten digits, 8x8 upsampled to 16x16; ships with scikit-learn (the quickstart's data)",
             load=_load_digits,
             default_image_size=16,

@@ -15,11 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from rayrs.data import DATASETS
 from rayrs.errors import UserError
+
+if TYPE_CHECKING:  # config validates against this module, so it is imported for the type only
+    from rayrs.config import TrialConfig
 
 # ---------------------------------------------------------------------------------------------------------------
 # WideResNet (Zagoruyko & Komodakis 2016, arXiv:1605.07146), the CIFAR-10 variant of robust training
@@ -350,6 +356,30 @@ def comparable_layers(
         for module, training in modes.items():
             module.training = training
     return _layers_from_calls(model, executed)
+
+
+def layer_types(types: Any) -> tuple[str, ...]:
+    """Layer types in canonical order (`ALL_LAYER_TYPES`): one set, one spelling (and one job id)."""
+    return tuple(t for t in ALL_LAYER_TYPES if t in types)
+
+
+def model_layers(config: TrialConfig, types: Any = PAPER_LAYER_TYPES) -> list[Layer]:
+    """The compared layers of ``types`` of a trial's model, without data or weights (built on the meta device).
+
+    What `rayrs.config` checks layer names against (``train.freeze.through``, cross_epoch ``layers``)
+    before anything runs, and what comparison jobs are planned over.
+    """
+    size = config.data.image_size or DATASETS[config.data.dataset].default_image_size
+    return list(_meta_layers(config.model.arch, config.model.depth, config.model.width, size, layer_types(types)))
+
+
+@lru_cache(maxsize=32)
+def _meta_layers(arch: str, depth: int | None, width: int | None, size: int,
+                 types: tuple[str, ...]) -> tuple[Layer, ...]:
+    # Layer names and order do not depend on the number of input channels or classes.
+    with torch.device("meta"):
+        model = build_model(arch, num_classes=10, in_channels=3, depth=depth, width=width)
+    return tuple(comparable_layers(model, torch.empty(1, 3, size, size, device="meta"), types))
 
 
 def _recorder(executed: list[str], module_name: str) -> Callable[..., None]:

@@ -4,6 +4,7 @@ import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import nn
 
 from digits import digits_spec, load_trained
@@ -11,10 +12,10 @@ from rayrs import checkpoint
 from rayrs.attacks import THREAT_MODELS
 from rayrs.attacks.pgd import pgd_linf
 from rayrs.config import TrainConfig, load_experiment
-from rayrs.errors import UserError
+from rayrs.methods import METHODS, trades_loss
 from rayrs.storage import Storage
 from rayrs.sweep import SweepOptions, run_sweep
-from rayrs.train import METHODS, evaluate, strongest_of, trades_loss, train_trial
+from rayrs.train import evaluate, strongest_of, train_trial
 
 TINY = {"model": {"width": 1}, "eval": {"train_subset": 32, "test_subset": 32, "attack": {"steps": 2}}}
 
@@ -97,10 +98,10 @@ def test_freezing_survives_the_attacks_of_adversarial_training(tmp_path, method)
     assert all(any(not torch.equal(epochs[0][name], later[name]) for name in trained) for later in epochs[1:])
 
 
-def test_freezing_an_unknown_layer_names_the_valid_prefixes(tmp_path):
-    spec = digits_spec("bad", train={"epochs": 1, "freeze": {"through": "stage9", "from_epoch": 1}}, **TINY)
-    with pytest.raises(UserError, match="no layer name starts with 'stage9'; layers start with: conv1, block1, block2, block3"):
-        train_trial(spec, Storage(tmp_path), "cpu")
+def test_freezing_an_unknown_layer_is_refused_with_the_valid_prefixes_before_training():
+    # Checked when the trial's settings are validated (on the meta device), long before train_trial.
+    with pytest.raises(ValidationError, match="no layer name starts with 'stage9'; layers start with: conv1, block1, block2, block3"):
+        digits_spec("bad", train={"epochs": 1, "freeze": {"through": "stage9", "from_epoch": 1}}, **TINY)
 
 
 def test_the_best_epoch_is_recorded_without_deleting_any(tmp_path):

@@ -8,6 +8,7 @@ model's parameter gradients.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,10 +37,19 @@ class ThreatModel:
     description: str
     unit: str  # what eps measures, in words
     perturb: Callable[..., torch.Tensor]  # (model, images, labels, *, eps, steps, step_size, random_start, generator, bn_eval)
+    # The largest eps with a meaning, for inputs of ``values`` = C x H x W numbers: past it the constraint set
+    # holds every image (linf, l2, jpeg) or the rendering saturates (gabor, snow). Sweep files are checked
+    # against [0, max_eps] (rayrs.config), so that eps 300 under linf is refused, not trained. Required: a
+    # threat model without a range would take any eps.
+    max_eps: Callable[[int], float]
     defaults: dict[str, AttackDefaults] = field(default_factory=dict)  # per dataset: the paper's settings, digits ours
     # Whether the attack's variables live in the eps-ball (linf, l2, jpeg), so that an unset step size should
     # grow with eps; Gabor and Snow optimise variables in a fixed range and eps scales what they render.
     step_scales_with_eps: bool = True
+
+    def eps_range(self, values: int) -> tuple[float, float]:
+        """The eps range ``(0, max_eps)`` for inputs of ``values`` = C x H x W numbers."""
+        return 0.0, self.max_eps(values)
 
 
 THREAT_MODELS: dict[str, ThreatModel] = {
@@ -48,6 +58,7 @@ THREAT_MODELS: dict[str, ThreatModel] = {
         description="PGD in an l_inf ball (Madry et al. 2018)",
         unit="max per-pixel change on the [0, 1] scale",
         perturb=pgd_linf,
+        max_eps=lambda values: 1.0,  # a change of 1 per pixel reaches every image in [0, 1]
         defaults={
             # Paper §2.3: 8/255 on CIFAR-10 and 4/255 on the ImageNet subsets, PGD-10 in training and PGD-20 at
             # test; steps of 2/255 (Madry et al.; Rice et al. 2020) and 1/255 at 4/255.
@@ -64,6 +75,7 @@ THREAT_MODELS: dict[str, ThreatModel] = {
         description="PGD in an l_2 ball (Madry et al. 2018)",
         unit="l_2 norm of the whole perturbation on the [0, 1] scale",
         perturb=pgd_l2,
+        max_eps=math.sqrt,  # the diameter of [0, 1]^values
         defaults={
             # The paper's code (CIFAR-10): eps 1.0, training 10 steps of 0.2, evaluation 20 steps of 0.1.
             "cifar10": AttackDefaults(1.0, 10, 0.2, 20, 0.1),
@@ -85,6 +97,7 @@ THREAT_MODELS: dict[str, ThreatModel] = {
         "(Y, and Cb/Cr at 4:2:0; pixels on the 0-255 scale); a coefficient moves by v/2 quantisation steps, "
         "at most one",
         perturb=jpeg_l2,
+        max_eps=lambda values: 2 * math.sqrt(values),  # |v| <= 2 on each of at most `values` coefficients
         defaults={
             # The paper's code (opt: l2): eps 25, training 4 steps of 1.6, evaluation 10 steps of 1.0.
             "cifar10": AttackDefaults(25.0, 4, 1.6, 10, 1.0),
@@ -104,6 +117,7 @@ THREAT_MODELS: dict[str, ThreatModel] = {
         unit="amplitude of the [0, 1]-normalised Gabor noise on the 0-255 pixel scale (pixels brighten by at most "
         "eps/255); steps act on the variables, in [-1, 1]",
         perturb=gabor_attack,
+        max_eps=lambda values: 255.0,  # the 0-255 scale: the noise's unit then spans every pixel value
         defaults={
             # The paper's code: eps 75, training 4 steps of 0.08, evaluation 10 steps of 0.05.
             "cifar10": AttackDefaults(75.0, 4, 0.08, 10, 0.05),
@@ -122,6 +136,7 @@ THREAT_MODELS: dict[str, ThreatModel] = {
         "et al. describe it (the paper's code optimises every other pixel: gabor); a weaker attack",
         unit="as gabor; steps act on the grid values, in [-1, 1]",
         perturb=gabor_sparse_attack,
+        max_eps=lambda values: 255.0,  # as gabor
         defaults={
             "cifar10": AttackDefaults(75.0, 4, 0.08, 10, 0.05),
             "imagenette": AttackDefaults(37.5, 4, 0.08, 10, 0.05),
@@ -139,6 +154,9 @@ THREAT_MODELS: dict[str, ThreatModel] = {
         unit="brightness of the snow layer on the [0, 1] pixel scale (a flake of intensity 1 adds eps times its "
         "streak, peak 0.65-1); steps act on the flake intensities, rescaled to mean at most 0.15 but the last",
         perturb=snow_attack,
+        # Past 16 a flake of half intensity (brightness 0.5^4 = 1/16) already turns its streak's peak white:
+        # only the dimmest flakes still change. The paper uses 2 on CIFAR-10.
+        max_eps=lambda values: 16.0,
         defaults={
             # The paper's code (budget 0.15): eps 2.0, training 4 steps of 0.16, evaluation 10 steps of 0.1.
             "cifar10": AttackDefaults(2.0, 4, 0.16, 10, 0.1),
@@ -161,6 +179,7 @@ THREAT_MODELS: dict[str, ThreatModel] = {
         "step (rayrs's earlier definition; the paper's code rescales and leaves the last step free: snow)",
         unit="as snow; the intensities stay in [0, 1] with every region mean at most 0.15",
         perturb=snow_projected_attack,
+        max_eps=lambda values: 16.0,  # as snow
         defaults={
             "cifar10": AttackDefaults(2.0, 4, 0.16, 10, 0.1),
             "imagenette": AttackDefaults(1.0, 4, 0.16, 10, 0.1),

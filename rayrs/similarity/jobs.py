@@ -45,7 +45,6 @@ import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -66,8 +65,8 @@ from rayrs.config import (
     TrialSpec,
     probe_dataset,
 )
-from rayrs.data import DATASETS, ImageDataset, to_float
-from rayrs.models import ALL_LAYER_TYPES, PAPER_LAYER_TYPES, Layer, build_model, comparable_layers
+from rayrs.data import ImageDataset, to_float
+from rayrs.models import PAPER_LAYER_TYPES, Layer, layer_types, model_layers
 from rayrs.schema import SECONDS_FIELD, SIMILARITY_SCHEMA
 from rayrs.similarity.cka import MinibatchCKA
 from rayrs.similarity.grams import GramRecorder, channels_last, reuse_freed_memory
@@ -216,11 +215,6 @@ def _job(comparison: Any, home: TrialSpec, a: ModelRef, b: ModelRef, cka: CkaCon
                          **fields)
 
 
-def layer_types(types: Any) -> tuple[str, ...]:
-    """A comparison's ``layer_types`` in canonical order (`ALL_LAYER_TYPES`): one set, one spelling, one id."""
-    return tuple(t for t in ALL_LAYER_TYPES if t in types)
-
-
 def _adversarial_id(trial: TrialSpec, epoch: int, cka: CkaConfig) -> str:
     return AdversarialProbe.of(trial.name, epoch, trial.config, cka.probe_size).id
 
@@ -283,20 +277,6 @@ PLANNERS = {
 }
 
 
-def model_layers(config: TrialConfig, types: Any = PAPER_LAYER_TYPES) -> list[Layer]:
-    """The compared layers of ``types`` of a trial's model, without data or weights (built on the meta device)."""
-    size = config.data.image_size or DATASETS[config.data.dataset].default_image_size
-    return list(_layers_of(config.model.arch, config.model.depth, config.model.width, size, layer_types(types)))
-
-
-@lru_cache(maxsize=32)
-def _layers_of(arch: str, depth: int | None, width: int | None, size: int, types: tuple[str, ...]) -> tuple[Layer, ...]:
-    # Layer names and order do not depend on the number of input channels or classes.
-    with torch.device("meta"):
-        model = build_model(arch, num_classes=10, in_channels=3, depth=depth, width=width)
-    return tuple(comparable_layers(model, torch.empty(1, 3, size, size, device="meta"), types))
-
-
 # -- execution ---------------------------------------------------------------------------------------------------------
 def run_task(task: SimilarityTask, configs: dict[str, TrialConfig], storage: Storage,
              device: torch.device) -> Iterator[TaskProgress | JobDone]:
@@ -319,7 +299,7 @@ def run_job(job: SimilarityJob, configs: dict[str, TrialConfig], storage: Storag
 
 def load_checkpoint_model(storage: Storage, ref: ModelRef, config: TrialConfig, data: ImageDataset) -> torch.nn.Module:
     model = build_for(config, data, data.test_images.device)
-    model.load_state_dict(checkpoint.load_weights(storage, ref.trial, ref.epoch, data.test_images.device))
+    checkpoint.load_model_weights(storage, ref.trial, ref.epoch, model)
     return model.eval()
 
 
