@@ -42,7 +42,17 @@ checkpoint, in that threat model, with the evaluation attack). What each ``kind`
   min(probe, batch, 1024) probe inputs, so ``n_examples`` is that count and ``passes`` is 1 — or
   ``transfer_accuracy`` (``passes`` 1).
 
-After the schema's columns, rayrs writes ``seconds`` (`SECONDS_FIELD`), the same on every row of a job: the
+Each value's uncertainty follows the schema's columns: ``std_error`` (`STD_ERROR_FIELD`) and ``jackknife``
+(`JACKKNIFE_FIELD`, a list of G = 20 floats). The probe's examples are split into G fixed groups (an example's
+group is its position in the probe modulo G, the same in every job on that probe), and ``jackknife[g]`` is the
+value computed again with group g's examples left out of every minibatch and pass; ``std_error`` is the
+delete-a-group jackknife standard error sqrt((G - 1) / G * sum_g (jackknife[g] - mean)^2), and a 95% interval
+is ``value`` +- t(G - 1) = 2.093 of them (`rayrs.similarity.cka`). Because the groups are the same examples in
+every job on a probe, a number derived from several values (a block-structure score, the difference of two
+models' CKA) gets its own standard error by computing it on each replicate. ``transfer_accuracy`` rows carry the
+same for the accuracy; Procrustes and SVCCA rows (one minibatch) carry nulls.
+
+After those, rayrs writes ``seconds`` (`SECONDS_FIELD`), the same on every row of a job: the
 compute time charged to the comparison (its own arithmetic plus an equal share of the forward passes and
 Grams it shares with other jobs of its task; not checkpoint loading or adversarial-probe crafting), the
 input of App. B.1's cost figure. Readers treat it as optional.
@@ -77,6 +87,10 @@ SIMILARITY_SCHEMA = pa.schema(
 
 # The compute time of the comparison, appended after SIMILARITY_SCHEMA's columns (optional for readers).
 SECONDS_FIELD = pa.field("seconds", pa.float64())
+# Each value's uncertainty, appended after SIMILARITY_SCHEMA's columns (optional for readers: older files lack
+# them): its delete-a-group jackknife standard error, and the G replicates it comes from (see the docstring).
+STD_ERROR_FIELD = pa.field("std_error", pa.float64())
+JACKKNIFE_FIELD = pa.field("jackknife", pa.list_(pa.float64()))
 
 # Trial parameters copied into every metrics row, so a figure can group by them without joins.
 TRIAL_COLUMNS = {

@@ -20,6 +20,7 @@ from rayrs.config import SweepFileError, expand, load_experiment
 from rayrs.models import ALL_LAYER_TYPES, PAPER_LAYER_TYPES
 from rayrs.similarity import jobs as jobs_module
 from rayrs.similarity.jobs import TRANSFER_ACCURACY, load_checkpoint_model, plan_jobs, plan_tasks, run_job, run_task
+from rayrs.similarity.cka import jackknife_std_error
 from rayrs.similarity.probes import AdversarialProbe, adversarial_probe
 from rayrs.storage import Storage
 from rayrs.sweep import SweepOptions, run_sweep
@@ -105,6 +106,42 @@ def test_cka_is_in_zero_one_and_one_where_a_layer_meets_itself(rows):
     assert diagonal(of(rows, "cross_layer"))["value"].to_numpy() == pytest.approx(1.0, abs=1e-5)
     white_box = of(rows, "transfer").filter(pl.col("model_a") == pl.col("model_b"))  # same model, same inputs
     assert diagonal(white_box)["value"].to_numpy() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_every_cka_and_accuracy_carries_its_jackknife_and_standard_error(sweep, rows):
+    """Each value's 20 leave-one-group-out replicates and standard error (`rayrs.schema.STD_ERROR_FIELD`); the
+    replicates are the value computed without each group of probe examples, checked here for the transfer
+    accuracy by recounting from the source's adversarial probe."""
+    from rayrs.similarity.cka import JACKKNIFE_GROUPS
+
+    cka = rows.filter(pl.col("measure") == "cka")
+    assert (cka["jackknife"].list.len() == JACKKNIFE_GROUPS).all() and cka["std_error"].is_not_null().all()
+    replicates = torch.tensor(cka["jackknife"].to_list(), dtype=torch.float64).T
+    torch.testing.assert_close(cka["std_error"].to_torch().double(), jackknife_std_error(replicates))
+    off_diagonal = of(rows, "cross_model").filter(pl.col("layer_a") != pl.col("layer_b"))
+    assert (off_diagonal["std_error"] > 0).all() and off_diagonal["std_error"].max() < 0.2
+    # A layer against itself is exactly 1 without any group too: no uncertainty.
+    assert diagonal(of(rows, "cross_layer"))["std_error"].max() < 1e-5
+    assert of(rows, "cross_model", "procrustes")["std_error"].is_null().all()  # one minibatch: no jackknife
+
+    experiment, outcome = sweep
+    accuracy = of(rows, "transfer", TRANSFER_ACCURACY).filter(model_a="eps0.1", model_b="eps0")
+    job = next(j for j in plan_jobs(experiment, expand(experiment)) if j.id == accuracy["job"][0])
+    trials = {t.name: t for t in expand(experiment)}
+    data = load_trial_data(trials["eps0"].config, "cpu")
+    probe = AdversarialProbe.of("eps0.1", FINAL, trials["eps0.1"].config, 128)
+    images, crafted = adversarial_probe(probe, outcome.storage, data, trials["eps0.1"].config, lambda: None)
+    assert not crafted
+    model = load_checkpoint_model(outcome.storage, job.b, trials["eps0"].config, data)
+    from rayrs.similarity.probes import probe_indices
+
+    labels = data.test_labels[probe_indices(data, 128)]
+    with torch.no_grad():
+        hits = (model(images).argmax(1) == labels).double()
+    group = torch.arange(128) % JACKKNIFE_GROUPS
+    expected = [hits[group != g].mean().item() for g in range(JACKKNIFE_GROUPS)]
+    assert accuracy["value"][0] == pytest.approx(hits.mean().item())
+    assert accuracy["jackknife"][0].to_list() == pytest.approx(expected)
 
 
 def test_cross_model_compares_two_final_models_on_benign_probes(rows):

@@ -445,15 +445,25 @@ class MinibatchCKA:
 
     def _leave_groups_out(self, grams_a: Tensor, grams_b: Tensor, group_of: Tensor, cross: Tensor,
                           self_a: Tensor, self_b: Tensor, same: bool) -> None:
-        """Add this minibatch's HSIC_1 without each group's examples to ``left_out_*`` (class docstring)."""
+        """Add this minibatch's HSIC_1 without each group's examples to ``left_out_*`` (class docstring).
+
+        Each group's rows are read as one slice: the Grams are put in group order first (a copy) unless the
+        caller already did (jobs.py orders each view's Grams once for all the pairs that read them).
+        """
         n = grams_a.shape[-1]
         device = self.hsic_ab.device
+        if bool((group_of[1:] < group_of[:-1]).any()):
+            order = torch.argsort(group_of, stable=True)
+            grams_a = grams_a[:, order][:, :, order]
+            grams_b = grams_a if same else grams_b[:, order][:, :, order]
+            group_of = group_of[order]
+        counts = torch.bincount(group_of, minlength=self.groups).tolist()
         # Column sums over all n examples: zero in exact arithmetic (U-centred), kept for the rounding.
         sums_a = grams_a.sum(dim=1).to(device, torch.float64)  # (L_a, n)
         sums_b = sums_a if same else grams_b.sum(dim=1).to(device, torch.float64)
-        for group in range(self.groups):
-            members = (group_of == group).nonzero().squeeze(1)
-            m = members.numel()
+        stop = 0
+        for group, m in enumerate(counts):
+            start, stop = stop, stop + m
             kept = n - m
             if m == 0:  # nothing of this group here: the minibatch counts whole
                 self.left_out_ab[group] += cross / (n * (n - 3))
@@ -462,33 +472,39 @@ class MinibatchCKA:
                 continue
             if kept < MIN_EXAMPLES:
                 continue  # too few examples left for the unbiased estimator: this minibatch drops out of it
-            rows_a = grams_a[:, members]  # (L_a, m, n): S's rows
-            rows_b = rows_a if same else grams_b[:, members]
-            block_a, block_b = rows_a[:, :, members], rows_b[:, :, members]  # (L, m, m): the S x S block
+            rows_a = grams_a[:, start:stop].reshape(self.rows, m * n)  # the group's rows, a view
+            rows_b = rows_a if same else grams_b[:, start:stop].reshape(self.cols, m * n)
+            block_a = grams_a[:, start:stop, start:stop].reshape(self.rows, m * m)  # its m x m block, a copy
+            block_b = block_a if same else grams_b[:, start:stop, start:stop].reshape(self.cols, m * m)
             with exact_float32(rows_a.device):
-                rows_cross = rows_a.reshape(self.rows, -1) @ rows_b.reshape(self.cols, -1).T
-                block_cross = block_a.reshape(self.rows, -1) @ block_b.reshape(self.cols, -1).T
-            trace = cross - 2 * rows_cross.to(device, torch.float64) + block_cross.to(device, torch.float64)
-            # Row sums of the kept examples over the kept columns, zero at S's own positions.
-            kept_a = sums_a - rows_a.sum(dim=1).to(device, torch.float64)
-            kept_b = kept_a if same else sums_b - rows_b.sum(dim=1).to(device, torch.float64)
-            kept_a, kept_b = kept_a.index_fill(1, members.to(device), 0.0), kept_b.index_fill(1, members.to(device), 0.0)
-            totals_a, totals_b = kept_a.sum(dim=1), kept_b.sum(dim=1)
-            norm = 1.0 / (kept * (kept - 3))
-
-            def hsic(trace_term: Tensor, total_x: Tensor, total_y: Tensor, middle: Tensor) -> Tensor:
-                return (trace_term + total_x * total_y / ((kept - 1) * (kept - 2)) - 2 * middle / (kept - 2)) * norm
-
-            self.left_out_ab[group] += hsic(trace, totals_a[:, None], totals_b[None, :], kept_a @ kept_b.T)
-            diagonal_a = self_a - 2 * _squared_norms(rows_a.reshape(self.rows, -1)).to(device) + _squared_norms(
-                block_a.reshape(self.rows, -1)).to(device)
-            self.left_out_aa[group] += hsic(diagonal_a, totals_a, totals_a, kept_a.square().sum(dim=1))
+                rows_cross = (rows_a @ rows_b.T).to(device, torch.float64)
+                block_cross = (block_a @ block_b.T).to(device, torch.float64)
+            # Row sums of the kept examples over the kept columns, zero at the group's own positions.
+            kept_a = sums_a - grams_a[:, start:stop].sum(dim=1).to(device, torch.float64)
+            kept_a[:, start:stop] = 0.0
             if same:
-                self.left_out_bb[group] += hsic(diagonal_a, totals_a, totals_a, kept_a.square().sum(dim=1))
+                kept_b = kept_a
             else:
-                diagonal_b = self_b - 2 * _squared_norms(rows_b.reshape(self.cols, -1)).to(device) + _squared_norms(
-                    block_b.reshape(self.cols, -1)).to(device)
-                self.left_out_bb[group] += hsic(diagonal_b, totals_b, totals_b, kept_b.square().sum(dim=1))
+                kept_b = sums_b - grams_b[:, start:stop].sum(dim=1).to(device, torch.float64)
+                kept_b[:, start:stop] = 0.0
+            totals_a, totals_b = kept_a.sum(dim=1), kept_b.sum(dim=1)
+
+            def hsic(trace: Tensor, total_x: Tensor, total_y: Tensor, middle: Tensor) -> Tensor:
+                terms = trace + total_x * total_y / ((kept - 1) * (kept - 2)) - 2 * middle / (kept - 2)
+                return terms / (kept * (kept - 3))
+
+            trace = cross - 2 * rows_cross + block_cross
+            self.left_out_ab[group] += hsic(trace, totals_a[:, None], totals_b[None, :], kept_a @ kept_b.T)
+            if same:
+                diagonal = trace.diagonal()
+                left_out_a = left_out_b = hsic(diagonal, totals_a, totals_a, kept_a.square().sum(dim=1))
+            else:
+                diagonal_a = self_a - 2 * _squared_norms(rows_a).to(device) + _squared_norms(block_a).to(device)
+                diagonal_b = self_b - 2 * _squared_norms(rows_b).to(device) + _squared_norms(block_b).to(device)
+                left_out_a = hsic(diagonal_a, totals_a, totals_a, kept_a.square().sum(dim=1))
+                left_out_b = hsic(diagonal_b, totals_b, totals_b, kept_b.square().sum(dim=1))
+            self.left_out_aa[group] += left_out_a
+            self.left_out_bb[group] += left_out_b
 
     def compute(self) -> Tensor:
         """(L_a, L_b) float64 CKA = hsic_ab / sqrt(hsic_aa hsic_bb) (Nguyen et al. 2021, §3.1).

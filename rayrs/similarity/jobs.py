@@ -67,8 +67,8 @@ from rayrs.config import (
 )
 from rayrs.data import ImageDataset, to_float
 from rayrs.models import PAPER_LAYER_TYPES, Layer, layer_types, model_layers
-from rayrs.schema import SECONDS_FIELD, SIMILARITY_SCHEMA
-from rayrs.similarity.cka import MinibatchCKA
+from rayrs.schema import JACKKNIFE_FIELD, SECONDS_FIELD, SIMILARITY_SCHEMA, STD_ERROR_FIELD
+from rayrs.similarity.cka import JACKKNIFE_GROUPS, MinibatchCKA, jackknife_std_error
 from rayrs.similarity.grams import GramRecorder, channels_last, reuse_freed_memory
 from rayrs.similarity.measures import MEASURE_EXAMPLES, MEASURES, layer_sample_spaces
 from rayrs.similarity.probes import ADVERSARIAL, BENIGN, AdversarialProbe, adversarial_probe, probe_indices
@@ -331,10 +331,23 @@ class _Selection:
         return indices if self.index is None else tuple(int(self.index[i]) for i in indices)
 
 
+@dataclass(frozen=True)
+class _Estimate:
+    """A job's values and, where its measure has them, their delete-a-group jackknife replicates.
+
+    value: (...) float64; replicates: (G, ...) float64, the values with each of the G groups of probe examples
+    left out (`rayrs.similarity.cka.MinibatchCKA`), or None (Procrustes and SVCCA, computed on one minibatch).
+    """
+
+    value: np.ndarray
+    replicates: np.ndarray | None = None
+
+
 class _Pair:
     """One job's two views and its measure, accumulated over minibatches: (L_a, L_b), or (L,) same-layer.
 
-    ``select_a`` / ``select_b`` pick the job's layers out of each view's stack (`_Selection`)."""
+    ``select_a`` / ``select_b`` pick the job's layers out of each view's stack (`_Selection`). CKA also
+    accumulates its jackknife over `JACKKNIFE_GROUPS` groups of probe examples (each value's standard error)."""
 
     def __init__(self, a: _View, b: _View, measure: str, select_a: _Selection, select_b: _Selection,
                  same_layer: bool = False):
@@ -343,7 +356,8 @@ class _Pair:
         self._cka: MinibatchCKA | None = None
         self._value: torch.Tensor | None = None
 
-    def update(self, rep_a: torch.Tensor, rep_b: torch.Tensor) -> None:
+    def update(self, rep_a: torch.Tensor, rep_b: torch.Tensor, group_of: torch.Tensor) -> None:
+        """Add one minibatch: both views' stacks (L, n, n) and each example's group (n,)."""
         # One view against itself stays one tensor (MinibatchCKA then reads the self terms off its product).
         same = rep_a is rep_b and self.select_a is self.select_b
         rep_a = self.select_a.pick(rep_a)
@@ -352,14 +366,16 @@ class _Pair:
             self._value = MEASURES[self.measure].compute(rep_a, rep_b, same_layer=self.same_layer)
             return
         if self._cka is None:
-            self._cka = MinibatchCKA(rep_a.shape[0], rep_b.shape[0], device=rep_a.device)
-        self._cka.update(rep_a, rep_b)
+            self._cka = MinibatchCKA(rep_a.shape[0], rep_b.shape[0], device=rep_a.device, groups=JACKKNIFE_GROUPS)
+        self._cka.update(rep_a, rep_b, group_of)
 
-    def result(self) -> np.ndarray:
+    def result(self) -> _Estimate:
         if self.measure != "cka":
-            return self._value.cpu().numpy()
-        values = self._cka.compute()
-        return (values.diagonal() if self.same_layer else values).cpu().numpy()
+            return _Estimate(self._value.cpu().numpy())
+        values, replicates = self._cka.compute(), self._cka.jackknife()
+        if self.same_layer:
+            values, replicates = values.diagonal(), replicates.diagonal(dim1=1, dim2=2)
+        return _Estimate(values.cpu().numpy(), replicates.cpu().numpy())
 
 
 class _Stack:
@@ -379,27 +395,38 @@ class _Stack:
             self._stack = torch.empty(shape, dtype=rep.dtype, device=rep.device)
         self._stack[:, self._slot[view]] = rep[list(self.layers)]
 
-    def end_batch(self) -> None:
+    def end_batch(self, group_of: torch.Tensor) -> None:
         for pair, stack in zip(self._pairs, self._stack):
-            pair.update(stack, stack)
+            pair.update(stack, stack, group_of)
         self._stack = None
 
-    def result(self) -> np.ndarray:
-        """(C, E, E) values between every two epochs, per matrix layer."""
-        return np.stack([pair.result() for pair in self._pairs])
+    def result(self) -> _Estimate:
+        """(C, E, E) values between every two epochs, per matrix layer (replicates (G, C, E, E))."""
+        results = [pair.result() for pair in self._pairs]
+        replicates = None if results[0].replicates is None else np.stack([r.replicates for r in results], axis=1)
+        return _Estimate(np.stack([r.value for r in results]), replicates)
 
 
 class _Accuracy:
-    """A model's accuracy on a probe (the first pass over it covers every input once)."""
+    """A model's accuracy on a probe (the first pass over it covers every input once), counted per group of
+    probe examples so that it has a jackknife like CKA's (`_Estimate`)."""
 
     def __init__(self, view: _View):
         self.view = view
-        self.correct = 0
-        self.count = 0
+        self.correct = torch.zeros(JACKKNIFE_GROUPS, dtype=torch.int64)
+        self.count = torch.zeros(JACKKNIFE_GROUPS, dtype=torch.int64)
 
-    def observe(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.correct += int((logits.argmax(dim=1) == labels).sum())
-        self.count += labels.numel()
+    def observe(self, logits: torch.Tensor, labels: torch.Tensor, group_of: torch.Tensor) -> None:
+        hits = (logits.argmax(dim=1) == labels).cpu().long()
+        groups = group_of.cpu()
+        self.correct += torch.bincount(groups, weights=hits, minlength=JACKKNIFE_GROUPS).long()
+        self.count += torch.bincount(groups, minlength=JACKKNIFE_GROUPS)
+
+    def result(self) -> _Estimate:
+        """(1, 1) accuracy; replicates (G, 1, 1) with each group's examples left out."""
+        correct, count = int(self.correct.sum()), int(self.count.sum())
+        left_out = (correct - self.correct).double() / (count - self.count).clamp_min(1).double()
+        return _Estimate(np.array([[correct / count]]), left_out.numpy().reshape(-1, 1, 1))
 
 
 @dataclass
@@ -545,7 +572,11 @@ class _TaskRun:
         batches = []
         for pass_index in range(passes):
             order = torch.randperm(self.count, generator=torch.Generator().manual_seed(pass_index))
-            batches += [(pass_index == 0, batch) for batch in order.split(self.batch_size)]
+            # Within a minibatch, the examples in jackknife-group order (the group: the position in the probe,
+            # modulo the groups): each group's rows of every Gram are then one slice (MinibatchCKA), and the
+            # order within a minibatch changes no value.
+            batches += [(pass_index == 0, batch[torch.argsort(batch % JACKKNIFE_GROUPS, stable=True)])
+                        for batch in order.split(self.batch_size)]
         return batches
 
     def _grams(self, view: _View, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -606,6 +637,7 @@ class _TaskRun:
         kept = {view for view in steps[0] if view.model.trial == self.home and view.model.epoch == self.final}
         for number, (first_pass, batch) in enumerate(batches, start=1):
             alive: dict[_View, torch.Tensor] = {}
+            group_of = (batch % JACKKNIFE_GROUPS).to(self.device)  # each example's jackknife group
             fed = 0
             for step in steps:
                 for view in step:
@@ -619,20 +651,20 @@ class _TaskRun:
                     for pair in pairs_of[view]:
                         if pair.a in alive and pair.b in alive:  # the second of its views to arrive feeds it
                             started = self._now()
-                            pair.update(alive[pair.a], alive[pair.b])
+                            pair.update(alive[pair.a], alive[pair.b], group_of)
                             owner[id(pair)].seconds += self._now() - started
                             fed += 1
                     for stack in stacks_of[view]:
                         stack.observe(view, rep)
                     if first_pass:
                         for accuracy in accuracies_of[view]:
-                            accuracy.observe(logits, self.labels[batch.to(self.device)])
+                            accuracy.observe(logits, self.labels[batch.to(self.device)], group_of)
                 for view in step:
                     if view not in kept:
                         del alive[view]
             for stack in stacks:
                 started = self._now()
-                stack.end_batch()
+                stack.end_batch(group_of)
                 owner[id(stack)].seconds += self._now() - started
             assert fed == len(pairs), f"{fed} of {len(pairs)} pairs fed: a pair's views were never alive together"
             yield number
@@ -653,19 +685,21 @@ class _TaskRun:
         job = work.job
         if job.measure == TRANSFER_ACCURACY:
             (accuracy,) = work.accuracies
-            return similarity_table(job, [], [], np.array([[accuracy.correct / accuracy.count]]), accuracy.count, 1,
-                                    output_row=True)
+            return similarity_table(job, [], [], accuracy.result(), int(accuracy.count.sum()), 1, output_row=True)
         if job.kind != "cross_epoch":
             (pair,) = work.pairs
             return similarity_table(job, work.layers_a, work.layers_b, pair.result(), n_examples, passes)
+        to_final = [pair.result() for pair in work.pairs]
+        replicates = None if to_final[0].replicates is None else np.stack([r.replicates for r in to_final], axis=1)
         return cross_epoch_table(job, work.layers_a, work.epochs, work.probe_ids,
-                                 np.stack([pair.result() for pair in work.pairs]), work.stacks[0].result(),
-                                 n_examples, passes)
+                                 _Estimate(np.stack([r.value for r in to_final]), replicates),
+                                 work.stacks[0].result(), n_examples, passes)
 
 
-def similarity_table(job: SimilarityJob, layers_a: list[Layer], layers_b: list[Layer], values: np.ndarray,
+def similarity_table(job: SimilarityJob, layers_a: list[Layer], layers_b: list[Layer], values: _Estimate,
                      n_examples: int, passes: int | None = None, output_row: bool = False) -> pa.Table:
-    """Rows of ``values`` (L_a, L_b) in `rayrs.schema.SIMILARITY_SCHEMA`, one per layer pair.
+    """Rows of ``values`` (L_a, L_b) in `rayrs.schema.SIMILARITY_SCHEMA`, one per layer pair, with each value's
+    standard error and jackknife replicates where the measure has them.
 
     With ``output_row`` (a transfer_accuracy job), ``values`` is (1, 1) and its single row has layer -1 and
     name and type "output".
@@ -678,34 +712,43 @@ def similarity_table(job: SimilarityJob, layers_a: list[Layer], layers_b: list[L
         ia, ib = (index.ravel() for index in grid)
         names_a, types_a = [layers_a[i].name for i in ia], [layers_a[i].type for i in ia]
         names_b, types_b = [layers_b[j].name for j in ib], [layers_b[j].type for j in ib]
+    replicates = None if values.replicates is None else values.replicates.reshape(values.replicates.shape[0], -1).T
     return _rows(job, job.a.epoch, job.b.epoch, job.probe_a, job.probe_b, ia, ib, names_a, names_b, types_a, types_b,
-                 values.ravel(), n_examples, job.passes if passes is None else passes)
+                 values.value.ravel(), n_examples, job.passes if passes is None else passes, replicates)
 
 
 def cross_epoch_table(job: SimilarityJob, layers: list[Layer], epochs: list[int], probes: list[str],
-                      to_final: np.ndarray, matrix: np.ndarray, n_examples: int, passes: int) -> pa.Table:
+                      to_final: _Estimate, matrix: _Estimate, n_examples: int, passes: int) -> pa.Table:
     """cross_epoch rows, same-layer pairs only: every layer at each epoch vs the final epoch (``to_final``,
     (E, L)), and for the matrix layers every (epoch_a, epoch_b) with epoch_b before the final one (``matrix``,
     (C, E, E)): together each matrix layer's full epoch x epoch square, each pair once."""
     final = epochs.index(job.a.epoch)
-    rows: list[tuple[int, int, str, str, int, float]] = []  # epoch_a, epoch_b, probe_a, probe_b, layer, value
+    rows: list[tuple[int, int, str, str, int]] = []  # epoch_a, epoch_b, probe_a, probe_b, layer
+    picks: list[tuple[_Estimate, tuple[int, ...]]] = []  # where each row's value sits
     for i, epoch in enumerate(epochs):
-        rows += [(epoch, epochs[final], probes[i], probes[final], index, to_final[i, index])
-                 for index in range(len(layers))]
+        for index in range(len(layers)):
+            rows.append((epoch, epochs[final], probes[i], probes[final], index))
+            picks.append((to_final, (i, index)))
     for c, index in enumerate(job.layers):
         for i, j in ((i, j) for i in range(len(epochs)) for j in range(len(epochs)) if j != final):
-            rows.append((epochs[i], epochs[j], probes[i], probes[j], index, matrix[c, i, j]))
-    epoch_a, epoch_b, probe_a, probe_b, layer, value = (list(column) for column in zip(*rows))
+            rows.append((epochs[i], epochs[j], probes[i], probes[j], index))
+            picks.append((matrix, (c, i, j)))
+    epoch_a, epoch_b, probe_a, probe_b, layer = (list(column) for column in zip(*rows))
     names = [layers[i].name for i in layer]
     types = [layers[i].type for i in layer]
-    return _rows(job, epoch_a, epoch_b, probe_a, probe_b, layer, layer, names, names, types, types, np.array(value),
-                 n_examples, passes)
+    value = np.array([estimate.value[where] for estimate, where in picks])
+    replicates = None
+    if to_final.replicates is not None:
+        replicates = np.stack([estimate.replicates[(slice(None), *where)] for estimate, where in picks])
+    return _rows(job, epoch_a, epoch_b, probe_a, probe_b, layer, layer, names, names, types, types, value,
+                 n_examples, passes, replicates)
 
 
 def _rows(job: SimilarityJob, epoch_a: Any, epoch_b: Any, probe_a: Any, probe_b: Any, layer_a: Any, layer_b: Any,
           name_a: list[str], name_b: list[str], type_a: list[str], type_b: list[str], value: np.ndarray,
-          n_examples: int, passes: int) -> pa.Table:
-    """A table in `SIMILARITY_SCHEMA`; scalar arguments are repeated on every row."""
+          n_examples: int, passes: int, replicates: np.ndarray | None = None) -> pa.Table:
+    """A table in `SIMILARITY_SCHEMA` plus ``std_error`` and ``jackknife`` (`rayrs.schema`); scalar arguments
+    are repeated on every row. ``replicates``: (rows, G) jackknife replicates, or None (both columns null)."""
     count = len(value)
 
     def column(values: Any) -> Any:
@@ -731,7 +774,14 @@ def _rows(job: SimilarityJob, epoch_a: Any, epoch_b: Any, probe_a: Any, probe_b:
         "passes": column(passes),
         "job": column(job.id),
     }
-    return pa.table(columns, schema=SIMILARITY_SCHEMA)
+    table = pa.table(columns, schema=SIMILARITY_SCHEMA)
+    if replicates is None:
+        errors = pa.nulls(count, STD_ERROR_FIELD.type)
+        lists = pa.nulls(count, JACKKNIFE_FIELD.type)
+    else:
+        errors = pa.array(jackknife_std_error(torch.from_numpy(replicates.T)).numpy(), STD_ERROR_FIELD.type)
+        lists = pa.array(list(replicates), JACKKNIFE_FIELD.type)
+    return table.append_column(STD_ERROR_FIELD, errors).append_column(JACKKNIFE_FIELD, lists)
 
 
 __all__ = [
