@@ -68,6 +68,7 @@ from timing import (
     emit,
     figure_spreads,
     headlines,
+    machine,
     round_sample,
     run_rounds,
 )
@@ -1062,6 +1063,7 @@ def summarise(cfg: dict[str, Any], rounds: list[dict[str, dict[str, Any]]], ref:
         torch_cka_rows_timed_per_round=len(tc_rounds[0]["rows"]) if tc_rounds else None,
         pytorch_cka_epoch_pairs_timed_per_round=pe_rounds[0]["pairs_timed"] if pe_rounds else None,
         wall_seconds=wall,
+        machine=machine(),
     )
     if cuda:
         summary["peak_cuda_mb"] = group(".cuda")
@@ -1136,7 +1138,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"benchmarks/cka.py: {cfg['arch']} depth={cfg['depth']} width={cfg['width']} on {cfg['device']}, "
           f"n={cfg['n']} x {cfg['batches']} minibatch(es), workload n={cfg['workload_n']}, bf16={cfg['bf16']}, "
           f"quick={cfg['quick']}; {R} rounds of {', '.join(order)} ({ORDER_NOTE}), one process each; "
-          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+          f"{machine()['cpu']}, load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
     if cfg["bf16"]:
         print("  --bf16: every contender's forward (and the peers' Grams, which they form in the forward's dtype) "
               "runs under bf16 autocast; rayrs forms its Grams in float32", flush=True)

@@ -44,6 +44,7 @@ from timing import (  # noqa: E402 (a sibling file, not a package)
     emit,
     figure_spreads,
     headlines,
+    machine,
     run_rounds,
     stopwatch,
 )
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         "n": n,
         "device": str(device),
         "arch": f"wrn-{args.depth}-{args.width}",
+        "machine": machine(),
     }
     print(f"\nmedian [min-max, rounds] over {args.rounds} rounds; x CKA: median of each round's own ratio")
     print(f"{'measure':<12}{'seconds':>28}{'x CKA':>28}  of which")

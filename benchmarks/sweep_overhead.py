@@ -31,7 +31,17 @@ from rayrs.config import Experiment
 from rayrs.sweep import SweepOptions, run_sweep
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import MIN_ROUNDS, Ratio, check_rounds, describe, emit, figure_spreads, headlines, run_rounds  # noqa: E402
+from timing import (  # noqa: E402 (a sibling file, not a package)
+    MIN_ROUNDS,
+    Ratio,
+    check_rounds,
+    describe,
+    emit,
+    figure_spreads,
+    headlines,
+    machine,
+    run_rounds,
+)
 
 
 def experiment(trials: int, epochs: int) -> Experiment:
@@ -84,6 +94,7 @@ def main() -> None:
         "slots": slots,
         "trials": args.trials,
         "epochs": args.epochs,
+        "machine": machine(),
     }, args.json)
 
 

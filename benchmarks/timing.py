@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -153,6 +155,18 @@ def check_rounds(rounds: int) -> None:
 
 
 ORDER_NOTE = "alternating: each round runs the contenders in the listed order, the next round in reverse"
+
+
+def machine() -> dict[str, Any]:
+    """The CPU model, its core count and the load average at the call: figures compare only on the same kind
+    of machine (`cka.py`'s int8 Gram route, for one, needs a CPU with AMX)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"cpu": model, "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0]}
 
 
 def emit(summary: Mapping[str, Any], path: str | None) -> None:

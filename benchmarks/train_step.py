@@ -51,6 +51,7 @@ from timing import (  # noqa: E402 (a sibling file, not a package)
     emit,
     figure_spreads,
     headlines,
+    machine,
     run_rounds,
     stopwatch,
 )
@@ -249,6 +250,7 @@ def main() -> None:
         "k": args.k,
         "compile": args.compile,
         "quick": args.quick,
+        "machine": machine(),
     }
     if args.full_epoch:
         epochs = [full_epoch(args, device, steps["pgd"]) for _ in range(MIN_ROUNDS)]
