@@ -2,7 +2,7 @@
 
 Usage (from the repository root):
     uv run --group bench python benchmarks/cka.py --quick                  # ~10 min on 2 idle CPU cores
-    uv run --group bench python benchmarks/cka.py                          # WRN-16-2, n = 1024, CPU (~45 min)
+    uv run --group bench python benchmarks/cka.py                          # WRN-16-2, n = 1024, CPU (~1 hour)
     uv run --group bench python benchmarks/cka.py --device cuda --depth 28 --width 10 [--bf16]
 
 What is measured (same model, same probe inputs, same device; every measurement runs in its own subprocess,
@@ -79,6 +79,7 @@ CHECKPOINT_STEP = 0.05  # each random-walk step: this fraction of a weight tenso
 QUICK_TORCH_CKA_ROWS = 2
 QUICK_WORKLOAD_N = 512
 QUICK_PYTORCH_CKA_EPOCH_PAIRS = 3
+JACKKNIFE_REPEATS = 5  # updates with and without the jackknife timed to tell what it adds (`jackknife_seconds`)
 GOALS = {  # name: (goal, "ge" | "le")
     "speedup_vs_torch_cka": (50.0, "ge"),
     "time_over_forward_gram": (1.1, "le"),
@@ -282,9 +283,10 @@ def measure_rayrs(b: Bench) -> dict[str, Any]:
 
 def jackknife_seconds(b: Bench, *, same: bool, pairs: int) -> float:
     """What the jackknife adds to a run, measured in this process after the timed call: one minibatch's
-    `MinibatchCKA.update` with groups minus the same update without, times the updates in a run (minibatches x
-    epoch pairs). same: one model's Grams on both sides (cross_layer); else two checkpoints' (cross_epoch).
-    The Grams are computed again here, after the timed call, so they add nothing to its peak memory."""
+    `MinibatchCKA.update` with groups minus the same update without (each the mean of JACKKNIFE_REPEATS,
+    alternated so that a burst of load falls on both), times the updates in a run (minibatches x epoch pairs).
+    same: one model's Grams on both sides (cross_layer); else two checkpoints' (cross_epoch). The Grams are
+    computed again here, after the timed call, so they add nothing to its peak memory."""
     from rayrs.similarity import MinibatchCKA, layer_grams
     from rayrs.similarity.cka import JACKKNIFE_GROUPS
 
@@ -294,10 +296,18 @@ def jackknife_seconds(b: Bench, *, same: bool, pairs: int) -> float:
     grams_b = grams[0] if same else grams[1]
     group_of = b.group_of(JACKKNIFE_GROUPS)[0]
     L = len(b.layers)
-    plain, _ = b.timed(lambda: MinibatchCKA(L, L, device=b.device).update(grams[0], grams_b), warmup=1)
-    with_groups, _ = b.timed(lambda: MinibatchCKA(L, L, device=b.device, groups=JACKKNIFE_GROUPS).update(
-        grams[0], grams_b, group_of), warmup=1)
-    return (with_groups - plain) * len(b.probe) * pairs
+
+    def plain() -> None:
+        MinibatchCKA(L, L, device=b.device).update(grams[0], grams_b)
+
+    def with_groups() -> None:
+        MinibatchCKA(L, L, device=b.device, groups=JACKKNIFE_GROUPS).update(grams[0], grams_b, group_of)
+
+    plain(), with_groups()  # warm-up
+    added = 0.0
+    for _ in range(JACKKNIFE_REPEATS):
+        added += b.timed(with_groups)[0] - b.timed(plain)[0]
+    return added / JACKKNIFE_REPEATS * len(b.probe) * pairs
 
 
 def measure_torch_cka(b: Bench) -> dict[str, Any]:
