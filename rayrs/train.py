@@ -211,6 +211,7 @@ def build_for(config: TrialConfig, data: ImageDataset, device: torch.device | st
         in_channels=data.in_channels,
         depth=config.model.depth,
         width=config.model.width,
+        normalize=config.model.normalize,
     )
     model = model.to(device)
     if device.type == "cuda":  # tensor cores prefer NHWC; padded_crop yields it, the first conv converts the rest
