@@ -128,6 +128,10 @@ def _bilinear_weights(
     c_k| / max(s, 1)`` (widened when downscaling: that is its antialiasing), over the pixels of the window
     only (torchvision crops first, then resizes the cropped image), normalised to sum 1.
 
+    Each output pixel has at most ``taps = ceil(2 max(s, 1)) + 1`` non-zero weights, with ``s`` at most
+    ``in_size / out_size``: they are formed as ``(B, out_size, taps)`` and scattered into the dense matrix, so
+    the work is one zero fill of it rather than a dozen passes over it.
+
     Args:
         start, length: ``(B,)`` float64 windows in input pixel coordinates (pixel j spans ``[j, j + 1)``).
         in_size: input pixels along this axis (the canvas side).
@@ -140,15 +144,18 @@ def _bilinear_weights(
     device = start.device
     step = length / out_size  # input pixels per output pixel
     centre = start[:, None] + (torch.arange(out_size, device=device, dtype=torch.float64) + 0.5) * step[:, None]
-    centre = torch.where(reverse[:, None], centre.flip(1), centre)
-    half_width = step.clamp(min=1.0)
-    pixel = torch.arange(in_size, device=device, dtype=torch.float64) + 0.5
-    inside = (pixel >= start[:, None]) & (pixel < (start + length)[:, None])  # (B, in_size)
-    # (B, out, in) in float32: the only large tensor here; positions were formed in float64.
-    distance = (pixel.float()[None, None, :] - centre.float()[:, :, None]).abs_()
-    weights = distance.div_(half_width.float()[:, None, None]).neg_().add_(1.0).clamp_(min=0.0)
-    weights.mul_(inside[:, None, :])
-    return weights.div_(weights.sum(dim=-1, keepdim=True).clamp_(min=torch.finfo(torch.float32).tiny))
+    centre = torch.where(reverse[:, None], centre.flip(1), centre)  # (B, out)
+    half_width = step.clamp(min=1.0)[:, None, None]
+    taps = math.ceil(2 * max(in_size / out_size, 1.0)) + 1  # a static bound: no host sync on the device's data
+    first = (centre - half_width[..., 0] + 0.5).floor()  # PIL's xmin: the first pixel the triangle can reach
+    pixel = first[..., None] + torch.arange(taps, device=device, dtype=torch.float64)  # (B, out, taps)
+    weights = (1 - (pixel + 0.5 - centre[..., None]).abs() / half_width).clamp(min=0.0)
+    inside = (pixel + 0.5 >= start[:, None, None]) & (pixel + 0.5 < (start + length)[:, None, None])
+    weights = weights * inside  # only the crop's pixels, as PIL resizes the cropped image
+    weights = weights / weights.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(torch.float64).tiny)
+    dense = torch.zeros(start.shape[0], out_size, in_size, device=device)
+    # Taps past the canvas have weight 0 (outside the window); clamping their index only keeps them addressable.
+    return dense.scatter_add_(2, pixel.clamp(0, in_size - 1).long(), weights.float())
 
 
 def resized_crops(
@@ -194,8 +201,10 @@ def resized_crops(
         torch.where(transposed, top, left), torch.where(transposed, height, width), cols, size, mirror & ~transposed
     )
     col_weights.mul_(1.0 / 255.0)  # uint8 0..255 to [0, 1], for free
-    # Along the columns first (PIL's order), over every row of every channel: (B, C * rows, cols) @ (B, cols, size).
-    x = torch.bmm(pixels.reshape(b, c * rows, cols).float(), col_weights.transpose(1, 2))
-    x = torch.matmul(row_weights[:, None], x.view(b, c, rows, size))  # (B, C, size, size)
+    # Along the columns first (PIL's order; the cheaper one for landscape canvases), over every row of every
+    # channel at once: (B, C * rows, cols) @ (B, cols, size).
+    x = torch.bmm(pixels.reshape(b, c * rows, cols).float(), col_weights.transpose(1, 2)).view(b, c, rows, size)
+    # Then along the rows, a bmm per channel on strided views (a broadcast matmul would copy the weights C times).
+    x = torch.stack([torch.bmm(row_weights, x[:, channel]) for channel in range(c)], dim=1)  # (B, C, size, size)
     x = torch.where(transposed[:, None, None, None], x.mT, x)
     return x.clamp_(0.0, 1.0)  # a convex combination of [0, 1] values; the clamp only removes float rounding
