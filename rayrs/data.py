@@ -61,6 +61,7 @@ __all__ = [
     "ImageDataset",
     "PaddedCrop",
     "RandomResizedCrop",
+    "canvas_shape",
     "get_dataset_info",
     "load_dataset",
     "to_float",
@@ -251,11 +252,12 @@ class RandomResizedCrop:
     Where it departs from torchvision's PIL transform, and why that is acceptable:
 
     - Pixels: PIL rounds to uint8 after each of its two resampling passes; here the crops stay float32, within
-      1/255 of PIL's (tests/test_data.py), which is below what JPEG decoding itself varies by.
+      1/255 of PIL's (tests/test_data.py): the size of PIL's own rounding, and what ToTensor's 1/255 steps are.
     - Source: the crop samples the canvas, which is the file itself where its short side is already the
       canvas's (imagenette2-320's files for 224-pixel training: the very pixels the reference crops) and a
       resized copy otherwise (the full-size archives, images wider than 3:2); the box is then scaled onto the
-      copy and covers the same part of the scene, sampled from up to 1.5x fewer pixels.
+      copy and covers the same part of the scene (tests/test_data.py), from fewer pixels than the file has, so
+      small crops of a large file come out a little softer than torchvision's.
     - Random stream: the same distribution of boxes and flips, drawn from the epoch's generator (every try up
       front, a fixed count per minibatch) rather than torch's global one.
     """
