@@ -80,7 +80,7 @@ def random_resized_crop_boxes(
     ``0 < w <= W`` and ``0 < h <= H`` wins, placed uniformly among the ``(H - h + 1) x (W - w + 1)`` positions.
     If no try fits, the centre crop of the whole image with its aspect ratio clamped into `ratio`. Python's
     ``round`` and ``torch.round`` both round halves to even, so the boxes follow torchvision's rule exactly; the
-    random stream differs (all tries are drawn up front, a fixed ``6 B`` uniforms per call in float64).
+    random stream differs (all tries are drawn up front: a fixed ``22 B`` float64 uniforms per call).
 
     Args:
         sizes: ``(B, 2)`` int64 ``(height, width)`` of each image, in the pixels the boxes are wanted in.
