@@ -4,37 +4,56 @@ Before this change rayrs stored every Imagenette image resized to 224 x 224 and 
 padded random crop + flip (`rayrs.data.PaddedCrop`, one gather). Now it trains on the paper's RandomResizedCrop
 + flip (`rayrs.data.RandomResizedCrop`): crop boxes drawn by torchvision's rule, each crop resampled from the
 whole stored image (an `ImageCanvas`, 320 x 480 at 224 px) with PIL's bilinear filter as two batched matrix
-products. Both are timed on the same minibatches of the same epoch order, in one run, alternating A B A B ...
-so the load of a shared machine falls on both alike; each repeat is one full pass over the minibatches.
+products. For scale, one ResNet-18 forward + backward pass on one minibatch (the cheapest training step; PGD-10
+adds ten more of them).
 
-The images are random pixels (the work does not depend on what they show) in the shapes of imagenette2-320's
-files, seeded: 70% 320 x 426 (4:3), 15% 320 x 480 (3:2), 10% portrait 426 x 320, 5% square 320 x 320.
-``--images`` fewer than Imagenette's 9469 times that many and scales the epoch's time to 9469 images (the
-work per minibatch does not depend on how many images are stored). For scale, one ResNet-18 forward + backward
-pass on one minibatch is timed too (the cheapest training step; PGD-10 adds ten more of them).
+Timed in ROUNDS (`benchmarks/timing.py`): each round augments every minibatch of the same epoch order once with
+each transform, then runs the training step, in that order and reversed every other round, so each ratio's two
+sides run back to back. The images are random pixels (the work does not depend on what they show) in the shapes
+of imagenette2-320's files, seeded: 70% 320 x 426 (4:3), 15% 320 x 480 (3:2), 10% portrait 426 x 320, 5% square
+320 x 320. ``--images`` fewer than Imagenette's 9469 times that many and scales the epoch to 9469 images (the
+work per minibatch does not depend on how many images are stored); ``--load-root`` loads a real tree instead
+and also reports what loading costs. The last line printed is one JSON object; its headline keys are medians
+over the rounds of per-round (paired) ratios, with their min-max under "spread":
 
-The last line printed is one JSON object: ``rrc_over_padded`` (the epoch's data preparation after / before,
-median of the repeats), each arm's median and min-max seconds per epoch, the stored tensors' bytes, and
-``rrc_over_train_step`` (one minibatch of RandomResizedCrop over one ResNet-18 forward + backward).
+    rrc_over_padded       one epoch of RandomResizedCrop / one epoch of the padded crop
+    rrc_over_train_step   one minibatch of RandomResizedCrop / one ResNet-18 forward + backward of it
 
-    uv run python benchmarks/data_pipeline.py --images 1280 --repeats 3      # CPU: ~10 minutes on 2 busy cores
-    uv run python benchmarks/data_pipeline.py --device cuda                  # GPU: all 9469 images, 5 repeats
-    uv run python benchmarks/data_pipeline.py --load-root data/imagenette2-320   # real files: load, then the epoch
+and the images kept (``stored_before_gib``: the 224-pixel training split; ``stored_after_gib``: plus the canvas).
+
+    uv run python benchmarks/data_pipeline.py --images 1280                       # CPU, 3 rounds: ~10 minutes on 2 cores
+    uv run python benchmarks/data_pipeline.py --device cuda --rounds 5            # GPU: all 9469 images
+    uv run python benchmarks/data_pipeline.py --load-root data/imagenette2-320    # real files: load, then the rounds
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import resource
-import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from rayrs.data import ImageCanvas, ImageDataset, PaddedCrop, RandomResizedCrop, canvas_shape, load_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from timing import (  # noqa: E402 (a sibling file, not a package)
+    MIN_ROUNDS,
+    ORDER_NOTE,
+    Ratio,
+    check_rounds,
+    describe,
+    emit,
+    figure_spreads,
+    headlines,
+    machine,
+    run_rounds,
+    stopwatch,
+)
 
 IMAGENETTE_TRAIN = 9469
 SHAPES = [((320, 426), 0.70), ((320, 480), 0.15), ((426, 320), 0.10), ((320, 320), 0.05)]  # (height, width), share
@@ -75,34 +94,32 @@ def synchronize(device: torch.device) -> None:
 def epoch_seconds(augmentation, data: ImageDataset, batches: list[torch.Tensor], device: torch.device) -> float:
     """Seconds to augment every minibatch of one epoch (the epoch's generator, as `train_epoch` makes it)."""
     generator = torch.Generator(device=device).manual_seed(1)
-    synchronize(device)
-    started = time.perf_counter()
-    for batch in batches:
-        augmentation(data, batch, generator)
-    synchronize(device)
-    return time.perf_counter() - started
+
+    def run() -> None:
+        for batch in batches:
+            augmentation(data, batch, generator)
+
+    seconds, _ = stopwatch(run, lambda: synchronize(device))
+    return seconds
 
 
-def train_step_seconds(batch: torch.Tensor, device: torch.device, repeats: int) -> float:
-    """Median seconds of one ResNet-18 forward + backward on `batch` (as rayrs trains it on this device)."""
+def train_step(batch: torch.Tensor, device: torch.device):
+    """One ResNet-18 forward + backward on `batch` (fp32 on a CPU; bf16 autocast and channels_last on CUDA, as
+    rayrs trains); returns a function of no arguments that runs it and returns its seconds."""
     from rayrs.models import build_model
 
     model = build_model("resnet18", num_classes=10).to(device).train()
-    labels = torch.zeros(batch.shape[0], dtype=torch.int64, device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    times = []
-    for _ in range(repeats + 1):  # the first is a warm-up
-        synchronize(device)
-        started = time.perf_counter()
-        with autocast:
+    labels = torch.zeros(batch.shape[0], dtype=torch.int64, device=device)
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = torch.nn.functional.cross_entropy(model(batch), labels)
         loss.backward()
         model.zero_grad(set_to_none=True)
-        synchronize(device)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[1:])
+
+    return lambda: stopwatch(step, lambda: synchronize(device))[0]
 
 
 def main() -> None:
@@ -111,80 +128,89 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=IMAGENETTE_TRAIN, help="stored images (epoch scaled to 9469)")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5, help="epochs timed per arm, alternating (>= 3)")
-    parser.add_argument("--step-repeats", type=int, default=2, help="ResNet-18 steps timed (0: skip)")
+    parser.add_argument("--rounds", type=int, default=MIN_ROUNDS, help=f"rounds of interleaved timings (at least {MIN_ROUNDS})")
+    parser.add_argument("--no-step", action="store_true", help="skip the ResNet-18 forward + backward")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--load-root", help="an Imagenette tree: time load_dataset on it and augment its images")
+    parser.add_argument("--json", metavar="PATH", help="also write the final JSON object to PATH")
     args = parser.parse_args()
+    check_rounds(args.rounds)
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]
 
+    load = {}
     if args.load_root:  # real files: what loading costs (decoding both views), then their epoch
         started = time.perf_counter()
         data = load_dataset("imagenette", root=args.load_root, image_size=args.size, device=device)
-        load_s = time.perf_counter() - started
+        held = sum(t.numel() for t in (data.train_images, data.test_images, data.train_canvas.pixels))
+        load = {"load_s": time.perf_counter() - started, "held_gb": held / 1e9,
+                "load_peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}  # KiB on Linux
         args.images = data.train_images.shape[0]
     else:
         data = synthetic_imagenette(args.images, args.size, device)
     order = torch.randperm(args.images, generator=torch.Generator().manual_seed(2)).to(device)
     batches = [b for b in order.split(args.batch) if b.numel() > 1]
-    arms = {"padded_crop": PaddedCrop(padding=28, flip=True), "random_resized_crop": RandomResizedCrop()}
-    for augmentation in arms.values():  # warm-up: allocator, kernels, caches
-        epoch_seconds(augmentation, data, batches[:2], device)
-    times: dict[str, list[float]] = {name: [] for name in arms}
-    for _ in range(args.repeats):
-        for name, augmentation in arms.items():
-            times[name].append(epoch_seconds(augmentation, data, batches, device))
     scale = IMAGENETTE_TRAIN / args.images  # same minibatch work, the full epoch's count of minibatches
-    epochs = {name: [t * scale for t in ts] for name, ts in times.items()}
-    median = {name: statistics.median(ts) for name, ts in epochs.items()}
-    per_batch = {name: median[name] / math.ceil(IMAGENETTE_TRAIN / args.batch) for name in arms}
-    stored = {
-        "train_images": data.train_images.numel() * scale,
-        "canvas": data.train_canvas.pixels.numel() * scale,
+    full_epoch_batches = math.ceil(IMAGENETTE_TRAIN / args.batch)
+    padded, rrc = PaddedCrop(padding=28, flip=True), RandomResizedCrop()
+    for augmentation in (padded, rrc):  # warm-up, untimed: allocator, kernels, caches
+        epoch_seconds(augmentation, data, batches[:2], device)
+    contenders = {  # listed in the order a round runs them; the next round runs them in reverse
+        "padded_crop_epoch_s": lambda r: scale * epoch_seconds(padded, data, batches, device),
+        "random_resized_crop_epoch_s": lambda r: scale * epoch_seconds(rrc, data, batches, device),
     }
+    if not args.no_step:
+        step = train_step(rrc(data, batches[0], torch.Generator(device=device).manual_seed(3)), device)
+        step()  # warm-up
+        contenders["train_step_s"] = lambda r: step()
     short, long = canvas_shape(args.size)
-
     print(f"device {device}, {args.images} images (epoch scaled to {IMAGENETTE_TRAIN}), batch {args.batch}, "
-          f"{args.size} px, canvas {short} x {long}, {args.repeats} alternating repeats, "
-          f"{torch.get_num_threads()} CPU threads, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
-    for name in arms:
-        low, high = min(epochs[name]), max(epochs[name])
-        print(f"  {name:20s} epoch {median[name]:8.2f} s (min {low:.2f}, max {high:.2f})   "
-              f"{per_batch[name] * 1e3:8.1f} ms a minibatch")
-    ratio = median["random_resized_crop"] / median["padded_crop"]
-    print(f"  random_resized_crop / padded_crop = {ratio:.2f}")
-    print(f"  stored: train_images {stored['train_images'] / 2**30:.2f} GiB (before: all of it), "
-          f"+ canvas {stored['canvas'] / 2**30:.2f} GiB (after)")
+          f"{args.size} px, canvas {short} x {long}, {torch.get_num_threads()} CPU threads; {args.rounds} rounds of "
+          f"{', '.join(contenders)} ({ORDER_NOTE})", flush=True)
+    per_round = run_rounds(contenders, args.rounds, on_result=lambda r, k, name, value: print(
+        f"  round {r + 1}/{args.rounds} {name:<28} {value:10.2f} s", flush=True))
+    for figures in per_round:
+        figures["random_resized_crop_batch_s"] = figures["random_resized_crop_epoch_s"] / full_epoch_batches
+        figures["padded_crop_batch_s"] = figures["padded_crop_epoch_s"] / full_epoch_batches
+    figures = figure_spreads(per_round)
+    ratios = {"rrc_over_padded": Ratio("random_resized_crop_epoch_s", "padded_crop_epoch_s")}
+    if not args.no_step:
+        ratios["rrc_over_train_step"] = Ratio("random_resized_crop_batch_s", "train_step_s")
+    values, spreads = headlines(per_round, ratios)
+    stored_before = data.train_images.numel() * scale
+    stored_after = stored_before + data.train_canvas.pixels.numel() * scale
+
+    print(f"\nmedian [min-max, rounds] over {args.rounds} rounds; ratios are medians of each round's own ratio:")
+    print(f"  padded crop, one epoch          {describe(figures['padded_crop_epoch_s'], '.2f')} s "
+          f"({describe(figures['padded_crop_batch_s'], '.3f')} s a minibatch)")
+    print(f"  RandomResizedCrop, one epoch    {describe(figures['random_resized_crop_epoch_s'], '.2f')} s "
+          f"({describe(figures['random_resized_crop_batch_s'], '.3f')} s a minibatch)")
+    print(f"  rrc_over_padded                 {describe(spreads['rrc_over_padded'], '.3f')}")
+    if not args.no_step:
+        print(f"  ResNet-18 forward + backward    {describe(figures['train_step_s'], '.2f')} s a minibatch")
+        print(f"  rrc_over_train_step             {describe(spreads['rrc_over_train_step'], '.4f')}")
+    print(f"  stored: {stored_before / 2**30:.2f} GiB before (the {args.size}-pixel training split), "
+          f"{stored_after / 2**30:.2f} GiB after (+ the canvas)")
+    if load:
+        print(f"  load_dataset({args.load_root}): {load['load_s']:.0f} s, {load['held_gb']:.2f} GB of images held "
+              f"(train, test, canvas), peak RSS {load['load_peak_rss_gb']:.2f} GB while loading")
     result = {
-        "rrc_over_padded": round(ratio, 3),
-        **{f"{name}_epoch_s": round(median[name], 3) for name in arms},
-        **{f"{name}_epoch_s_min_max": [round(min(epochs[name]), 3), round(max(epochs[name]), 3)] for name in arms},
-        **{f"{name}_batch_ms": round(per_batch[name] * 1e3, 2) for name in arms},
-        "stored_before_gib": round(stored["train_images"] / 2**30, 3),
-        "stored_after_gib": round((stored["train_images"] + stored["canvas"]) / 2**30, 3),
+        **values,
+        **{name: figures[name]["median"] for name in figures},
+        "stored_before_gib": round(stored_before / 2**30, 3),
+        "stored_after_gib": round(stored_after / 2**30, 3),
+        **load,
+        "spread": spreads,
+        "figures": figures,
+        "rounds": args.rounds,
+        "order": f"{ORDER_NOTE}: {', '.join(contenders)}",
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "images": args.images,
-        "repeats": args.repeats,
         "threads": torch.get_num_threads(),
-        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        "machine": machine(),
     }
-    if args.step_repeats:
-        batch = RandomResizedCrop()(data, batches[0], torch.Generator(device=device).manual_seed(3))
-        step = train_step_seconds(batch, device, args.step_repeats)
-        print(f"  ResNet-18 forward + backward, one minibatch: {step * 1e3:.1f} ms; "
-              f"RandomResizedCrop of one minibatch = {per_batch['random_resized_crop'] / step:.3f} of it")
-        result.update({"train_step_ms": round(step * 1e3, 1),
-                       "rrc_over_train_step": round(per_batch["random_resized_crop"] / step, 4)})
-    if args.load_root:
-        held = sum(t.numel() for t in (data.train_images, data.test_images, data.train_canvas.pixels))
-        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-        print(f"  load_dataset({args.load_root}): {load_s:.0f} s, {held / 1e9:.2f} GB of images held "
-              f"(train, test, canvas), peak RSS {peak_rss / 1e9:.2f} GB")
-        result.update({"load_s": round(load_s, 1), "held_gb": round(held / 1e9, 2), "peak_rss_gb": round(peak_rss / 1e9, 2)})
-    print(json.dumps(result))
+    emit(result, args.json)
 
 
 if __name__ == "__main__":
