@@ -34,9 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from rayrs.augment import padded_crop
 from rayrs.config import TrialConfig, load_experiment
 from rayrs.cost import ATTACK_STEP_FORWARDS, TRAIN_STEP_FORWARDS, forward_flops
-from rayrs.data import augment, load_dataset, to_float
+from rayrs.data import load_dataset, to_float
 from rayrs.methods import METHODS
 from rayrs.models import build_model
 from rayrs.train import build_for, epoch_generator, make_attack, train_epoch, train_step
@@ -89,7 +90,7 @@ def rayrs_steps(args, device, images_u8, labels, method_name: str) -> Callable[[
 
     def step(i: int) -> None:
         index = slice((i % batches) * args.batch, (i % batches + 1) * args.batch)
-        images = augment(to_float(images_u8[index]), generator=generator, crop_padding=4, flip=True)
+        images = padded_crop(to_float(images_u8[index]), generator=generator, padding=4, flip=True)
         train_step(runner, optimizer, images, labels[index], method, attack, config.train)
 
     return step
