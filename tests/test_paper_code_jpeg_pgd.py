@@ -229,6 +229,12 @@ def test_a_zero_l2_gradient_is_replaced_by_the_references_gaussian_noise(lp_gold
     still = pgd_l2(model, images, lp_golden["labels"][:2], eps=1.0, steps=3, step_size=0.1,
                    draws=PgdDraws(noise=lp_golden["zero.uniform"], zero_gradient=torch.zeros_like(draws.zero_gradient)))
     assert (still[0] - adversarial[0]).abs().max() > 0.01
+    # Left to the attack's generator, the noise is drawn when needed, reproducibly.
+    drawn = [pgd_l2(model, images, lp_golden["labels"][:2], eps=1.0, steps=3, step_size=0.1,
+                    draws=PgdDraws(noise=lp_golden["zero.uniform"]), generator=torch.Generator().manual_seed(0))
+             for _ in range(2)]
+    assert torch.equal(drawn[0], drawn[1]) and (drawn[0][0] - still[0]).abs().max() > 0.01
+    torch.testing.assert_close(drawn[0][1], adversarial[1], atol=IMAGE_TOLERANCE, rtol=0)  # image 1 had a gradient
 
 
 @pytest.mark.parametrize("name", ["linf", "l2"])
