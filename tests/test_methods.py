@@ -8,7 +8,6 @@ from torch import nn
 
 from digits import digits_spec, load_trained
 from rayrs import checkpoint
-from rayrs.attacks import THREAT_MODELS
 from rayrs.attacks.pgd import pgd_linf
 from rayrs.config import TrainConfig, load_experiment
 from rayrs.errors import UserError
@@ -44,7 +43,9 @@ compare: []
     outcome = run_sweep(experiment, SweepOptions(local=True, report=False), results=str(tmp_path / "r"))
     metrics = pl.read_parquet(f"{outcome.storage.root}/metrics.parquet")
     assert metrics.height == len(outcome.trials) == 20  # each threat model's eps on its own scale (its default)
-    assert set(metrics["method"]) == set(METHODS) and set(metrics["threat_model"]) == set(THREAT_MODELS)
+    # The paper's five threat models (Fig 7); rayrs's variants of them (jpeg_unblurred) run the same attack code.
+    assert set(metrics["method"]) == set(METHODS)
+    assert set(metrics["threat_model"]) == {"linf", "l2", "jpeg", "gabor", "snow"}
     assert metrics["test_clean_acc"].is_between(0, 1).all() and metrics["train_objective"].is_finite().all()
 
 
