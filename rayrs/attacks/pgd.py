@@ -4,9 +4,9 @@ code runs it (``attacks/lp.py`` of Cianfarani et al.'s code; golden values in te
 - l_inf: the start is uniform in ``[-eps, eps]`` per pixel and is *not* clipped to [0, 1] (the first gradient may
   be taken just outside the pixel range); a step moves ``step_size * sign(gradient)``, then clips the move to
   ``[-eps, eps]`` and the image to [0, 1].
-- l_2: the start is uniform ``[-1, 1]`` noise renormalised per example to norm at most ``eps`` (``torch.renorm``:
-  for any image of more than a few pixels, a point *on* the sphere of radius eps, not uniform in the ball), not
-  clipped to [0, 1]; a step moves ``step_size`` along the gradient divided by its l_2 norm, where an example whose
+- l_2: the start is uniform ``[-1, 1]`` noise renormalised per example to norm at most ``eps`` (``torch.renorm``;
+  the noise's norm is about ``sqrt(C * H * W / 3)``, 32 for CIFAR-10, so at the usual budgets the start lies *on*
+  the sphere of radius eps, not uniformly in the ball), not clipped to [0, 1]; a step moves ``step_size`` along the gradient divided by its l_2 norm, where an example whose
   gradient is exactly zero moves along unnormalised standard normal noise instead; then the move is renormalised
   to norm at most ``eps`` and the image clipped to [0, 1].
 
