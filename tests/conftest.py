@@ -31,3 +31,23 @@ def trained_digits(tmp_path_factory):
     metrics = {kind: train_trial(spec, storage, "cpu")[-1] for kind, spec in specs.items()}
     return storage, specs, metrics
 
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--order", default="file",
+        help="file (as written, the default) | reverse | shuffle:SEED — run the tests in another order, to show "
+        "that none depends on what another left behind (issue: a suite that never flakes)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    import random
+
+    order = config.getoption("--order")
+    if order == "reverse":
+        items.reverse()
+    elif order.startswith("shuffle:") and order[len("shuffle:"):].isdigit():
+        random.Random(int(order[len("shuffle:"):])).shuffle(items)
+    elif order != "file":
+        raise pytest.UsageError(f"--order {order!r}: use file, reverse or shuffle:SEED (e.g. shuffle:7)")
