@@ -5,6 +5,24 @@ import pytest
 from digits import digits_spec
 
 
+@pytest.fixture(autouse=True)
+def fixed_global_seeds():
+    """Every test starts from the same global random state, whatever ran before it and in whatever order.
+
+    Tests draw from their own seeded generators where the values matter; this is the backstop for the draws that
+    only make shapes or weights to run through (``torch.rand(2, 3, 32, 32)``, a freshly built model's
+    initialisation): without it, their values would depend on which tests ran first.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray with 2 CPUs for the whole session (starting Ray costs seconds); shut down at the end."""
