@@ -246,8 +246,9 @@ def _s3_filesystem(location: Location, options: dict[str, str]) -> pafs.S3FileSy
     reader sees no object or all of it; a writer killed mid-upload leaves an invisible, unfinished upload
     (a bucket lifecycle rule AbortIncompleteMultipartUpload deletes those).
     """
-    # The endpoint of an S3-compatible store (MinIO, Ceph, moto) as the AWS CLI and SDKs read it; pyarrow's
-    # S3FileSystem does not read these variables (apache/arrow#49643, still so in pyarrow 26), so rayrs does.
+    # The endpoint of an S3-compatible store (MinIO, Ceph, moto) as the AWS CLI and SDKs read it. pyarrow reads
+    # AWS_ENDPOINT_URL(_S3) only in FileSystem.from_uri (pyarrow >= 15; Ray Tune opens its storage_path so), not
+    # in the S3FileSystem constructor used here (apache/arrow#49643, still so in pyarrow 26), so rayrs reads it.
     # ``http://host:port`` selects plain HTTP, as it does for the AWS CLI.
     endpoint = options.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     kwargs = {

@@ -147,6 +147,67 @@ def _stop(process: subprocess.Popen, sig: int = signal.SIGKILL) -> str:
     return output
 
 
+@pytest.mark.slow
+def test_a_sweep_on_s3_is_killed_resumes_bit_for_bit_and_reads_back(tmp_path, s3):
+    sweep = tmp_path / "s3rt.yaml"
+    sweep.write_text(SWEEP)
+    results = f"s3://{s3.bucket}/prefix"
+    remote = Storage(results).child("s3rt")
+    assert remote.root == f"s3://{s3.bucket}/prefix/s3rt"  # nothing in the URI: the endpoint came from the environment
+    trial = "trial"
+
+    # The reference: the same sweep, uninterrupted, into a local folder (alongside, to save wall time).
+    reference = _start(["sweep", str(sweep), "--results", str(tmp_path / "local"), "--local", "--no-report"])
+    driver = _start(["sweep", str(sweep), "--results", results, "--local", "--no-report"])
+    try:
+        _wait_for(lambda: _exists(remote, layout.epoch_meta(trial, 1)) or driver.poll() is not None, 240,
+                  "epoch 1's checkpoint on S3")
+        killed_output = _stop(driver)
+        assert driver.returncode == -signal.SIGKILL, killed_output  # killed, not finished
+    finally:
+        if driver.poll() is None:
+            _stop(driver)
+    committed = [e for e in range(1, EPOCHS + 1) if remote.exists(layout.epoch_meta(trial, e))]
+    assert 1 in committed and EPOCHS not in committed, committed  # killed mid-training
+    # Nothing half-written is visible: every weights object there is a whole safetensors file.
+    visible_weights = remote.list_files(layout.trial_dir(trial), "model.safetensors")
+    assert len(visible_weights) >= len(committed)
+    for rel in visible_weights:
+        load_safetensors(remote.read_bytes(rel))
+    epoch_one = remote.read_bytes(layout.epoch_meta(trial, 1))
+
+    runner = CliRunner()
+    resumed = runner.invoke(app, ["sweep", str(sweep), "--results", results, "--local", "--resume", "--no-report"])
+    assert resumed.exit_code == 0, resumed.output
+    assert remote.read_bytes(layout.epoch_meta(trial, 1)) == epoch_one  # a finished epoch was not retrained
+    try:
+        reference_output, _ = reference.communicate(timeout=600)
+    finally:
+        if reference.poll() is None:
+            _stop(reference)
+    assert reference.returncode == 0, reference_output
+    local = Storage(tmp_path / "local" / "s3rt")
+
+    # The resumed S3 run is the uninterrupted local run, bit for bit: every epoch's weights ...
+    for epoch in range(1, EPOCHS + 1):
+        assert remote.read_bytes(layout.weights(trial, epoch)) == local.read_bytes(layout.weights(trial, epoch)), epoch
+    # ... and its CKA rows (all of them but the timing column).
+    (table,) = remote.list_files(layout.SIMILARITY_DIR, ".parquet")
+    assert local.list_files(layout.SIMILARITY_DIR, ".parquet") == [table]
+    cka, expected = remote.read_table(table), local.read_table(table)
+    assert cka.num_rows == expected.num_rows > 0
+    assert cka.drop_columns(["seconds"]).equals(expected.drop_columns(["seconds"]))
+
+    status = runner.invoke(app, ["status", remote.root], terminal_width=200)
+    assert status.exit_code == 0, status.output
+    assert "trials: 1 done, 0 started, 0 pending; comparison jobs: 1/1 done" in status.output
+    report = tmp_path / "report"
+    analyzed = runner.invoke(app, ["analyze", remote.root, "--out", str(report), "--format", "html"])
+    assert analyzed.exit_code == 0, analyzed.output
+    assert (report / "index.html").is_file()
+    assert not remote.exists(layout.REPORT_DIR)  # analyze wrote its report locally, nothing to the bucket
+
+
 def _upload_of(client, bucket: str, key: str) -> list[dict]:
     return [u for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) if u["Key"] == key]
 
