@@ -55,7 +55,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory):
-    """moto's S3 server on 127.0.0.1 (never 0.0.0.0) at a free port, for the session: its endpoint URL.
+    """moto's S3 server on 127.0.0.1 (never 0.0.0.0) at a free port, for the session: (endpoint URL, its request log).
 
     Waits until the server answers; at the end it is terminated (killed if it does not stop within 10 s).
     """
@@ -77,7 +77,7 @@ def s3_endpoint(tmp_path_factory):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"moto's server did not answer on {endpoint} within 60 s") from None
                 time.sleep(0.1)
-        yield endpoint
+        yield endpoint, log_path
     finally:
         server.terminate()
         try:
@@ -91,6 +91,7 @@ def s3_endpoint(tmp_path_factory):
 class S3:
     endpoint: str
     bucket: str  # a fresh bucket for this test
+    log: Path  # the server's log: one line per HTTP request
 
     def client(self, service: str = "s3", secret: str = SECRET, key_id: str = KEY_ID):
         import boto3  # moto's dependency: the tests' independent view of the store
@@ -102,6 +103,7 @@ class S3:
 @pytest.fixture
 def s3(s3_endpoint, monkeypatch) -> S3:
     """A fresh bucket on the session's server, with the endpoint and credentials in the environment only."""
+    s3_endpoint, log = s3_endpoint
     for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
@@ -112,7 +114,7 @@ def s3(s3_endpoint, monkeypatch) -> S3:
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     monkeypatch.setenv("NO_PROXY", ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1"])))
-    store = S3(s3_endpoint, f"rayrs-{uuid.uuid4().hex[:12]}")
+    store = S3(s3_endpoint, f"rayrs-{uuid.uuid4().hex[:12]}", log)
     store.client().create_bucket(Bucket=store.bucket)
     return store
 
@@ -210,6 +212,21 @@ def test_a_sweep_on_s3_is_killed_resumes_bit_for_bit_and_reads_back(tmp_path, s3
 
 def _upload_of(client, bucket: str, key: str) -> list[dict]:
     return [u for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) if u["Key"] == key]
+
+
+def test_an_object_under_one_part_goes_up_in_one_put(s3):
+    # A checkpoint, a JSON or a Parquet file (< 10 MiB, pyarrow's part size) is one PutObject request: nothing to
+    # leave half-done. A larger object is a multipart upload (initiated with POST ...?uploads), published whole
+    # on completion. Read off the server's own request log.
+    storage = Storage(f"s3://{s3.bucket}/puts")
+    storage.write_bytes("small.bin", b"s" * 2**20)
+    storage.write_bytes("large.bin", b"l" * 11 * 2**20)
+    requests = [line for line in s3.log.read_text().splitlines() if f"/{s3.bucket}/puts/" in line]
+    small = [line.split('"')[1] for line in requests if "/small.bin" in line]
+    large = [line.split('"')[1] for line in requests if "/large.bin" in line]
+    assert small == [f"PUT /{s3.bucket}/puts/small.bin HTTP/1.1"], small
+    assert f"POST /{s3.bucket}/puts/large.bin?uploads HTTP/1.1" in large and len(large) == 4, large  # 2 parts
+    assert storage.read_bytes("small.bin") == b"s" * 2**20 and storage.read_bytes("large.bin") == b"l" * 11 * 2**20
 
 
 def test_a_reader_sees_no_object_or_all_of_it_while_a_large_write_happens(s3):
