@@ -352,24 +352,37 @@ class Storage:
                     "choose a folder you can write to with --results DIR"
                 )
             return
-        # An object store answers "not found" for a path in a bucket that does not exist, as for a path not yet
-        # written; so the bucket itself is asked too (S3: one HeadBucket), or the first write would fail.
-        bucket = self._base.split("/", 1)[0] if self.location.scheme in _URI_OPTIONS else None
         try:
-            info, bucket_info = _within(DOOR_SECONDS, partial(self.filesystem.get_file_info, [self._base, bucket or self._base]))
+            info, bucket_info = _within(DOOR_SECONDS, self._ask_location)
         except TimeoutError:
             way_out = _WAY_OUT.get(self.location.scheme, "check the URI and the network")
             raise UserError(f"results location {self.root}: no answer within {DOOR_SECONDS:g} s; {way_out}") from None
         except (OSError, pa.ArrowException) as error:
             way_out = _WAY_OUT.get(self.location.scheme, "check the URI and the network")
             raise UserError(f"results location {self.root}: {_first_line(error)}; {way_out}") from None
-        if bucket and bucket_info.type == pafs.FileType.NotFound:
+        if bucket_info is not None and bucket_info.type == pafs.FileType.NotFound:
+            bucket = bucket_info.path
             raise UserError(
                 f"results location {self.root}: bucket {bucket!r} does not exist; check its name, or create it "
                 f"({_MAKE_BUCKET[self.location.scheme].format(bucket=bucket)}) and run again"
             )
         if info.type == pafs.FileType.File:
             raise UserError(f"results location {self.root} is a file, not a folder; choose a folder path")
+
+    def _ask_location(self) -> tuple[pafs.FileInfo, pafs.FileInfo | None]:
+        """What the store says of the root, and of its bucket when the root is not found (else None).
+
+        An object store answers "not found" for a path in a bucket that does not exist as for a path not yet
+        written, and the first write would fail; so then the bucket is asked too (S3: one HeadBucket). A refusal
+        of that question is no answer (a policy may allow listing under a prefix only): None.
+        """
+        info = self.filesystem.get_file_info(self._base)
+        if info.type != pafs.FileType.NotFound or self.location.scheme not in _URI_OPTIONS:
+            return info, None
+        try:
+            return info, self.filesystem.get_file_info(self._base.split("/", 1)[0])
+        except (OSError, pa.ArrowException):
+            return info, None
 
     def __repr__(self) -> str:
         return f"Storage({self.root!r})"
