@@ -113,6 +113,8 @@ _WAY_OUT = {
             "CLASSPATH=$(hadoop classpath --glob)); or use s3:// or a folder every node mounts",
 }
 _WAY_OUT.update({"gcs": _WAY_OUT["gs"], "viewfs": _WAY_OUT["hdfs"]})
+_MAKE_BUCKET = {"s3": "aws s3 mb s3://{bucket}", "gs": "gcloud storage buckets create gs://{bucket}"}
+_MAKE_BUCKET["gcs"] = _MAKE_BUCKET["gs"]
 
 
 @dataclass(frozen=True)
@@ -236,14 +238,28 @@ def _seconds(options: dict[str, str], key: str) -> float | None:
 
 
 def _s3_filesystem(location: Location, options: dict[str, str]) -> pafs.S3FileSystem:
+    """pyarrow's S3 filesystem for ``location``: the URI's options first, then the AWS environment.
+
+    Writes: an object smaller than one upload part (checkpoints, JSON, Parquet) goes up in one PutObject
+    (``allow_delayed_open``); a larger one as a multipart upload. S3 makes either visible only once complete
+    (a multipart upload on CompleteMultipartUpload, which `write_bytes` reaches when it closes the stream), so a
+    reader sees no object or all of it; a writer killed mid-upload leaves an invisible, unfinished upload
+    (a bucket lifecycle rule AbortIncompleteMultipartUpload deletes those).
+    """
+    # The endpoint of an S3-compatible store (MinIO, Ceph, moto) as the AWS CLI and SDKs read it. pyarrow reads
+    # AWS_ENDPOINT_URL(_S3) only in FileSystem.from_uri (pyarrow >= 15; Ray Tune opens its storage_path so), not
+    # in the S3FileSystem constructor used here (apache/arrow#49643, still so in pyarrow 26), so rayrs reads it.
+    # ``http://host:port`` selects plain HTTP, as it does for the AWS CLI.
+    endpoint = options.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     kwargs = {
         "region": options.get("region"),
-        "endpoint_override": options.get("endpoint_override"),
+        "endpoint_override": endpoint or None,
         "scheme": options.get("scheme"),
         "anonymous": _flag(options, "anonymous"),
         "connect_timeout": _seconds(options, "connect_timeout"),
         "request_timeout": _seconds(options, "request_timeout"),
         "force_virtual_addressing": _flag(options, "force_virtual_addressing"),
+        "allow_delayed_open": True,  # small objects in one PUT (see above); errors surface at close, where we wait
     }
     region_known = kwargs["region"] or kwargs["endpoint_override"] or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if not region_known:  # as pyarrow's from_uri does: ask where the bucket is, but give up after DOOR_SECONDS
@@ -337,15 +353,36 @@ class Storage:
                 )
             return
         try:
-            info = _within(DOOR_SECONDS, partial(self.filesystem.get_file_info, self._base))
+            info, bucket_info = _within(DOOR_SECONDS, self._ask_location)
         except TimeoutError:
             way_out = _WAY_OUT.get(self.location.scheme, "check the URI and the network")
             raise UserError(f"results location {self.root}: no answer within {DOOR_SECONDS:g} s; {way_out}") from None
         except (OSError, pa.ArrowException) as error:
             way_out = _WAY_OUT.get(self.location.scheme, "check the URI and the network")
             raise UserError(f"results location {self.root}: {_first_line(error)}; {way_out}") from None
+        if bucket_info is not None and bucket_info.type == pafs.FileType.NotFound:
+            bucket = bucket_info.path
+            raise UserError(
+                f"results location {self.root}: bucket {bucket!r} does not exist; check its name, or create it "
+                f"({_MAKE_BUCKET[self.location.scheme].format(bucket=bucket)}) and run again"
+            )
         if info.type == pafs.FileType.File:
             raise UserError(f"results location {self.root} is a file, not a folder; choose a folder path")
+
+    def _ask_location(self) -> tuple[pafs.FileInfo, pafs.FileInfo | None]:
+        """What the store says of the root, and of its bucket when the root is not found (else None).
+
+        An object store answers "not found" for a path in a bucket that does not exist as for a path not yet
+        written, and the first write would fail; so then the bucket is asked too (S3: one HeadBucket). A refusal
+        of that question is no answer (a policy may allow listing under a prefix only): None.
+        """
+        info = self.filesystem.get_file_info(self._base)
+        if info.type != pafs.FileType.NotFound or self.location.scheme not in _URI_OPTIONS:
+            return info, None
+        try:
+            return info, self.filesystem.get_file_info(self._base.split("/", 1)[0])
+        except (OSError, pa.ArrowException):
+            return info, None
 
     def __repr__(self) -> str:
         return f"Storage({self.root!r})"
