@@ -16,8 +16,8 @@ import pyarrow as pa
 from altair.utils.schemapi import debug_mode
 
 from rayrs.errors import UserError
-from rayrs.schema import METRICS_SCHEMA, SECONDS_FIELD, SIMILARITY_SCHEMA, TRIAL_COLUMNS
-from rayrs.storage import METRICS, SIMILARITY_DIR, Storage
+from rayrs.schema import METRICS_SCHEMA, SECONDS_FIELD, SIMILARITY_SCHEMA, TRIAL_COLUMNS, check_job_rows
+from rayrs.storage import METRICS, SIMILARITY_DIR, SWEEP_CONFIG, DamagedFile, Storage, way_out
 
 # Display names of training methods and threat models, in the paper's words; unknown ones are shown as written.
 METHOD_NAMES = {"standard": "standard", "pgd": "PGD-AT", "pgd_at": "PGD-AT", "trades": "TRADES"}
@@ -41,7 +41,24 @@ def read_metrics(storage: Storage) -> pl.DataFrame:
     """``metrics.parquet`` as a frame with `METRICS_SCHEMA`'s columns: one row per trial x epoch (empty if absent)."""
     if not storage.exists(METRICS):
         return _empty(METRICS_SCHEMA)
-    return pl.from_arrow(_conform(storage, METRICS, METRICS_SCHEMA))
+    metrics = pl.from_arrow(_conform(storage, METRICS, METRICS_SCHEMA))
+    _check_experiment(storage, metrics)
+    return metrics
+
+
+def _check_experiment(storage: Storage, metrics: pl.DataFrame) -> None:
+    """Refuse a ``metrics.parquet`` of another experiment (copied over this one's): its rows name their
+    experiment, and ``sweep.json``, where there is a readable one, names this one."""
+    try:
+        name = storage.read_json(SWEEP_CONFIG)["name"]
+    except (UserError, KeyError, TypeError):  # none, or damaged: the sweep's to repair, not the report's
+        return
+    others = sorted(set(metrics["experiment"].drop_nulls().to_list()) - {name})
+    if others:
+        raise DamagedFile(
+            f"{storage.full_path(METRICS)} holds rows of experiment {others[0]!r}, not of {name!r} "
+            f"({storage.full_path(SWEEP_CONFIG)}); {way_out(METRICS)}"
+        )
 
 
 def read_similarity(storage: Storage) -> pl.DataFrame:
@@ -55,7 +72,10 @@ def read_similarity(storage: Storage) -> pl.DataFrame:
     tables = [storage.read_table(rel) for rel in files]
     extra = [name for name in OPTIONAL_SIMILARITY_COLUMNS if any(name in t.column_names for t in tables)]
     schema = pa.schema(list(SIMILARITY_SCHEMA) + [pa.field(name, OPTIONAL_SIMILARITY_COLUMNS[name]) for name in extra])
-    return pl.from_arrow(pa.concat_tables(_conform(storage, rel, schema, table) for rel, table in zip(files, tables)))
+    tables = [_conform(storage, rel, schema, table) for rel, table in zip(files, tables)]
+    for rel, table in zip(files, tables):
+        check_job_rows(storage, rel, table)  # a file copied or swapped from another job is refused, never drawn
+    return pl.from_arrow(pa.concat_tables(tables))
 
 
 def trial_labels(metrics: pl.DataFrame) -> pl.DataFrame:

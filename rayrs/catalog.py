@@ -1,31 +1,111 @@
-"""The catalog: every trial x epoch checkpoint with its parameters and metrics, as ``metrics.parquet``.
+"""The catalog: every trial x epoch checkpoint with its parameters and metrics, as ``metrics.parquet``, and
+the check that what storage holds is what the sweep asks for.
 
 The checkpoints' ``meta.json`` files are the source of truth; the catalog is rebuilt from them after training,
-so it can never disagree with what is on storage (a resumed trial's epochs appear once each).
+so it can never disagree with what is on storage (a resumed trial's epochs appear once each). Who a trial
+folder belongs to is its ``trial.json`` (`read_trial_record`); `check_trials` holds every folder against the
+sweep before a run writes anything.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
 from rayrs import checkpoint
 from rayrs import storage as layout
 from rayrs.config import TrialSpec
-from rayrs.schema import EPOCH_COLUMNS, METRICS_SCHEMA, TRIAL_COLUMNS
-from rayrs.storage import Storage
+from rayrs.errors import UserError
+from rayrs.schema import EPOCH_COLUMNS, METRICS_SCHEMA, TRIAL_COLUMNS, check_job_rows
+from rayrs.storage import DamagedFile, Storage
+
+START_AFRESH = "or give the sweep a new name to start afresh"
+
+
+class TrialMismatch(UserError):
+    """A trial folder that is not what the sweep says: no such trial, or trained with another configuration."""
+
+
+def read_trial_record(storage: Storage, trial: str) -> dict[str, Any]:
+    """The trial's ``trial.json`` (`rayrs.train.trial_record`), checked to name this trial and carry a fingerprint.
+
+    A trial that has committed an epoch without one has lost its identity: a `UserError` with the way out.
+    """
+    path = layout.trial_spec(trial)
+    if not storage.exists(path):
+        raise UserError(
+            f"{storage.full_path(path)} is missing, so the checkpoints of trial {trial!r} have no identity; "
+            f"rerun the sweep with --redo {trial} to retrain it, {START_AFRESH}"
+        )
+    record = storage.read_json(path)
+    if not isinstance(record, dict) or record.get("trial") != trial or not isinstance(record.get("fingerprint"), str):
+        found = f"trial {record.get('trial')!r}" if isinstance(record, dict) else f"a {type(record).__name__}"
+        raise DamagedFile(
+            f"{storage.full_path(path)} does not describe trial {trial!r} (it names {found}); "
+            f"rerun the sweep with --redo {trial} to retrain it, {START_AFRESH}"
+        )
+    return record
+
+
+def check_trials(storage: Storage, trials: Sequence[TrialSpec], skip: Iterable[str] = ()) -> None:
+    """Hold every trial folder in storage against the sweep's trials; the first mismatch is a `UserError`.
+
+    A folder must belong to a trial of the sweep, its ``trial.json`` must carry that trial's fingerprint, and
+    each committed epoch's ``meta.json`` must be that epoch's record. A folder with no committed epoch and no
+    ``trial.json`` holds nothing yet and passes. ``skip``: trials about to be deleted (``--redo``).
+    """
+    expected = {t.name: t for t in trials}
+    skip = set(skip)
+    for name in storage.list_dir(layout.TRIALS_DIR):
+        if name in skip:
+            continue
+        folder = storage.full_path(f"{layout.TRIALS_DIR}/{name}")
+        spec = expected.get(name)
+        if spec is None:
+            raise TrialMismatch(
+                f"{folder} is not a trial of this sweep (its trials: {', '.join(expected) or 'none'}): the sweep file "
+                f"changed since these results were made; move that folder out of the experiment, {START_AFRESH}"
+            )
+        epochs = checkpoint.completed_epochs(storage, name)
+        if not epochs and not storage.exists(layout.trial_spec(name)):
+            continue
+        record = read_trial_record(storage, name)
+        if record["fingerprint"] != spec.fingerprint:
+            raise TrialMismatch(
+                f"{storage.full_path(layout.trial_spec(name))}: trial {name!r} was trained with another configuration "
+                f"than the sweep file gives it (fingerprint {record['fingerprint']}, now {spec.fingerprint}): the "
+                f"sweep file changed since; rerun the sweep with --redo {name} to retrain it, {START_AFRESH}"
+            )
+        for epoch in epochs:
+            epoch_metrics(storage, name, epoch)
+
+
+def epoch_metrics(storage: Storage, trial: str, epoch: int) -> dict[str, Any]:
+    """The metrics of a committed epoch (its ``meta.json``, checked to be that epoch's and to hold them)."""
+    meta = checkpoint.read_meta(storage, trial, epoch)
+    metrics = meta.get("metrics")
+    numbers = isinstance(metrics, dict) and all(
+        isinstance(metrics.get(column), (int, float)) and not isinstance(metrics.get(column), bool)
+        for column in EPOCH_COLUMNS if column != "epoch_seconds"  # timing is optional
+    )
+    if not numbers or metrics.get("epoch") != epoch:
+        path = layout.epoch_meta(trial, epoch)
+        raise DamagedFile(f"{storage.full_path(path)} lacks the metrics of epoch {epoch}; {layout.way_out(path)}")
+    return metrics
 
 
 def metrics_rows(storage: Storage, trials: Iterable[str]) -> list[dict]:
-    """One row per complete epoch checkpoint of each trial, trial parameters first."""
+    """One row per complete epoch checkpoint of each trial, trial parameters first (a trial with no epoch has none)."""
     rows = []
     for trial in trials:
-        if not storage.exists(layout.trial_spec(trial)):
+        done = checkpoint.completed_epochs(storage, trial)
+        if not done:
             continue
-        record = storage.read_json(layout.trial_spec(trial))
-        epochs = [checkpoint.read_meta(storage, trial, epoch)["metrics"] for epoch in checkpoint.completed_epochs(storage, trial)]
+        record = read_trial_record(storage, trial)
+        epochs = [epoch_metrics(storage, trial, epoch) for epoch in done]
         best = max(epochs, key=lambda m: (m["test_robust_acc"], -m["epoch"]), default=None)  # earliest of ties
         for metrics in epochs:
             rows.append(
@@ -59,7 +139,7 @@ class TrialStatus:
 def trial_status(storage: Storage, trial: TrialSpec) -> TrialStatus:
     """How far ``trial`` got, read from its checkpoints alone (no Ray)."""
     epochs = checkpoint.completed_epochs(storage, trial.name)
-    metas = [checkpoint.read_meta(storage, trial.name, e)["metrics"] for e in epochs]
+    metas = [epoch_metrics(storage, trial.name, e) for e in epochs]
     last = metas[-1] if metas else {}
     seconds = [m["epoch_seconds"] for m in metas if m.get("epoch_seconds") is not None]
     return TrialStatus(
@@ -82,3 +162,18 @@ def remaining_trial_seconds(statuses: Sequence[TrialStatus]) -> float | None:
         return None
     typical = sum(known) / len(known)
     return sum((s.epochs - s.epochs_done) * (s.epoch_seconds or typical) for s in statuses)
+
+
+def finished_jobs(storage: Storage, jobs: Iterable[Any]) -> set[str]:
+    """Ids of the comparison jobs (`rayrs.similarity.jobs.SimilarityJob`) whose Parquet file is there.
+
+    A file that is there must be that job's: readable, and its rows of that very job (the ``job`` and ``kind``
+    columns), else a `DamagedFile` naming it, so a file copied or swapped from another job never counts as
+    done (nor is it read into a figure: `analysis.load.read_similarity` checks the same).
+    """
+    done = set()
+    for job in jobs:
+        if storage.exists(job.output):
+            check_job_rows(storage, job.output, storage.read_table(job.output))
+            done.add(job.id)
+    return done
