@@ -148,19 +148,31 @@ def analyze(
 def status(
     results_dir: Annotated[str, typer.Argument(help="An experiment's results folder or URI, e.g. results/quickstart.")],
 ) -> None:
-    """Progress of a sweep read from its results alone (no Ray): trials, epochs, accuracy, comparisons, time left."""
+    """Progress of a sweep read from its results alone (no Ray): trials, epochs, accuracy, comparisons, time left,
+    and the driver running it (its lease)."""
     with user_errors():
+        from pydantic import ValidationError
+
         from rayrs import storage as layout
-        from rayrs.catalog import remaining_trial_seconds, trial_status
-        from rayrs.config import Experiment
+        from rayrs.catalog import TrialMismatch, check_trials, finished_jobs, remaining_trial_seconds, trial_status
+        from rayrs.config import Experiment, describe
+        from rayrs.lease import EXPIRY_SECONDS, read_holder
         from rayrs.similarity.jobs import plan_jobs
         from rayrs.storage import Storage
 
         storage = Storage(results_dir)
         if not storage.exists(layout.SWEEP_CONFIG):
             raise UserError(f"{storage.root}: no {layout.SWEEP_CONFIG} here; point at an experiment's results folder")
-        experiment = Experiment.model_validate(storage.read_json(layout.SWEEP_CONFIG))
-        trials = expand(experiment)
+        sweep_json = storage.full_path(layout.SWEEP_CONFIG)
+        try:
+            experiment = Experiment.model_validate(storage.read_json(layout.SWEEP_CONFIG))
+        except ValidationError as error:
+            raise UserError(f"{sweep_json} is not a valid sweep ({describe(error)}); {layout.way_out(layout.SWEEP_CONFIG)}") from None
+        trials = expand(experiment, source=sweep_json)
+        try:
+            check_trials(storage, trials)  # the trials on storage are the ones sweep.json describes
+        except TrialMismatch as error:
+            raise UserError(f"{sweep_json} does not describe the trials stored next to it: {error}") from None
         statuses = [trial_status(storage, trial) for trial in trials]
         table = Table(title=f"{experiment.name} ({storage.root})")
         for column in ("trial", "state", "epoch", "test clean", "test robust", "s/epoch"):
@@ -172,10 +184,19 @@ def status(
         Console().print(table)
         counts = {state: sum(s.state == state for s in statuses) for state in ("done", "started", "pending")}
         jobs = plan_jobs(experiment, trials)
-        jobs_done = sum(storage.exists(job.output) for job in jobs)
+        jobs_done = len(finished_jobs(storage, jobs))
         left = remaining_trial_seconds(statuses)
         Console().print(
             f"trials: {counts['done']} done, {counts['started']} started, {counts['pending']} pending; "
             f"comparison jobs: {jobs_done}/{len(jobs)} done; training left: "
             + ("unknown (no epoch finished yet)" if left is None else f"~{left / 3600:.2f} trial-hours")
         )
+        try:
+            holder = read_holder(storage)
+        except UserError as error:  # a damaged lease does not hide the progress above
+            Console().print(f"driver: unknown ({escape(str(error))})", soft_wrap=True)
+        else:
+            line = "driver: none running" if holder is None else f"driver: {holder.describe()}"
+            if holder is not None and holder.stale(EXPIRY_SECONDS):
+                line += " (stale: the next sweep --resume takes it over)"
+            Console().print(line, soft_wrap=True)

@@ -60,7 +60,7 @@ def test_status_writes_nothing(tmp_path):
     before = snapshot(root)
     result = CliRunner().invoke(app, ["status", str(root)], terminal_width=200)
     assert result.exit_code == 0, result.output
-    assert "trials: 0 done, 0 started, 2 pending" in result.output
+    assert "trials: 0 done, 0 started, 2 pending" in result.output and "driver: none running" in result.output
     assert snapshot(root) == before
     assert json.loads((root / layout.SWEEP_CONFIG).read_text())["name"] == "exp"
     assert os.listdir(root) == [layout.SWEEP_CONFIG]
