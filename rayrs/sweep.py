@@ -10,11 +10,15 @@ on the same rule), and finished comparison jobs are not recomputed.
 
 What storage holds is trusted only once checked: the driver takes the experiment's lease (`rayrs.lease`: one
 driver at a time), then `check_resume` holds every trial folder against the sweep before anything is
-written.
+written. Comparisons start only once every trial has all its epochs; Ctrl-C stops the sweep at once
+(`_interrupts`), whatever Ray and Tune were doing, and the CLI says to rerun with ``--resume``.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -76,7 +80,7 @@ def run_sweep(experiment: Experiment, options: SweepOptions = SweepOptions(), re
     if unknown:
         raise UserError(f"--redo {unknown[0]}: no such trial in {experiment.name}; its trials are: {', '.join(t.name for t in trials)}")
     _refuse_existing(storage, experiment, options.resume or bool(options.redo))
-    with _ray_session(options) as ray_module:
+    with _interrupts(), _ray_session(options) as ray_module:
         # Resources are checked before anything is written: a sweep that cannot run leaves no trace.
         trial_gpus = _gpus(experiment.resources.gpus_per_trial, ray_module, "trial", options.local, console)
         job_gpus = _gpus(experiment.resources.gpus_per_job, ray_module, "job", options.local, console)
@@ -93,6 +97,7 @@ def run_sweep(experiment: Experiment, options: SweepOptions = SweepOptions(), re
             )
             if pending:
                 outcome.trained = _train(pending, storage, experiment, options, ray_module, trial_gpus, console, lease)
+            _check_trained(storage, trials)  # comparisons never start on an unfinished trial
             catalog.write_metrics(storage, [t.name for t in trials])
             jobs = plan_jobs(experiment, trials)
             todo = [job for job in jobs if not storage.exists(job.output)]  # those there were checked: check_resume
@@ -155,6 +160,17 @@ def check_resume(storage: Storage, experiment: Experiment, trials: list[TrialSpe
         )
 
 
+def _check_trained(storage: Storage, trials: list[TrialSpec]) -> None:
+    """Every trial has all its epochs: comparisons read final (and earlier) checkpoints, which must exist."""
+    for trial in trials:
+        done = _epochs_done(storage, trial)
+        if done < trial.config.train.epochs:
+            raise UserError(
+                f"trial {trial.name!r} stopped after epoch {done} of {trial.config.train.epochs}, so no comparison was "
+                "started; rerun with --resume to finish it"
+            )
+
+
 def _forget_trial(storage: Storage, trial: str, jobs: list[SimilarityJob]) -> None:
     """Delete a trial's checkpoints, the adversarial probes crafted on it and every comparison involving it."""
     storage.delete_dir(layout.trial_dir(trial))
@@ -171,7 +187,41 @@ def _epochs_done(storage: Storage, trial: TrialSpec) -> int:
     return done[-1] if done else 0
 
 
-# -- Ray ------------------------------------------------------------------------------------------------
+# -- Ctrl-C and Ray ------------------------------------------------------------------------------------------
+@contextmanager
+def _interrupts() -> Iterator[threading.Event]:
+    """Ctrl-C (SIGINT) stops the sweep at once, as a `KeyboardInterrupt` the CLI turns into its resume hint.
+
+    Ray Tune's own handler would instead end ``fit()`` quietly and let the sweep go on to compare unfinished
+    trials; it is switched off here. And whatever else fails once Ctrl-C was pressed (a Ray task killed by the
+    same signal, a checkpoint not yet written) is a consequence of the interrupt, reported as the interrupt.
+    """
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield interrupted
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, stop)
+    tune_handler = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        yield interrupted
+    except Exception:
+        if interrupted.is_set():
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if tune_handler is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_handler
+
+
 @contextmanager
 def _ray_session(options: SweepOptions) -> Iterator[Any]:
     """Ray, started (or joined) for this sweep and shut down afterwards, also on error; None with --local."""
