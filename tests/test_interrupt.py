@@ -15,6 +15,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from test_reliability import epoch_metas, start_driver, stop_group, wait_for
 from typer.testing import CliRunner
 
@@ -64,6 +65,7 @@ def check_stopped(output: str, stopped: float, root: Path) -> None:
     assert stopped < 120, stopped
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_training_probe_crafting_and_comparisons_stops_at_once_and_resume_finishes(tmp_path):
     sweep = tmp_path / "interrupted.yaml"
     sweep.write_text(SWEEP)
