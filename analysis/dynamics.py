@@ -1,9 +1,10 @@
 """How representations evolve over training (paper Section 5): CKA to the final epoch (Fig 6), epoch x epoch
 CKA of chosen layers (Fig 25).
 
-Fig 6: the first two blocks' benign representations are close to their final state within a few epochs, for
-standard, PGD-AT and TRADES training alike; later layers converge late and, without early stopping, move
-away again while the adversarial validation loss rises (robust overfitting). Fig 25: later layers are similar
+Fig 6: the first two blocks' benign representations (each block's output: its last residual block's, after
+the addition) are close to their final state within a few epochs, for standard, PGD-AT and TRADES training
+alike; later layers converge late and, without early stopping, move away again while the adversarial
+validation loss rises (robust overfitting). Fig 25: later layers are similar
 off the diagonal only early and at the end of training; adversarial representations more clearly so.
 """
 
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 import altair as alt
 import polars as pl
 
-from analysis.layers import layer_table, layer_type_filter, with_blocks, with_layer_dropdown
+from analysis.layers import block_of, layer_table
 from analysis.load import BENIGN, FACET_LABEL, NoData, attach_trials, chart_data, facet_key, probe_kind
 
 PANEL_WIDTH, CKA_HEIGHT, LOSS_HEIGHT = 220, 180, 110
@@ -29,38 +30,41 @@ MAX_FIG25_LAYERS = 8  # as many as a cross_epoch comparison computes the matrix 
 
 
 def fig6_convergence(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt.VConcatChart:
-    """Fig 6: per block, CKA between each epoch's benign representations and the final epoch's (``cross_epoch``
+    """Fig 6: per block, CKA between each epoch's benign block output and the final epoch's (``cross_epoch``
     rows with ``epoch_b`` = the model's final epoch), one panel per configuration (standard / PGD-AT /
-    TRADES ...); the line is the mean over seeds of the block's mean CKA, the band its min-max over seeds.
-    Beneath, on the same epoch axis, the train and validation losses (benign and adversarial), mean over seeds.
+    TRADES ...); the line is the mean over seeds, the band its min-max over seeds. Beneath, on the same epoch
+    axis, the train and validation losses (benign and adversarial), mean over seeds.
 
-    The layer-type dropdown restricts which layers a block's mean takes in.
+    A block is a stage of the network (WRN ``block1``..``block3``, ResNet ``layer1``..``layer4``) and its output
+    that of the stage's last residual block (the ``block`` layer ``block1.3`` of a WRN-28), the tensor the
+    paper's code records for ``block1``: "the output of the first two blocks" (§5).
     """
     rows = _cross_epoch(similarity, "Fig 6").filter(probe_a=BENIGN, probe_b=BENIGN)
     if rows.is_empty():
         raise NoData("Fig 6 needs cross_epoch rows on benign probes; add `- kind: cross_epoch` to `compare:`")
     rows = rows.filter(pl.col("epoch_b") == pl.col("epoch_b").max().over("model_a"))
-    rows = with_blocks(attach_trials(rows, metrics, sides="a"), sides="a")
+    rows = stage_outputs(rows)
+    if rows.is_empty():
+        raise NoData(
+            "Fig 6 plots each block's output (layers of type `block`), which the cross_epoch rows lack; keep "
+            "`block` in the comparison's `layer_types` (its default) and rerun it"
+        )
+    rows = attach_trials(rows, metrics, sides="a")
     order = rows.sort("config_order_a")["config_a"].unique(maintain_order=True).to_list()
-    blocks = (
-        layer_table(rows, "a")
-        .group_by("block", maintain_order=True)
-        .agg(pl.col("layer").min())
-        .sort("layer")["block"]
-        .to_list()
-    )
+    blocks = rows.sort("layer_a")["block_a"].unique(maintain_order=True).to_list()
     cka = rows.select(
         facet_key(rows["config_a"], order).alias("panel"),
         "model_a",
         pl.col("epoch_a").alias("epoch"),
         "layer_a",
-        "type_a",
+        "name_a",
         "block_a",
-        "value",
+        pl.col("value").alias("cka"),
     )
     epoch_axis = alt.X("epoch:Q", title="epoch", axis=alt.Axis(format="d", tickMinStep=1), scale=alt.Scale(nice=False))
     base = alt.Chart().encode(
-        x=epoch_axis, color=alt.Color("block_a:N", title="block", sort=blocks, legend=alt.Legend(symbolOpacity=1))
+        x=epoch_axis,
+        color=alt.Color("block_a:N", title="block output", sort=blocks, legend=alt.Legend(symbolOpacity=1)),
     )
     band = base.mark_area(opacity=0.2).encode(
         y=alt.Y("min(cka):Q", title="CKA to final epoch", scale=alt.Scale(domain=[0, 1])),
@@ -70,6 +74,7 @@ def fig6_convergence(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt.VCo
         y="mean(cka):Q",
         tooltip=[
             "block_a:N",
+            alt.Tooltip("name_a:N", title="layer"),
             "epoch:Q",
             alt.Tooltip("mean(cka):Q", format=".3f", title="CKA (mean over seeds)"),
             alt.Tooltip("count():Q", title="seeds"),
@@ -77,9 +82,6 @@ def fig6_convergence(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt.VCo
     )
     top = (
         alt.layer(band, line, data=chart_data(cka))
-        .transform_filter(layer_type_filter("type_a"))
-        # A block's CKA in one trial is the mean over its layers; the band then spans the trials (seeds).
-        .transform_aggregate(cka="mean(value)", groupby=["panel", "block_a", "model_a", "epoch"])
         .properties(width=PANEL_WIDTH, height=CKA_HEIGHT)
         .facet(column=alt.Column("panel:N", title=None, header=alt.Header(labelExpr=FACET_LABEL, labelFontSize=12)))
     )
@@ -87,7 +89,7 @@ def fig6_convergence(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt.VCo
         metrics, rows.select(pl.col("model_a").alias("trial"), pl.col("config_a").alias("config")).unique(), order
     )
     if losses.is_empty():
-        return with_layer_dropdown(alt.vconcat(top))
+        return alt.vconcat(top)
     bottom = (
         alt.Chart(chart_data(losses))
         .mark_line()
@@ -110,9 +112,19 @@ def fig6_convergence(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt.VCo
         .properties(width=PANEL_WIDTH, height=LOSS_HEIGHT)
         .facet(column=alt.Column("panel:N", title=None, header=alt.Header(labels=False)))
     )
-    return with_layer_dropdown(
-        alt.vconcat(top, bottom, spacing=6).resolve_scale(x="shared", color="independent", strokeDash="independent")
-    )
+    return alt.vconcat(top, bottom, spacing=6).resolve_scale(x="shared", color="independent", strokeDash="independent")
+
+
+def stage_outputs(rows: pl.DataFrame) -> pl.DataFrame:
+    """The rows of each model's stage outputs: per model and stage (`analysis.layers.block_of`), the side-a
+    ``block`` layer that runs last, with its stage in ``block_a`` ("block1"). Other rows are dropped."""
+    blocks = rows.filter(pl.col("type_a") == "block")
+    if blocks.is_empty():
+        return blocks.with_columns(block_a=pl.lit(None, dtype=pl.String))
+    layers = blocks.select("model_a", "layer_a", "name_a").unique()
+    layers = layers.with_columns(block_a=pl.Series(block_of(layers["name_a"].to_list()), dtype=pl.String))
+    last = layers.group_by("model_a", "block_a").agg(pl.col("layer_a").max())
+    return blocks.join(last, on=["model_a", "layer_a"])
 
 
 def fig25_epoch_heatmaps(

@@ -1,7 +1,8 @@
 """Layers on a figure's axes: in network order, labelled by block, filterable by layer type.
 
 A layer is an index in the model's execution order (``layer_*`` in `rayrs.schema`), its module path
-(``name_*``, e.g. ``block2.0.conv1``) and its type (conv / bn / act / pool / linear). Axes name blocks, not
+(``name_*``, e.g. ``block2.0.conv1``) and its type (conv / bn / act / pool / linear, or block: a residual
+block's output, named by the block, ``block2.0``). Axes name blocks, not
 indices: a WRN-28 has ~100 layers, but only "stem", "block1", "block2", "block3" and "head" are worth reading.
 Every layer figure carries one dropdown, `LAYER_TYPE_PARAM`, that keeps only layers of one type (the paper's
 heatmaps mix all types); a PNG is drawn with its default, "all".
@@ -14,7 +15,7 @@ import re
 import altair as alt
 import polars as pl
 
-LAYER_TYPES = ["conv", "bn", "act", "pool", "linear"]  # the types `rayrs.models.layer_type` assigns
+LAYER_TYPES = ["conv", "bn", "act", "pool", "linear", "block"]  # the types `rayrs.models.layer_type` assigns
 ALL = "all"
 LAYER_TYPE_PARAM = "layer_type"
 

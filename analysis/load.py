@@ -16,7 +16,15 @@ import pyarrow as pa
 from altair.utils.schemapi import debug_mode
 
 from rayrs.errors import UserError
-from rayrs.schema import METRICS_SCHEMA, SECONDS_FIELD, SIMILARITY_SCHEMA, TRIAL_COLUMNS, check_job_rows
+from rayrs.schema import (
+    JACKKNIFE_FIELD,
+    METRICS_SCHEMA,
+    SECONDS_FIELD,
+    SIMILARITY_SCHEMA,
+    STD_ERROR_FIELD,
+    TRIAL_COLUMNS,
+    check_job_rows,
+)
 from rayrs.storage import METRICS, SIMILARITY_DIR, SWEEP_CONFIG, DamagedFile, Storage, way_out
 
 # Display names of training methods and threat models, in the paper's words; unknown ones are shown as written.
@@ -27,7 +35,8 @@ BENIGN = "benign"  # the probe of clean test images; every other probe id is adv
 
 # Columns that similarity files may carry beyond the schema; kept (null where a file lacks them) when present.
 # ``seconds``: the compute time of the comparison (`rayrs.schema.SECONDS_FIELD`), for App. B.1's cost.
-OPTIONAL_SIMILARITY_COLUMNS = {SECONDS_FIELD.name: SECONDS_FIELD.type}
+# ``std_error`` / ``jackknife``: each value's uncertainty (`rayrs.schema.STD_ERROR_FIELD`); older files lack them.
+OPTIONAL_SIMILARITY_COLUMNS = {field.name: field.type for field in (SECONDS_FIELD, STD_ERROR_FIELD, JACKKNIFE_FIELD)}
 
 # Trial parameters that may tell apart two trials with the same method and eps, in the order they are named.
 _DISTINGUISHING = ("dataset", "arch", "depth", "width", "threat_model", "seed")

@@ -12,8 +12,8 @@ import polars as pl
 
 from analysis.load import BENIGN, NoData, chart_data
 
-MEASURES = ["cka", "procrustes", "svcca"]
-MEASURE_NAMES = {"cka": "CKA", "procrustes": "Procrustes", "svcca": "SVCCA"}
+MEASURES = ["cka", "procrustes", "svcca", "svcca_variance"]
+MEASURE_NAMES = {"cka": "CKA", "procrustes": "Procrustes", "svcca": "SVCCA", "svcca_variance": "SVCCA (99% variance)"}
 # rayrs.similarity.measures stores Procrustes as a distance (0 = same): agreeing with CKA means ρ near -1.
 MEASURE_NOTES = {"procrustes": " (a distance: agreement is ρ near −1)"}
 PAIR_KEYS = ["kind", "model_a", "epoch_a", "probe_a", "model_b", "epoch_b", "probe_b", "layer_a", "layer_b"]

@@ -177,7 +177,8 @@ FIGURES: dict[str, Figure] = {
     "fig6_convergence": Figure(
         title="Fig 6: convergence of each block over training",
         paper=(
-            "CKA between each epoch's benign representations and the final ones, for standard, PGD-AT and TRADES "
+            "CKA between each epoch's benign block outputs (each stage's last residual block, after the addition) "
+            "and the final ones, for standard, PGD-AT and TRADES "
             "training (mean and spread over seeds), with the losses beneath. The first two blocks converge within a "
             "few epochs for every method; later layers converge late and, as the adversarial validation loss rises, "
             "move away again (overfitting in later layers only)."
@@ -423,8 +424,9 @@ def _experiment_name(storage: Storage, metrics: pl.DataFrame) -> str:
 
 
 def _script_json(spec: dict) -> str:
-    # "</" inside a <script> would end it early (a trial named "</script>" must not break the page).
-    return json.dumps(spec, separators=(",", ":")).replace("</", "<\\/")
+    # Inside a <script>, "</" would end it early and "<!--" followed by "<script" would keep the next "</script>"
+    # from ending it (both blank the charts after it): no "<" at all, written as the JSON escape \u003c.
+    return json.dumps(spec, separators=(",", ":")).replace("<", "\\u003c")
 
 
 _PAGE = """<!DOCTYPE html>

@@ -12,8 +12,9 @@ seeds, TRADES at 8/255, and ℓ2 / Snow / Gabor robust models; 6 epochs each.
 - benign_vs_adversarial: benign and adversarial representations agree in early layers only, or (robust) until
   the last few (Fig 4).
 - transfer: among standard and PGD-AT models of both widths, with ``transfer_accuracy`` rows (Fig 5).
-- cross_epoch: every layer at every epoch vs the final epoch, and the epoch x epoch matrix of 4 layers; benign
-  probes, and for one PGD-AT model also adversarial ones, crafted at each epoch (Figs 6, 25).
+- cross_epoch: every layer (and each residual block's output, `EPOCH_LAYERS`) at every epoch vs the final
+  epoch, and the epoch x epoch matrix of 4 layers; benign probes, and for one PGD-AT model also adversarial
+  ones, crafted at each epoch (Figs 6, 25).
 - procrustes and svcca beside cka for two trials' cross_layer comparisons (App. B.1).
 """
 
@@ -36,8 +37,9 @@ EPOCHS = 6
 EXPERIMENT = "synthetic"
 
 
-def wrn_layers() -> list[tuple[str, str]]:
-    """``(name, type)`` of each compared layer of a WRN-10 (one block per stage), in execution order."""
+def wrn_layers(blocks: bool = False) -> list[tuple[str, str]]:
+    """``(name, type)`` of each compared layer of a WRN-10 (one block per stage), in execution order; with
+    ``blocks``, each residual block's output too (type ``block``, after the block's last operation)."""
     layers = [("conv1", "conv")]
     for stage in (1, 2, 3):
         block = f"block{stage}.0"
@@ -49,11 +51,12 @@ def wrn_layers() -> list[tuple[str, str]]:
             (f"{block}.relu2", "act"),
             (f"{block}.conv2", "conv"),
             (f"{block}.shortcut", "conv"),
-        ]
+        ] + ([(block, "block")] if blocks else [])
     return layers + [("bn", "bn"), ("relu", "act"), ("pool", "pool"), ("fc", "linear")]
 
 
 LAYERS = wrn_layers()
+EPOCH_LAYERS = wrn_layers(blocks=True)  # a cross_epoch comparison's default layer types add the block outputs
 STAGE = [0] + [s for s in (1, 2, 3) for _ in range(7)] + [4] * 4  # block index of each layer, 0 = stem, 4 = head
 
 
@@ -152,10 +155,11 @@ def transfer_accuracy(source: str, target: str) -> float:
 
 def cross_epoch_cka(trial: str, layer: int, epoch_a: int, epoch_b: int, probe: str) -> float:
     """Early layers settle after an epoch or two, late ones near the end; adversarial probes wander more."""
-    settle = 1 + (EPOCHS - 1) * (layer / (len(LAYERS) - 1)) ** 2
+    settle = 1 + (EPOCHS - 1) * (layer / (len(EPOCH_LAYERS) - 1)) ** 2
     progress = [min(1.0, e / settle) for e in (epoch_a, epoch_b)]
     wander = 0.25 if probe != BENIGN else 0.1
-    value = 1 - 0.8 * abs(progress[0] - progress[1]) - (wander * layer / len(LAYERS) if epoch_a != epoch_b else 0.0)
+    drift = wander * layer / len(EPOCH_LAYERS) if epoch_a != epoch_b else 0.0
+    value = 1 - 0.8 * abs(progress[0] - progress[1]) - drift
     return _clip(value + (_noise(trial, layer, epoch_a, epoch_b, probe) if epoch_a != epoch_b else 0.0))
 
 
@@ -338,10 +342,10 @@ def similarity_files() -> dict[tuple[str, str], list[dict]]:
         # the epoch x epoch matrix (one triangle) of 4 evenly spaced layers (Fig 25); an adversarial probe is
         # crafted on each epoch's own checkpoint. Pairs (e, final) of a matrix layer appear in both.
         kinds = [BENIGN] + (["adversarial"] if trial == PGD8 else [])
-        matrix = {round(i * (len(LAYERS) - 1) / 3) for i in range(4)}
+        matrix = {round(i * (len(EPOCH_LAYERS) - 1) / 3) for i in range(4)}
         pairs = [
             (layer, ea, eb)
-            for layer in range(len(LAYERS))
+            for layer in range(len(EPOCH_LAYERS))
             for ea in range(1, EPOCHS + 1)
             for eb in range(1, EPOCHS + 1)
             if eb == EPOCHS or (layer in matrix and ea <= eb)
@@ -359,6 +363,7 @@ def similarity_files() -> dict[tuple[str, str], list[dict]]:
                 probe_a=BENIGN if kind == BENIGN else adversarial_probe(trial, ea),
                 probe_b=BENIGN if kind == BENIGN else adversarial_probe(trial, eb),
                 job=trial,
+                layers=EPOCH_LAYERS,
             )
             for kind in kinds
             for layer, ea, eb in pairs

@@ -80,21 +80,7 @@ def check_trials(storage: Storage, trials: Sequence[TrialSpec], skip: Iterable[s
                 f"sweep file changed since; rerun the sweep with --redo {name} to retrain it, {START_AFRESH}"
             )
         for epoch in epochs:
-            epoch_metrics(storage, name, epoch)
-
-
-def epoch_metrics(storage: Storage, trial: str, epoch: int) -> dict[str, Any]:
-    """The metrics of a committed epoch (its ``meta.json``, checked to be that epoch's and to hold them)."""
-    meta = checkpoint.read_meta(storage, trial, epoch)
-    metrics = meta.get("metrics")
-    numbers = isinstance(metrics, dict) and all(
-        isinstance(metrics.get(column), (int, float)) and not isinstance(metrics.get(column), bool)
-        for column in EPOCH_COLUMNS if column != "epoch_seconds"  # timing is optional
-    )
-    if not numbers or metrics.get("epoch") != epoch:
-        path = layout.epoch_meta(trial, epoch)
-        raise DamagedFile(f"{storage.full_path(path)} lacks the metrics of epoch {epoch}; {layout.way_out(path)}")
-    return metrics
+            checkpoint.read_metrics(storage, name, epoch)
 
 
 def metrics_rows(storage: Storage, trials: Iterable[str]) -> list[dict]:
@@ -105,7 +91,7 @@ def metrics_rows(storage: Storage, trials: Iterable[str]) -> list[dict]:
         if not done:
             continue
         record = read_trial_record(storage, trial)
-        epochs = [epoch_metrics(storage, trial, epoch) for epoch in done]
+        epochs = [checkpoint.read_metrics(storage, trial, epoch) for epoch in done]
         best = max(epochs, key=lambda m: (m["test_robust_acc"], -m["epoch"]), default=None)  # earliest of ties
         for metrics in epochs:
             rows.append(
@@ -139,7 +125,7 @@ class TrialStatus:
 def trial_status(storage: Storage, trial: TrialSpec) -> TrialStatus:
     """How far ``trial`` got, read from its checkpoints alone (no Ray)."""
     epochs = checkpoint.completed_epochs(storage, trial.name)
-    metas = [epoch_metrics(storage, trial.name, e) for e in epochs]
+    metas = [checkpoint.read_metrics(storage, trial.name, e) for e in epochs]
     last = metas[-1] if metas else {}
     seconds = [m["epoch_seconds"] for m in metas if m.get("epoch_seconds") is not None]
     return TrialStatus(

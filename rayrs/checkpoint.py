@@ -23,6 +23,8 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from rayrs import storage as layout
+from rayrs.errors import UserError
+from rayrs.schema import EPOCH_COLUMNS
 from rayrs.storage import DamagedFile, Storage
 
 _EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
@@ -51,17 +53,48 @@ def completed_epochs(storage: Storage, trial: str) -> list[int]:
 
 
 def read_meta(storage: Storage, trial: str, epoch: int) -> dict[str, Any]:
-    """The epoch's ``meta.json``, checked to be this trial's and this epoch's (`DamagedFile` otherwise)."""
+    """``trial``'s meta.json of ``epoch``, checked to be what `save_epoch` writes: an object of this trial and
+    this epoch (so a file copied or swapped from another is refused) with a ``metrics`` object whose values are
+    numbers."""
     path = layout.epoch_meta(trial, epoch)
     meta = storage.read_json(path)
-    if not isinstance(meta, dict) or meta.get("trial") != trial or meta.get("epoch") != epoch:
-        found = (f"it is trial {meta.get('trial')!r}'s epoch {meta.get('epoch')!r}" if isinstance(meta, dict)
-                 else f"it holds a {type(meta).__name__}")
-        raise DamagedFile(
-            f"{storage.full_path(path)} is not the record of epoch {epoch} of trial {trial!r} ({found}); "
-            f"{layout.way_out(path)}"
-        )
+    problem = _meta_problem(meta, epoch)
+    if problem is None and meta.get("trial") != trial:
+        problem = f"it is of trial {meta['trial']!r}, not {trial!r}" if "trial" in meta else "no trial"
+    if problem is not None:
+        raise _not_an_epoch_record(storage, path, trial, problem)
     return meta
+
+
+def read_metrics(storage: Storage, trial: str, epoch: int) -> dict[str, Any]:
+    """The metrics of ``trial``'s ``epoch`` as `rayrs.train` records them: every column of `EPOCH_COLUMNS`."""
+    metrics = read_meta(storage, trial, epoch)["metrics"]
+    missing = [name for name in EPOCH_COLUMNS if name not in metrics]
+    if missing or metrics["epoch"] != epoch:
+        problem = f"metric {missing[0]!r} is missing" if missing else f"its metrics are of epoch {metrics['epoch']}"
+        raise _not_an_epoch_record(storage, layout.epoch_meta(trial, epoch), trial, problem)
+    return metrics
+
+
+def _meta_problem(meta: Any, epoch: int) -> str | None:
+    if not isinstance(meta, dict):
+        return f"a JSON {type(meta).__name__}, not an object"
+    if meta.get("epoch") != epoch:
+        return f"it is of epoch {meta.get('epoch')!r}, not {epoch}" if "epoch" in meta else "no epoch"
+    metrics = meta.get("metrics")
+    if not isinstance(metrics, dict):
+        return "no metrics"
+    for name, value in metrics.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"metric {name!r} is not a number"
+    return None
+
+
+def _not_an_epoch_record(storage: Storage, path: str, trial: str, problem: str) -> UserError:
+    return DamagedFile(
+        f"{storage.full_path(path)} is not an epoch record of rayrs ({problem}); "
+        f"rerun the sweep with --redo {trial} to retrain that trial"
+    )
 
 
 def load_weights(storage: Storage, trial: str, epoch: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -69,12 +102,38 @@ def load_weights(storage: Storage, trial: str, epoch: int, device: torch.device 
     return _read_tensors(storage, layout.weights(trial, epoch), trial, epoch, device)
 
 
+def load_model_weights(storage: Storage, trial: str, epoch: int, model: nn.Module) -> None:
+    """Load ``trial``'s weights after ``epoch`` into ``model`` (on its device).
+
+    A checkpoint of another architecture (names or shapes that differ) is one line naming the file and the
+    first difference, not torch's error listing every tensor.
+    """
+    path = layout.weights(trial, epoch)
+    state = _read_tensors(storage, path, trial, epoch, next(model.parameters()).device)
+    expected = model.state_dict()
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected]
+    reshaped = [name for name in expected if name in state and state[name].shape != expected[name].shape]
+    if missing or unexpected or reshaped:
+        if reshaped:
+            name = reshaped[0]
+            difference = f"{name} is {tuple(state[name].shape)} there, {tuple(expected[name].shape)} in the trial's model"
+        else:
+            difference = (f"{len(missing)} of the model's tensors missing, e.g. {missing[0]}" if missing
+                          else f"{len(unexpected)} tensors the model lacks, e.g. {unexpected[0]}")
+        raise UserError(
+            f"checkpoint {storage.full_path(path)} holds the weights of another model ({difference}); "
+            f"rerun the sweep with --redo {trial} to retrain that trial"
+        )
+    model.load_state_dict(state)
+
+
 def restore(
     storage: Storage, trial: str, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
     """Load weights and optimiser state of ``epoch`` into ``model``/``optimizer``; return its meta.json."""
     device = next(model.parameters()).device
-    model.load_state_dict(load_weights(storage, trial, epoch, device))
+    load_model_weights(storage, trial, epoch, model)
     state = _read_tensors(storage, layout.optimizer_state(trial, epoch), trial, epoch, device)
     by_name = dict(model.named_parameters())
     for key, tensor in state.items():

@@ -6,22 +6,24 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from rayrs.attacks import THREAT_MODELS
-from rayrs.config import comparison_kinds, expand, load_experiment
+from rayrs.config import comparison_kinds, describe, expand, load_experiment
 from rayrs.data import DATASETS
 from rayrs.errors import UserError
+from rayrs.methods import METHODS
 from rayrs.models import MODELS
-from rayrs.train import METHODS
 
 console = Console(stderr=True)
 
@@ -56,7 +58,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except UserError as error:
-        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        line = " ".join(str(error).split())  # one line, whatever a message quotes (a file's text, an SDK's error)
+        console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print("interrupted: everything finished so far is kept; rerun with --resume to go on")
@@ -78,6 +81,15 @@ def sweep(
     """Train every trial of a sweep file, compute its comparisons, and render the report."""
     with user_errors():
         experiment = load_experiment(file)
+        if not (math.isfinite(gpu_tflops) and gpu_tflops > 0):
+            raise UserError(
+                f"--gpu-tflops {gpu_tflops:g}: give the sustained TFLOP/s of one GPU, a positive number "
+                "(benchmarks/train_step.py measures yours; default 50)"
+            )
+        from rayrs.sweep import experiment_storage
+
+        # The results location answers now, or the sweep stops here in one line, before anything is written.
+        experiment_storage(experiment, results).check(write=not dry_run)
         if dry_run:
             _print_plan(experiment, results, gpu_tflops)
             return
@@ -135,6 +147,7 @@ def analyze(
         from rayrs.storage import Storage
 
         storage = Storage(results_dir)
+        storage.check()
         if not storage.exists(layout.METRICS):
             raise UserError(f"{storage.root}: no {layout.METRICS} here; point at an experiment's results folder, e.g. results/quickstart")
         formats = [f.strip() for f in format.split(",") if f.strip()]
@@ -161,13 +174,17 @@ def status(
         from rayrs.storage import Storage
 
         storage = Storage(results_dir)
+        storage.check()
         if not storage.exists(layout.SWEEP_CONFIG):
             raise UserError(f"{storage.root}: no {layout.SWEEP_CONFIG} here; point at an experiment's results folder")
         sweep_json = storage.full_path(layout.SWEEP_CONFIG)
         try:
             experiment = Experiment.model_validate(storage.read_json(layout.SWEEP_CONFIG))
         except ValidationError as error:
-            raise UserError(f"{sweep_json} is not a valid sweep ({describe(error)}); {layout.way_out(layout.SWEEP_CONFIG)}") from None
+            raise UserError(
+                f"{sweep_json} is not a sweep this rayrs can read ({describe(error)}); "
+                "rerun the sweep file with --resume to rewrite it"
+            ) from None
         trials = expand(experiment, source=sweep_json)
         try:
             check_trials(storage, trials)  # the trials on storage are the ones sweep.json describes

@@ -14,6 +14,12 @@ products), the comparisons to compute (``compare``), the CKA settings and the re
 Units: ``eps`` is on the [0, 1] pixel scale for ``linf`` and ``l2`` and may be written as a fraction such as
 ``8/255``. ``eps: 0`` means standard (non-robust) training; ``method: standard`` always trains with eps 0.
 Every error names the file, the field and what is allowed, in one line (`SweepFileError`).
+
+What can be checked is checked here, before anything is written: numbers are finite and never booleans, eps lies
+in its threat model's range (`rayrs.attacks.ThreatModel.max_eps`), ``train.freeze`` names layers of the model
+(built on the meta device), and a sweep file's size, its YAML aliases, its trials and its comparison jobs are
+counted against limits (`MAX_SWEEP_FILE_BYTES`, `MAX_YAML_VALUES`, ``max_trials``, ``max_jobs``) before anything
+is expanded.
 """
 
 from __future__ import annotations
@@ -22,15 +28,40 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import torch
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rayrs.attacks import THREAT_MODELS, attack_schedule, default_eps
+from rayrs.data import DATASETS
 from rayrs.errors import UserError
+from rayrs.methods import METHODS
+from rayrs.models import MODELS, NORMALIZATIONS, build_model, model_layers
+
+
+# Bounds past which a value can only be a mistake, and would cost minutes or overflow before a trial starts:
+# every trial's model is built on the meta device to check it (WRN-202 already takes seconds), datasets are
+# held whole on the device (50000 images at 1024 px are 157 GB), and the seed feeds torch's 64-bit generators
+# multiplied by 100003 (rayrs.train.epoch_generator).
+MAX_DEPTH = 202
+MAX_WIDTH = 64
+MAX_IMAGE_SIZE = 1024
+MAX_SEED = 2**32 - 1
+
+# Size limits of a sweep file, checked before anything is expanded: a sweep file is a few hundred bytes, and
+# a grid of a million trials (three axes of 100 values) is a typo long before it is an experiment. Raise
+# `max_trials` in the sweep file to run a bigger grid on purpose.
+MAX_TRIALS = 1000
+MAX_JOBS = 100_000  # comparison jobs, counted from the trials before any is planned
+MAX_EPOCHS = 10_000  # per trial: cross_epoch plans one comparison per kept epoch
+MAX_SWEEP_FILE_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000  # values once YAML aliases are expanded (an alias bomb is tiny on disk)
 
 
 class SweepFileError(UserError):
@@ -47,8 +78,29 @@ def parse_number(value: Any) -> Any:
     return value
 
 
-Number = Annotated[float, BeforeValidator(parse_number)]
-Eps = Annotated[float, BeforeValidator(parse_number), Field(ge=0)]
+def refuse_booleans(value: Any) -> Any:
+    """YAML's ``true``/``false`` are not numbers (pydantic alone would read them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise ValueError(f"give a number, got {str(value).lower()}")
+    return value
+
+
+def finite_number(value: Any) -> Any:
+    """A number as written (``8/255`` allowed), refusing booleans, infinities and NaN before any bound is checked."""
+    value = parse_number(refuse_booleans(value))
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) else None
+    except (ValueError, OverflowError):
+        return value  # not a number at all: pydantic says so
+    if number is not None and not math.isfinite(number):
+        raise ValueError(f"give a finite number, got {value!r}" if isinstance(value, str) else f"give a finite number, got {number}")
+    return value
+
+
+# Numbers are finite (.inf and .nan are refused) and never booleans; ints are never booleans.
+Number = Annotated[float, BeforeValidator(finite_number), Field(allow_inf_nan=False)]
+Eps = Annotated[Number, Field(ge=0)]  # checked against the threat model's range by TrialConfig
+Int = Annotated[int, BeforeValidator(refuse_booleans)]
 
 
 def _check_name(value: str, registry: dict[str, Any], what: str) -> str:
@@ -66,44 +118,44 @@ class Section(BaseModel):
 class DataConfig(Section):
     dataset: str = "digits"
     root: str | None = None  # folder holding the dataset files (not needed for digits)
-    image_size: int | None = Field(default=None, ge=8)  # None: the dataset's native size
+    image_size: Int | None = Field(default=None, ge=8, le=MAX_IMAGE_SIZE)  # None: the dataset's native size
 
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        from rayrs.data import DATASETS
-
         return _check_name(value, DATASETS, "dataset")
 
 
 class ModelConfig(Section):
     arch: str = "wrn"
-    depth: int | None = Field(default=None, ge=1)  # None: the architecture's default (WRN: 28)
-    width: int | None = Field(default=None, ge=1)  # WRN widening factor k; None: default (WRN: 10)
+    depth: Int | None = Field(default=None, ge=1, le=MAX_DEPTH)  # None: the architecture's default (WRN: 28)
+    width: Int | None = Field(default=None, ge=1, le=MAX_WIDTH)  # WRN widening factor k; None: default (WRN: 10)
+    # What the model does to its [0, 1] pixels first (rayrs.models.NORMALIZATIONS): none (the paper's code) or
+    # imagenet (ResNets only). Left out of the trial fingerprint when none: trials from before it keep theirs.
+    normalize: str = "none"
 
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, value: str) -> str:
-        from rayrs.models import MODELS
-
         return _check_name(value, MODELS, "model")
+
+    @field_validator("normalize")
+    @classmethod
+    def _known_normalization(cls, value: str) -> str:
+        return _check_name(value, NORMALIZATIONS, "normalize")
 
     @model_validator(mode="after")
     def _buildable(self) -> ModelConfig:
-        _check_architecture(self.arch, self.depth, self.width)
+        _check_architecture(self.arch, self.depth, self.width, self.normalize)
         return self
 
 
 @functools.lru_cache(maxsize=256)
-def _check_architecture(arch: str, depth: int | None, width: int | None) -> None:
+def _check_architecture(arch: str, depth: int | None, width: int | None, normalize: str = "none") -> None:
     """Build the model on the meta device (no memory, no weights): a bad depth/width fails here, not on a GPU node."""
-    import torch
-
-    from rayrs.models import build_model
-
     try:
         with torch.device("meta"):
-            build_model(arch, num_classes=10, in_channels=3, depth=depth, width=width)
+            build_model(arch, num_classes=10, in_channels=3, depth=depth, width=width, normalize=normalize)
     except UserError as error:
         raise ValueError(str(error)) from None
 
@@ -113,18 +165,18 @@ class AttackSettings(Section):
     (`rayrs.attacks.attack_schedule`): for l_inf on CIFAR-10, PGD-10 with steps of 2/255 in training and
     PGD-20 at evaluation, as in the paper."""
 
-    steps: int | None = Field(default=None, ge=1)
+    steps: Int | None = Field(default=None, ge=1)
     step_size: Number | None = Field(default=None, gt=0)
     random_start: bool = True
     bn_eval: bool = True  # attack with BatchNorm in eval mode (train mode restored afterwards)
-    restarts: int = Field(default=1, ge=1)  # evaluation only: an example counts as robust if no restart fools it
+    restarts: Int = Field(default=1, ge=1)  # evaluation only: an example counts as robust if no restart fools it
 
 
 class FreezeConfig(Section):
     """Freeze the first layers from an epoch on (paper App. D.5): their weights and BatchNorm statistics stop."""
 
-    through: str  # every layer up to and including the last one whose name starts with this, e.g. "block1"
-    from_epoch: int = Field(ge=1)  # frozen during this epoch and every later one
+    through: str = Field(min_length=1)  # every layer up to and including the last one whose name starts with this, e.g. "block1"
+    from_epoch: Int = Field(ge=1)  # frozen during this epoch and every later one
 
 
 class TrainConfig(Section):
@@ -132,8 +184,8 @@ class TrainConfig(Section):
     threat_model: str = "linf"
     eps: Eps | None = None  # None: the threat model's default for the dataset (the paper's; `rayrs.attacks`)
     attack: AttackSettings = Field(default_factory=AttackSettings)
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=128, ge=1)
+    epochs: Int = Field(default=10, ge=1, le=MAX_EPOCHS)
+    batch_size: Int = Field(default=128, ge=1)
     lr: Number = Field(default=0.1, gt=0)  # the peak learning rate of the schedule
     momentum: Number = Field(default=0.9, ge=0, lt=1)
     weight_decay: Number | None = Field(default=None, ge=0)  # None: the method's (5e-4; TRADES 2e-4)
@@ -145,14 +197,12 @@ class TrainConfig(Section):
     # torch.compile the model. auto: on CUDA only, where it made a WRN-28-10 PGD-10 step 1.55x faster (H200,
     # benchmarks/results); on a CPU its compile time is rarely won back.
     compile: Literal["auto"] | bool = "auto"
-    seed: int = Field(default=0, ge=0)
+    seed: Int = Field(default=0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="before")
     @classmethod
     def _method_defaults(cls, data: Any) -> Any:
         """Fill the method's own weight decay and schedule where the sweep leaves them unset."""
-        from rayrs.train import METHODS
-
         name = data.get("method", "pgd") if isinstance(data, dict) else None
         if isinstance(name, str) and (method := METHODS.get(name)) is not None:
             data = dict(data)
@@ -164,15 +214,11 @@ class TrainConfig(Section):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        from rayrs.train import METHODS
-
         return _check_name(value, METHODS, "training method")
 
     @field_validator("threat_model")
     @classmethod
     def _known_threat_model(cls, value: str) -> str:
-        from rayrs.attacks import THREAT_MODELS
-
         return _check_name(value, THREAT_MODELS, "threat model")
 
     @property
@@ -185,9 +231,9 @@ class EvalConfig(Section):
 
     eps: Eps | None = None  # None: the training eps, or for standard training the paper's eps (TrialConfig.eval_eps)
     attack: AttackSettings = Field(default_factory=AttackSettings)
-    train_subset: int = Field(default=512, ge=1)
-    test_subset: int = Field(default=512, ge=1)
-    batch_size: int = Field(default=256, ge=1)
+    train_subset: Int = Field(default=512, ge=1)
+    test_subset: Int = Field(default=512, ge=1)
+    batch_size: Int = Field(default=256, ge=1)
 
 
 class TrialConfig(Section):
@@ -202,25 +248,60 @@ class TrialConfig(Section):
     def _default_eps(self) -> TrialConfig:
         """An unset training eps is the threat model's default for the dataset (8/255 for l_inf on CIFAR-10)."""
         if self.train.eps is None:
-            from rayrs.attacks import default_eps
-
             eps = default_eps(self.train.threat_model, self.data.dataset)
             # Still inside validation: the one place a frozen settings object may be completed.
             object.__setattr__(self, "train", self.train.model_copy(update={"eps": eps}))
+        return self
+
+    @model_validator(mode="after")
+    def _eps_within_range(self) -> TrialConfig:
+        """Training and evaluation eps inside the threat model's range for these inputs (`ThreatModel.max_eps`)."""
+        threat = THREAT_MODELS[self.train.threat_model]
+        dataset = DATASETS[self.data.dataset]
+        size = self.data.image_size or dataset.default_image_size
+        low, high = threat.eps_range(dataset.channels * size * size)
+        for field, eps in (("train.eps", self.train.eps), ("eval.eps", self.eval.eps)):
+            if eps is not None and not low <= eps <= high:
+                hint = f"; for {eps:g} on the 0-255 scale write {eps:g}/255" if threat.name == "linf" and eps <= 255 else ""
+                raise ValueError(
+                    f"{field}: {eps:g} is outside {threat.name}'s range [{low:g}, {high:g}] for {self.data.dataset} at "
+                    f"{size} px (eps is the {threat.unit}){hint}"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _freeze_names_layers(self) -> TrialConfig:
+        """``train.freeze`` names layers of this model and an epoch of this training (checked on the meta device)."""
+        freeze = self.train.freeze
+        if freeze is None:
+            return self
+        if freeze.from_epoch > self.train.epochs:
+            raise ValueError(
+                f"train.freeze.from_epoch: {freeze.from_epoch} is past the last epoch ({self.train.epochs}), so nothing "
+                "would be frozen; give an epoch within train.epochs, or remove train.freeze"
+            )
+        layers = model_layers(self)
+        if not any(layer.name.startswith(freeze.through) for layer in layers):
+            prefixes = dict.fromkeys(layer.name.split(".")[0] for layer in layers)  # in network order
+            raise ValueError(
+                f"train.freeze.through: no layer name starts with {freeze.through!r}; layers start with: {', '.join(prefixes)}"
+            )
         return self
 
     def fingerprint(self) -> str:
         """Short content hash: two trials with the same fingerprint produce the same checkpoints.
 
         Where the dataset's files live (``data.root``) is not part of it: moving the data keeps the results.
+        Nor is ``model.normalize`` at its default (none), so the trials of sweeps from before it keep theirs.
         """
-        canonical = json.dumps(self.model_dump(mode="json", exclude={"data": {"root"}}), sort_keys=True)
+        exclude: dict[str, set[str]] = {"data": {"root"}}
+        if self.model.normalize == "none":
+            exclude["model"] = {"normalize"}
+        canonical = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     def attack_schedule(self, phase: Literal["train", "eval"]) -> tuple[float, int, float]:
         """(eps, steps, step size) of the training or evaluation attack, every default resolved."""
-        from rayrs.attacks import attack_schedule
-
         settings, eps = (self.train.attack, self.train.eps) if phase == "train" else (self.eval.attack, self.eval_eps)
         steps, step_size = attack_schedule(
             self.train.threat_model, self.data.dataset, phase, eps, settings.steps, settings.step_size
@@ -234,8 +315,6 @@ class TrialConfig(Section):
             return self.eval.eps
         if self.train.eps > 0:
             return self.train.eps
-        from rayrs.attacks import default_eps
-
         return default_eps(self.train.threat_model, self.data.dataset)
 
 
@@ -263,8 +342,20 @@ def _is_pair(item: Any) -> bool:
     return isinstance(item, list) and len(item) == 2 and all(isinstance(name, str) for name in item)
 
 
-Measure = Literal["cka", "procrustes", "svcca"]
-Epochs = list[Annotated[int, Field(ge=1)]]
+Measure = Literal["cka", "procrustes", "svcca", "svcca_variance"]
+# The compared layer types (rayrs.models: PAPER_LAYER_TYPES, then BLOCK); spelled out here so that reading a
+# sweep file needs no torch import. A test checks that the two lists agree.
+LayerType = Literal["conv", "bn", "act", "pool", "linear", "block"]
+PAPER_LAYERS: tuple[str, ...] = ("conv", "bn", "act", "pool", "linear")
+
+
+def _each_once(value: list[Any]) -> list[Any]:
+    if len(set(value)) != len(value):
+        raise ValueError(f"list each epoch once, got {value[:20]}{' ...' if len(value) > 20 else ''}")
+    return value
+
+
+Epochs = Annotated[list[Annotated[Int, Field(ge=1)]], AfterValidator(_each_once)]
 Trials = Annotated[Literal["all"] | list[str], _word_or_list("all", "trial names", lambda item: isinstance(item, str))]
 
 
@@ -272,17 +363,23 @@ class ComparisonSection(Section):
     """What every comparison kind shares: its similarity measures (paper App. B.1).
 
     ``cka`` is minibatch linear CKA over the whole probe (the paper's measure); ``procrustes`` (a distance in
-    [0, 2]) and ``svcca`` (a similarity in [0, 1]) are computed on one minibatch of at most 1024 probe inputs
-    (`rayrs.similarity.measures`).
+    [0, 2]), ``svcca`` (a similarity in [0, 1]: each layer's top 20 directions, as the paper's code) and
+    ``svcca_variance`` (the directions of 99% of the variance, Raghu et al. 2017) are computed on one
+    minibatch of at most 1024 probe inputs (`rayrs.similarity.measures`).
+
+    ``layer_types``: which layers are compared, in execution order: by default the paper's "all layers"
+    (conv, bn, act, pool, linear; §2); ``block`` adds each residual block's output (after the addition).
+    The rows' ``layer_*`` indices count the compared layers only (`rayrs.schema`).
     """
 
     measures: list[Measure] = Field(default_factory=lambda: ["cka"], min_length=1)
+    layer_types: list[LayerType] = Field(default_factory=lambda: list(PAPER_LAYERS), min_length=1)
 
-    @field_validator("measures")
+    @field_validator("measures", "layer_types")
     @classmethod
-    def _each_measure_once(cls, value: list[str]) -> list[str]:
+    def _each_once(cls, value: list[str], info: Any) -> list[str]:
         if len(set(value)) != len(value):
-            raise ValueError(f"list each measure once, got {value}")
+            raise ValueError(f"list each {info.field_name.removesuffix('s').replace('_', ' ')} once, got {value}")
         return value
 
 
@@ -331,15 +428,17 @@ class CrossEpoch(ComparisonSection):
     """Convergence over training (Figs 6, 25), benign and/or adversarial probes (each epoch its own attack).
 
     Every layer at each of ``epochs`` (default: every epoch) vs the same layer at the final epoch (Fig 6), and
-    for ``layers`` (names or indices, negative from the end; default 4 evenly spaced) the epoch x epoch matrix
-    (Fig 25). Only same-layer pairs are stored.
+    for ``layers`` (names or indices among the compared layers, negative from the end; default 4 evenly
+    spaced) the epoch x epoch matrix (Fig 25). Only same-layer pairs are stored. ``layer_types`` defaults to
+    the paper's five and ``block``: Fig 6 plots "the output of the first two blocks", a residual block's output.
     """
 
     kind: Literal["cross_epoch"] = "cross_epoch"
+    layer_types: list[LayerType] = Field(default_factory=lambda: [*PAPER_LAYERS, "block"], min_length=1)
     trials: Trials = "all"
     probes: list[Literal["benign", "adversarial"]] = Field(default_factory=lambda: ["benign"], min_length=1)
     epochs: Literal["all"] | Epochs = "all"
-    layers: list[int | str] | None = None
+    layers: list[Int | str] | None = None
 
     @field_validator("layers")
     @classmethod
@@ -369,8 +468,9 @@ class CrossEpoch(ComparisonSection):
             if isinstance(layer, str):
                 if layer not in names:
                     raise ValueError(
-                        f"no layer named {layer!r}; the model's {count} layers are named like "
-                        f"{', '.join(l.name for l in layers[:3])}, ..., {layers[-1].name}, or use an index"
+                        f"no layer named {layer!r}; the model's {count} layers of types "
+                        f"{', '.join(self.layer_types)} are named like {', '.join(l.name for l in layers[:3])}, ..., "
+                        f"{layers[-1].name}, or use an index"
                     )
                 chosen.append(names[layer])
             elif not -count <= layer < count:
@@ -392,18 +492,42 @@ Comparison = Annotated[
 
 def probe_dataset(config: TrialConfig) -> str:
     """The dataset a trial's probes come from; two models can only be compared on the same one."""
-    from rayrs.data import DATASETS
-
     size = config.data.image_size or DATASETS[config.data.dataset].default_image_size
     return f"{config.data.dataset} at {size} px"
 
 
-class CkaConfig(Section):
-    """Minibatch CKA settings; the paper uses batches of 1024 and 3 passes over the probe set."""
+# Images larger than this many pixels a side are "large resolution" to `pool_features: large_images`.
+LARGE_IMAGE_PX = 64
 
-    probe_size: int = Field(default=1024, ge=4)  # benign probe inputs: the first N test images
-    batch_size: int = Field(default=1024, ge=4)
-    passes: int = Field(default=3, ge=1)  # each pass shuffles the probe set differently
+
+class CkaConfig(Section):
+    """Minibatch CKA settings; the paper uses batches of 1024 and 3 passes over the probe set.
+
+    ``pool_features``: spatially average every 4-D activation to (n, channels) before comparing it, as the
+    paper code's ``cka.py --pool_features`` ("Spatial pooling (avgpool) of features to reduce memory
+    overhead (used for large resolution images)"), for every measure. ``large_images`` pools only models whose
+    probe images are larger than `LARGE_IMAGE_PX` (Imagenette / Imagewoof at 224 px, not CIFAR-10 or digits).
+    rayrs needs no pooling for memory (a layer becomes its n x n Gram in its hook); it changes the values.
+    """
+
+    probe_size: Int = Field(default=1024, ge=4)  # benign probe inputs: the first N test images
+    batch_size: Int = Field(default=1024, ge=4)
+    passes: Int = Field(default=3, ge=1)  # each pass shuffles the probe set differently
+    pool_features: bool | Literal["large_images"] = False
+
+    @field_validator("pool_features", mode="before")
+    @classmethod
+    def _pooling(cls, value: Any) -> Any:
+        if not isinstance(value, bool) and value != "large_images":
+            raise ValueError(f"give true, false or large_images, got {value!r}")
+        return value
+
+    def pools(self, config: TrialConfig) -> bool:
+        """Whether a trial's model is compared on spatially averaged features."""
+        if self.pool_features == "large_images":
+            size = config.data.image_size or DATASETS[config.data.dataset].default_image_size
+            return size > LARGE_IMAGE_PX
+        return self.pool_features
 
 
 class Resources(Section):
@@ -430,13 +554,15 @@ AXIS_ALIASES = {
 
 
 class Experiment(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     results: str = "results"  # folder or URI; this experiment's results go to <results>/<name>
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     grid: GridAxes | list[GridAxes] = Field(default_factory=dict)
+    max_trials: Int = Field(default=MAX_TRIALS, ge=1)  # a grid of more trials is refused before it is expanded
+    max_jobs: Int = Field(default=MAX_JOBS, ge=1)  # so are comparisons that would make more jobs
     compare: list[Comparison] = Field(default_factory=lambda: [CrossLayer()])
     cka: CkaConfig = Field(default_factory=CkaConfig)
     resources: Resources = Field(default_factory=Resources)
@@ -453,6 +579,19 @@ class Experiment(Section):
                 if not values:
                     raise ValueError(f"axis {axis!r} has no values; give at least one")
         return grid
+
+    @model_validator(mode="after")
+    def _not_too_many_trials(self) -> Experiment:
+        """Count the grid's trials from its axes (the product per grid, summed over a list) before expanding it."""
+        grids = self.grid if isinstance(self.grid, list) else [self.grid]
+        count = sum(math.prod(len(values) for values in axes.values()) for axes in grids)
+        if count > self.max_trials:
+            shape = " + ".join(" x ".join(f"{axis} {len(values)}" for axis, values in axes.items()) or "1" for axes in grids)
+            raise ValueError(
+                f"grid: {count} trials ({shape}) is more than max_trials ({self.max_trials}); shrink the grid, "
+                f"or set `max_trials: {count}` at the top of the sweep file if you mean it"
+            )
+        return self
 
 
 class TrialSpec(BaseModel):
@@ -472,16 +611,37 @@ class TrialSpec(BaseModel):
 
 # ----------------------------------------------------------------------------------------------------
 def load_experiment(path: str | Path) -> Experiment:
-    """Read and validate a sweep file; every problem becomes a one-line `SweepFileError`."""
+    """Read and validate a sweep file; every problem becomes a one-line `SweepFileError`.
+
+    The file's size, the values its YAML aliases expand to and the number of trials its grid makes are bounded
+    (`MAX_SWEEP_FILE_BYTES`, `MAX_YAML_VALUES`, ``max_trials``) and checked before anything is expanded.
+    """
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        examples = sorted(path.glob("*.yaml"))
+        hint = f", e.g. {examples[0]}" if examples else ""
+        raise SweepFileError(f"{path} is a folder, not a sweep file; give one YAML file{hint}")
+    if not path.exists():
         raise SweepFileError(f"{path}: no such sweep file")
+    if not path.is_file():
+        raise SweepFileError(f"{path} is not a regular file; give a YAML sweep file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        with path.open("rb") as file:
+            data = file.read(MAX_SWEEP_FILE_BYTES + 1)
+    except OSError as error:
+        raise SweepFileError(f"{path}: cannot read it ({error.strerror or error})") from None
+    if len(data) > MAX_SWEEP_FILE_BYTES:
+        raise SweepFileError(f"{path}: larger than {MAX_SWEEP_FILE_BYTES >> 20} MiB; a sweep file is a few lines of YAML")
+    try:
+        raw = yaml.safe_load(data.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         where = getattr(error, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
-        raise SweepFileError(f"{path}: not valid YAML{line}: {getattr(error, 'problem', error)}") from None
+        problem = " ".join(str(getattr(error, "problem", None) or error).split())  # a reader error spans lines
+        raise SweepFileError(f"{path}: not valid YAML{line}: {problem}") from None
+    except RecursionError:
+        raise SweepFileError(f"{path}: not valid YAML: nested too deeply") from None
+    _check_expanded_size(raw, path)
     if not isinstance(raw, dict):
         raise SweepFileError(f"{path}: expected a mapping of settings at the top level, got {type(raw).__name__}")
     raw.setdefault("name", path.stem)
@@ -493,16 +653,56 @@ def load_experiment(path: str | Path) -> Experiment:
     return experiment
 
 
+def _check_expanded_size(raw: Any, path: Path) -> None:
+    """Refuse YAML whose aliases expand past `MAX_YAML_VALUES` values, or refer to themselves.
+
+    PyYAML shares one object per anchor, so loading an alias bomb is cheap; whatever copies it (validation,
+    JSON) would not be. Sizes are memoised by identity: counting is linear in the file, not in the expansion.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise SweepFileError(f"{path}: a YAML alias refers to a value that contains it; write the values out")
+        open_nodes.add(key)
+        children = [part for item in node.items() for part in item] if isinstance(node, dict) else node
+        total = 1 + sum(size(child) for child in children)
+        open_nodes.discard(key)
+        if total > MAX_YAML_VALUES:
+            raise SweepFileError(
+                f"{path}: its YAML aliases expand to more than {MAX_YAML_VALUES} values; a sweep file needs a few "
+                "hundred (write the grid's values out, or shrink it)"
+            )
+        sizes[key] = total
+        return total
+
+    size(raw)
+
+
 def describe(error: ValidationError) -> str:
     """The first validation problem as ``field: what is wrong``, in words a person can act on."""
-    first = error.errors()[0]
-    # Drop pydantic's union-branch markers such as "dict[str,list[any]]" from the field path.
-    path = [part for part in first["loc"] if not ("[" in str(part) or str(part).startswith("function-"))]
+    errors = error.errors()
+    first = errors[0]
+    path = _field_path(first["loc"])
+    # A field that takes one of several forms (``epochs: final | [1, 2]``) fails once per form: report the form
+    # the input got furthest into (a list with a bad item), or whose check had something to say (a list with an
+    # epoch twice), not the first form tried.
+    alternatives = [e for e in errors if _field_path(e["loc"])[: len(path)] == path]
+    first = max(alternatives, key=lambda e: (len(_field_path(e["loc"])), e["type"] == "value_error"))
+    path = _field_path(first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         allowed = _allowed_keys(first["loc"][:-1])
-        message = f"unknown key {path.pop()!r}" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
-    elif first["type"] in ("float_parsing", "int_parsing", "float_type", "int_type", "bool_parsing", "bool_type", "list_type"):
+        message = f"unknown key {first['loc'][-1]!r}" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+        path = _field_path(first["loc"][:-1])
+    elif first["type"] in ("float_parsing", "int_parsing", "float_type", "int_type", "bool_parsing", "bool_type", "list_type",
+                           "finite_number"):
         message += f", got {first['input']!r}"
     elif first["type"] == "union_tag_invalid":
         message = f"unknown comparison kind {first['input'].get('kind')!r}; choose one of: {', '.join(comparison_kinds())}"
@@ -510,6 +710,14 @@ def describe(error: ValidationError) -> str:
         message = f"a comparison needs a `kind:`, one of: {', '.join(comparison_kinds())}"
     location = ".".join(str(part) for part in path)
     return f"{location}: {message}" if location else message
+
+
+_UNION_BRANCH = re.compile(r"[a-z][a-z0-9_-]*\[.*\]|function-.*")  # pydantic's "dict[str,list[any]]", "literal['final']"
+
+
+def _field_path(location: tuple[Any, ...]) -> list[Any]:
+    """A validation error's location without pydantic's union-branch markers (a key such as "[" is kept)."""
+    return [part for part in location if not (isinstance(part, str) and _UNION_BRANCH.fullmatch(part))]
 
 
 def _allowed_keys(location: tuple[Any, ...]) -> list[str]:
@@ -622,7 +830,7 @@ def expand(experiment: Experiment, source: str | Path = "sweep") -> list[TrialSp
             config = _normalise(TrialConfig.model_validate(tree))
         except ValidationError as error:
             where = ", ".join(f"{axis}={value}" for axis, value in written.items())
-            raise SweepFileError(f"{source}: grid point {where}: {describe(error)}") from None
+            raise SweepFileError(f"{source}: {f'grid point {where}: ' if where else ''}{describe(error)}") from None
         twin = seen_names.get(name.lower())
         if twin is not None:
             # Compared without case: on a case-insensitive filesystem (macOS) the two would share one folder.
@@ -639,12 +847,39 @@ def expand(experiment: Experiment, source: str | Path = "sweep") -> list[TrialSp
         seen_names[name.lower()] = name
         seen_configs[config.fingerprint()] = name
         trials.append(TrialSpec(name=name, experiment=experiment.name, config=config, axes=point))
+    jobs = 0
     for index, comparison in enumerate(experiment.compare):
         try:
             _check_comparison(comparison, trials)
         except ValueError as error:
             raise SweepFileError(f"{source}: compare.{index}.{comparison.kind}.{error}") from None
+        jobs += _job_count(comparison, trials)
+        if jobs > experiment.max_jobs:
+            raise SweepFileError(
+                f"{source}: compare: {jobs} comparison jobs by compare.{index} ({comparison.kind}) is more than "
+                f"max_jobs ({experiment.max_jobs}); compare fewer trials or epochs, or set `max_jobs: {jobs}` "
+                "at the top of the sweep file if you mean it"
+            )
     return trials
+
+
+def _job_count(comparison: ComparisonSection, trials: list[TrialSpec]) -> int:
+    """How many jobs `rayrs.similarity.jobs.plan_jobs` makes of ``comparison``, counted without planning them."""
+    names = getattr(comparison, "trials", getattr(comparison, "models", "all"))
+    selected = trials if names == "all" else [t for t in trials if t.name in set(names)]
+    measures = len(comparison.measures)
+    per_probes: dict[str, int] = {}
+    for trial in selected:
+        per_probes[probe_dataset(trial.config)] = per_probes.get(probe_dataset(trial.config), 0) + 1
+    if isinstance(comparison, CrossModel):
+        pairs = sum(k * (k - 1) // 2 for k in per_probes.values()) if comparison.pairs == "all" else len(comparison.pairs)
+        return pairs * measures
+    if isinstance(comparison, Transfer):
+        return sum(k * k for k in per_probes.values()) * (measures + 1)  # + the transfer accuracy
+    if isinstance(comparison, CrossEpoch):
+        return len(selected) * len(comparison.probes) * measures
+    epochs = 1 if comparison.epochs == "final" else len(comparison.epochs)
+    return len(selected) * epochs * measures
 
 
 def _check_comparison(comparison: ComparisonSection, trials: list[TrialSpec]) -> None:
@@ -693,11 +928,9 @@ def _check_comparison(comparison: ComparisonSection, trials: list[TrialSpec]) ->
         for model in models[1:]:
             same_probes("models", models[0], model)
     if isinstance(comparison, CrossEpoch) and comparison.layers is not None:
-        from rayrs.similarity.jobs import model_layers
-
         for trial in selected:
             try:
-                comparison.matrix_layers(model_layers(trial.config))
+                comparison.matrix_layers(model_layers(trial.config, comparison.layer_types))
             except ValueError as error:
                 raise ValueError(f"layers: trial {trial.name!r}: {error}") from None
 

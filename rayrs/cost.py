@@ -47,9 +47,10 @@ def trial_forwards(config: TrialConfig) -> float:
 
 
 def trial_gpu_hours(config: TrialConfig, gpu_tflops: float = DEFAULT_GPU_TFLOPS) -> float:
-    """Estimated GPU-hours to train ``config`` at ``gpu_tflops`` sustained TFLOP/s."""
+    """Estimated GPU-hours to train ``config`` at ``gpu_tflops`` sustained TFLOP/s (a positive number)."""
+    if not gpu_tflops > 0:
+        raise ValueError(f"gpu_tflops must be positive, got {gpu_tflops}")
     dataset = DATASETS[config.data.dataset]
     size = config.data.image_size or dataset.default_image_size
-    channels = 1 if config.data.dataset == "digits" else 3
-    flops = forward_flops(config.model.arch, config.model.depth, config.model.width, channels, size, 10)  # 10 classes each
+    flops = forward_flops(config.model.arch, config.model.depth, config.model.width, dataset.channels, size, 10)  # 10 classes each
     return trial_forwards(config) * flops / (gpu_tflops * 1e12) / 3600

@@ -5,20 +5,28 @@ Imagenette / Imagewoof (paper §2, "Models and datasets"), and compare "all laye
 pooling, activation, and batch-normalization layers" (§2, "Representation similarity").
 
 - ``MODELS`` / ``build_model``: a registry from architecture name to constructor. Every model takes images
-  with pixels in [0, 1]: attacks work in pixel space, so any normalisation lives inside the model.
+  with pixels in [0, 1]: attacks work in pixel space, so any normalisation lives inside the model
+  (``NORMALIZATIONS``; by default none, as in the paper's code).
 - ``comparable_layers``: the ordered list of compared layers of a built model, found by tracing one forward
-  pass; a module that runs twice (torchvision's ``BasicBlock.relu``) is two layers.
+  pass; a module that runs twice (torchvision's ``BasicBlock.relu``) is two layers. By default the paper's
+  types (`PAPER_LAYER_TYPES`); ``block``, each residual block's output, is a type of its own to ask for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from rayrs.data import DATASETS
 from rayrs.errors import UserError
+
+if TYPE_CHECKING:  # config validates against this module, so it is imported for the type only
+    from rayrs.config import TrialConfig
 
 # ---------------------------------------------------------------------------------------------------------------
 # WideResNet (Zagoruyko & Komodakis 2016, arXiv:1605.07146), the CIFAR-10 variant of robust training
@@ -120,9 +128,18 @@ def _init_wrn(model: nn.Module) -> None:
 
 
 def build_wrn(
-    *, num_classes: int, in_channels: int = 3, depth: int | None = None, width: int | None = None
+    *, num_classes: int, in_channels: int = 3, depth: int | None = None, width: int | None = None,
+    normalize: str = "none",
 ) -> WideResNet:
-    """WRN-depth-width (default WRN-28-10); depth must be 6n + 4 (n >= 1) and width a positive integer."""
+    """WRN-depth-width (default WRN-28-10); depth must be 6n + 4 (n >= 1) and width a positive integer.
+
+    It takes [0, 1] pixels as they are (the paper's WRN does): ``normalize`` other than "none" is a UserError.
+    """
+    if normalize != "none":
+        raise UserError(
+            f"normalize {normalize!r} is not available for wrn, which takes [0, 1] pixels as the paper's WRN does; "
+            "leave it unset (none), or use it with resnet18, resnet34 or resnet50"
+        )
     depth = WRN_DEFAULT_DEPTH if depth is None else depth
     width = WRN_DEFAULT_WIDTH if width is None else width
     wrn_blocks_per_group(depth)  # validate before allocating anything
@@ -137,6 +154,15 @@ def build_wrn(
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# What a model does to its [0, 1] pixels before its first layer (``model.normalize``). The paper's code feeds
+# [0, 1] pixels straight to torchvision's resnet18 / resnet50: its data.py ends every transform in ToTensor()
+# with no Normalize, and cka.py asserts inputs in [0, 1] and calls the models on them. So "none" is the
+# default, and the usual torchvision preprocessing is the separately named "imagenet".
+NORMALIZATIONS: dict[str, str] = {
+    "none": "[0, 1] pixels straight into the first layer, as the paper's code feeds its ResNets",
+    "imagenet": "(x - ImageNet mean) / ImageNet std inside the model first (torchvision's usual preprocessing)",
+}
 
 
 class Normalize(nn.Module):
@@ -171,16 +197,17 @@ def _resnet_builder(fixed_depth: int) -> Callable[..., nn.Module]:
     """
 
     def build(
-        *, num_classes: int, in_channels: int = 3, depth: int | None = None, width: int | None = None
+        *, num_classes: int, in_channels: int = 3, depth: int | None = None, width: int | None = None,
+        normalize: str = "none",
     ) -> nn.Module:
         arch = f"resnet{fixed_depth}"
         if depth not in (None, fixed_depth):
             raise UserError(f"depth {depth} is not valid for {arch}: its depth is fixed; leave depth unset")
         if width is not None:
             raise UserError(f"width {width} is not valid for {arch}: it has no width factor; leave width unset")
-        from rayrs.resnets import normalized_resnet
+        from rayrs.resnets import pixel_resnet
 
-        return normalized_resnet(fixed_depth, num_classes=num_classes, in_channels=in_channels)
+        return pixel_resnet(fixed_depth, num_classes=num_classes, in_channels=in_channels, normalize=normalize)
 
     return build
 
@@ -196,7 +223,7 @@ class ModelInfo:
 
     name: str
     description: str  # one line, shown in `rayrs sweep --help`
-    build: Callable[..., nn.Module]  # build(num_classes=, in_channels=, depth=, width=)
+    build: Callable[..., nn.Module]  # build(num_classes=, in_channels=, depth=, width=, normalize=)
     default_depth: int | None
     default_width: int | None
 
@@ -222,23 +249,29 @@ MODELS: dict[str, ModelInfo] = {
 
 
 def build_model(
-    arch: str, *, num_classes: int, in_channels: int = 3, depth: int | None = None, width: int | None = None
+    arch: str, *, num_classes: int, in_channels: int = 3, depth: int | None = None, width: int | None = None,
+    normalize: str = "none",
 ) -> nn.Module:
     """A freshly initialised model (deterministic under ``torch.manual_seed``) taking [0, 1] pixels.
 
     ``depth`` / ``width`` default to the architecture's ``default_depth`` / ``default_width``. The ResNets have
-    a fixed depth and no width: ``depth`` must be None or their own depth, ``width`` None. An unknown ``arch``
-    or an invalid depth/width raises a ``UserError`` naming the valid values. Validation happens before any
-    allocation; to validate without the cost of initialising, build under ``torch.device("meta")``.
+    a fixed depth and no width: ``depth`` must be None or their own depth, ``width`` None. ``normalize`` names
+    what the model does to its pixels first (`NORMALIZATIONS`; the ResNets only take "imagenet"). An unknown
+    ``arch`` or normalisation, or an invalid depth/width, raises a ``UserError`` naming the valid values.
+    Validation happens before any allocation; to validate without the cost of initialising, build under
+    ``torch.device("meta")``.
     """
     info = MODELS.get(arch)
     if info is None:
         raise UserError(f"unknown architecture {arch!r}: choose one of {', '.join(MODELS)}")
+    if normalize not in NORMALIZATIONS:
+        raise UserError(f"unknown normalize {normalize!r}: choose one of {', '.join(NORMALIZATIONS)}")
     return info.build(
         num_classes=num_classes,
         in_channels=in_channels,
         depth=info.default_depth if depth is None else depth,
         width=info.default_width if width is None else width,
+        normalize=normalize,
     )
 
 
@@ -246,6 +279,16 @@ def build_model(
 # The compared layers.
 # ---------------------------------------------------------------------------------------------------------------
 
+# The paper's "all layers" (§2: "including convolutions, pooling, activation, and batch-normalization layers",
+# and the final linear layer): what a comparison compares unless it names other `layer_types`.
+PAPER_LAYER_TYPES = ("conv", "bn", "act", "pool", "linear")
+# A residual block's output, after the addition (torchvision's blocks: after the ReLU that follows it, which
+# is what the block returns). Fig 6's "output of the first two blocks" is the output of a WRN group, i.e. of
+# its last residual block: the paper's code hooks the group module `block1` (tests/test_paper_code_layers.py).
+BLOCK = "block"
+ALL_LAYER_TYPES = (*PAPER_LAYER_TYPES, BLOCK)
+
+# Leaf modules of the paper's types.
 LAYER_TYPES: dict[type[nn.Module], str] = {
     nn.Conv2d: "conv",
     nn.BatchNorm2d: "bn",
@@ -266,22 +309,37 @@ LAYER_TYPES: dict[type[nn.Module], str] = {
 }
 
 
+# Residual blocks, whose output is a `block` layer. Composite modules, so kept apart from the leaves above;
+# rayrs.resnets adds torchvision's BasicBlock and Bottleneck when a ResNet is first built.
+RESIDUAL_BLOCKS: list[type[nn.Module]] = [WideBasicBlock]
+
+
+def register_residual_block(cls: type[nn.Module]) -> type[nn.Module]:
+    """Make ``cls``'s output (a residual block's, after the addition) a compared layer of type ``block``."""
+    if cls not in RESIDUAL_BLOCKS:
+        RESIDUAL_BLOCKS.append(cls)
+    return cls
+
+
 @dataclass(frozen=True)
 class Layer:
-    """One compared layer: the output of one call of one leaf module in one forward pass."""
+    """One compared layer: the output of one call of one module (a leaf, or a residual block) in one forward pass."""
 
-    index: int  # position in execution order, 0..L-1
+    index: int  # position in execution order among the listed layers, 0..L-1
     name: str  # module path, with "#k" appended for the k-th call (k >= 1) of a module that runs repeatedly
-    type: str  # "conv" | "bn" | "act" | "pool" | "linear"
+    type: str  # "conv" | "bn" | "act" | "pool" | "linear" (the paper's) | "block"
     module_name: str  # path of the nn.Module, as in model.named_modules()
     call: int  # which call of that module in one forward pass (0 for most layers)
 
 
 def layer_type(module: nn.Module) -> str | None:
-    """The compared type of a leaf module ("conv", "bn", "act", "pool", "linear"), or None if not compared.
+    """The compared type of a module, or None if it is not compared: "block" for a residual block (see
+    `RESIDUAL_BLOCKS`), else for a leaf module "conv", "bn", "act", "pool" or "linear".
 
     Subclasses count as their base (e.g. ``nn.LazyConv2d`` is a conv).
     """
+    if isinstance(module, tuple(RESIDUAL_BLOCKS)):
+        return BLOCK
     if next(module.children(), None) is not None:
         return None
     for cls in type(module).__mro__:
@@ -290,20 +348,28 @@ def layer_type(module: nn.Module) -> str | None:
     return None
 
 
-def comparable_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
-    """Every compared layer of ``model``, in the order they run on ``example``.
+def comparable_layers(
+    model: nn.Module, example: torch.Tensor, types: Iterable[str] = PAPER_LAYER_TYPES
+) -> list[Layer]:
+    """Every compared layer of ``model`` whose type is in ``types``, in the order they run on ``example``.
 
-    Runs one forward pass (eval mode, no grad) with a forward hook on each leaf module of a compared type;
-    each call of a hooked module is one ``Layer`` (torchvision's ``BasicBlock`` calls ``relu`` twice:
-    ``layer1.0.relu`` and ``layer1.0.relu#1``). Modules that never run are absent. Every module's
-    train/eval flag is restored afterwards and no gradient is recorded.
+    Runs one forward pass (eval mode, no grad) with a forward hook on each module of a listed type; each call
+    of a hooked module is one ``Layer`` (torchvision's ``BasicBlock`` calls ``relu`` twice: ``layer1.0.relu``
+    and ``layer1.0.relu#1``). A layer's place is when its output is complete, so a residual block comes right
+    after the last operation inside it (``block1.0`` after ``block1.0.conv2``, or its shortcut). Modules that
+    never run are absent. Every module's train/eval flag is restored afterwards and no gradient is recorded.
 
     ``example``: ``(n, c, h, w)`` input on the model's device; n = 1 is enough.
+    ``types``: some of `ALL_LAYER_TYPES`; default the paper's five (`PAPER_LAYER_TYPES`), without blocks.
     """
+    wanted = set(types)
+    unknown = wanted - set(ALL_LAYER_TYPES)
+    if unknown:
+        raise ValueError(f"unknown layer types {sorted(unknown)}; choose from {', '.join(ALL_LAYER_TYPES)}")
     executed: list[str] = []
     handles = []
     for module_name, module in model.named_modules():
-        if layer_type(module) is not None:
+        if layer_type(module) in wanted:
             handles.append(module.register_forward_hook(_recorder(executed, module_name)))
     modes = {module: module.training for module in model.modules()}
     try:
@@ -316,6 +382,30 @@ def comparable_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
         for module, training in modes.items():
             module.training = training
     return _layers_from_calls(model, executed)
+
+
+def layer_types(types: Any) -> tuple[str, ...]:
+    """Layer types in canonical order (`ALL_LAYER_TYPES`): one set, one spelling (and one job id)."""
+    return tuple(t for t in ALL_LAYER_TYPES if t in types)
+
+
+def model_layers(config: TrialConfig, types: Any = PAPER_LAYER_TYPES) -> list[Layer]:
+    """The compared layers of ``types`` of a trial's model, without data or weights (built on the meta device).
+
+    What `rayrs.config` checks layer names against (``train.freeze.through``, cross_epoch ``layers``)
+    before anything runs, and what comparison jobs are planned over.
+    """
+    size = config.data.image_size or DATASETS[config.data.dataset].default_image_size
+    return list(_meta_layers(config.model.arch, config.model.depth, config.model.width, size, layer_types(types)))
+
+
+@lru_cache(maxsize=32)
+def _meta_layers(arch: str, depth: int | None, width: int | None, size: int,
+                 types: tuple[str, ...]) -> tuple[Layer, ...]:
+    # Layer names and order do not depend on the number of input channels or classes.
+    with torch.device("meta"):
+        model = build_model(arch, num_classes=10, in_channels=3, depth=depth, width=width)
+    return tuple(comparable_layers(model, torch.empty(1, 3, size, size, device="meta"), types))
 
 
 def _recorder(executed: list[str], module_name: str) -> Callable[..., None]:

@@ -9,9 +9,14 @@ epoch is kept), the same on every row of the trial.
 
 **similarity/<kind>/<job>.parquet** — one row per layer pair per comparison. Side ``a`` and side ``b``
 each name a trial (``model_*``), a checkpoint epoch and a probe (the inputs fed to that model):
-``benign`` for clean test images, or an adversarial probe id. ``layer_*`` is the index of the layer in
-the model's execution order (`rayrs.models.comparable_layers`), ``name_*`` its module path and
-``type_*`` one of conv / bn / act / pool / linear. ``value`` is the measure (linear CKA, computed with the
+``benign`` for clean test images, or an adversarial probe id. ``layer_*`` is the layer's position in
+execution order among the comparison's compared layers, those of its ``layer_types``
+(`rayrs.models.comparable_layers`): by default the paper's conv / bn / act / pool / linear, and for
+cross_epoch also ``block`` (each residual block's output, after the addition), which shifts every later
+index. Within one job the indices are 0..L-1; across jobs compared with different types, match layers by
+``name_*``. ``name_*`` is the module path (``block2.0.relu1``; a residual block's output is the block's own
+path, ``block2.0``; the k-th later call of a module that runs repeatedly gets ``#k``) and ``type_*`` one of
+conv / bn / act / pool / linear / block. ``value`` is the measure (linear CKA, computed with the
 unbiased HSIC estimator and summed over ``n_examples`` probe inputs in minibatches, ``passes`` times).
 
 Probes: ``benign`` (clean test images), or an adversarial probe
@@ -31,14 +36,26 @@ checkpoint, in that threat model, with the evaluation attack). What each ``kind`
   and for the chosen matrix layers every ordered pair of epochs once (Fig 25). Each side's probe is benign,
   or that epoch's own adversarial probe.
 - ``measure``: ``cka`` (in [0, 1], 1 = same up to rotation and scale), ``procrustes`` (Ding et al. 2021's
-  distance 2 - 2 ||A^T B||_*, in [0, 2], 0 = same) or ``svcca`` (mean canonical correlation, in [0, 1]) —
-  both App. B.1, on the first min(probe, batch, 1024) probe inputs, so ``n_examples`` is that count and
-  ``passes`` is 1 — or ``transfer_accuracy`` (``passes`` 1).
+  distance 2 - 2 ||A^T B||_*, in [0, 2], 0 = same), ``svcca`` (mean canonical correlation of each layer's top
+  20 singular directions, as the paper's code computes it, in [0, 1]) or ``svcca_variance`` (the same over
+  the directions of 99% of each layer's variance, Raghu et al. 2017) — App. B.1, on the first
+  min(probe, batch, 1024) probe inputs, so ``n_examples`` is that count and ``passes`` is 1 — or
+  ``transfer_accuracy`` (``passes`` 1).
 
 A file holds the rows of one job only: ``job`` is the file's name and ``kind`` its folder; readers refuse a
 file that says otherwise (`check_job_rows`: copied or swapped from another job).
 
-After the schema's columns, rayrs writes ``seconds`` (`SECONDS_FIELD`), the same on every row of a job: the
+Each value's uncertainty follows the schema's columns: ``std_error`` (`STD_ERROR_FIELD`) and ``jackknife``
+(`JACKKNIFE_FIELD`, a list of G = 20 floats). The probe's examples are split into G fixed groups (an example's
+group is its position in the probe modulo G, the same in every job on that probe), and ``jackknife[g]`` is the
+value computed again with group g's examples left out of every minibatch and pass; ``std_error`` is the
+delete-a-group jackknife standard error sqrt((G - 1) / G * sum_g (jackknife[g] - mean)^2), and a 95% interval
+is ``value`` +- t(G - 1) = 2.093 of them (`rayrs.similarity.cka`). Because the groups are the same examples in
+every job on a probe, a number derived from several values (a block-structure score, the difference of two
+models' CKA) gets its own standard error by computing it on each replicate. ``transfer_accuracy`` rows carry the
+same for the accuracy; Procrustes and SVCCA rows (one minibatch) carry nulls.
+
+After those, rayrs writes ``seconds`` (`SECONDS_FIELD`), the same on every row of a job: the
 compute time charged to the comparison (its own arithmetic plus an equal share of the forward passes and
 Grams it shares with other jobs of its task; not checkpoint loading or adversarial-probe crafting), the
 input of App. B.1's cost figure. Readers treat it as optional.
@@ -58,7 +75,7 @@ if TYPE_CHECKING:
 SIMILARITY_SCHEMA = pa.schema(
     [
         ("kind", pa.string()),  # cross_layer | cross_model | benign_vs_adversarial | transfer | cross_epoch
-        ("measure", pa.string()),  # cka | procrustes | svcca | transfer_accuracy
+        ("measure", pa.string()),  # cka | procrustes | svcca | svcca_variance | transfer_accuracy
         ("model_a", pa.string()),
         ("epoch_a", pa.int32()),
         ("probe_a", pa.string()),
@@ -80,6 +97,10 @@ SIMILARITY_SCHEMA = pa.schema(
 
 # The compute time of the comparison, appended after SIMILARITY_SCHEMA's columns (optional for readers).
 SECONDS_FIELD = pa.field("seconds", pa.float64())
+# Each value's uncertainty, appended after SIMILARITY_SCHEMA's columns (optional for readers: older files lack
+# them): its delete-a-group jackknife standard error, and the G replicates it comes from (see the docstring).
+STD_ERROR_FIELD = pa.field("std_error", pa.float64())
+JACKKNIFE_FIELD = pa.field("jackknife", pa.list_(pa.float64()))
 
 # Trial parameters copied into every metrics row, so a figure can group by them without joins.
 TRIAL_COLUMNS = {

@@ -272,6 +272,14 @@ def _unwrap(error: BaseException) -> BaseException:
 
 
 # -- stage 1: training ---------------------------------------------------------------------------------------
+def trial_threads(experiment: Experiment) -> int:
+    """CPU threads of every trial, in every mode: its ``resources.cpus_per_trial`` (at least one).
+
+    The same count with ``--local`` as in a Ray worker, so that both train the same floats (`cpu_threads`).
+    """
+    return max(1, int(experiment.resources.cpus_per_trial))
+
+
 def _train(pending: list[TrialSpec], storage: Storage, experiment: Experiment, options: SweepOptions,
            ray_module: Any, gpus: float, console: Console, lease: Lease) -> list[str]:
     with _Progress(console, lease.check) as progress:
@@ -281,7 +289,8 @@ def _train(pending: list[TrialSpec], storage: Storage, experiment: Experiment, o
         progress.advance("train", sum(done.values()))
         if ray_module is None:  # --local: the single GPU if there is one, else the CPU
             for trial in pending:
-                train_trial(trial, storage, best_device(), report=lambda m, t=trial.name: progress.epoch(t, m))
+                train_trial(trial, storage, best_device(), report=lambda m, t=trial.name: progress.epoch(t, m),
+                            threads=trial_threads(experiment))
         else:
             _train_with_tune(pending, storage, experiment, options, gpus, progress)
     return [t.name for t in pending]
@@ -294,7 +303,8 @@ def _tune_trainable(config: dict[str, Any]) -> None:
 
     spec = TrialSpec.model_validate(config["trial"])
     node = {"ray_node": ray.get_runtime_context().get_node_id()}
-    train_trial(spec, Storage(config["storage"]), best_device(), report=tune.report, where=node)
+    train_trial(spec, Storage(config["storage"]), best_device(), report=tune.report, where=node,
+                threads=config["threads"])
 
 
 def _train_with_tune(pending: list[TrialSpec], storage: Storage, experiment: Experiment, options: SweepOptions,
@@ -319,6 +329,7 @@ def _train_with_tune(pending: list[TrialSpec], storage: Storage, experiment: Exp
         param_space={
             "trial": tune.grid_search([t.model_dump(mode="json") for t in pending]),
             "storage": storage.root,
+            "threads": trial_threads(experiment),
         },
         tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from typing import Any
 
@@ -25,79 +24,12 @@ from rayrs import checkpoint
 from rayrs import storage as layout
 from rayrs.catalog import read_trial_record
 from rayrs.attacks import THREAT_MODELS
-from rayrs.attacks.base import attack_mode
 from rayrs.config import TrainConfig, TrialConfig, TrialSpec
-from rayrs.data import DATASETS, ImageDataset, augment, load_dataset, to_float
+from rayrs.data import DATASETS, ImageDataset, load_dataset, to_float
 from rayrs.errors import UserError
+from rayrs.methods import METHODS, Attack, TrainingMethod
 from rayrs.models import MODELS, build_model, comparable_layers
 from rayrs.storage import Storage
-
-Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, images, labels) -> adversarial
-
-
-# -- training methods ---------------------------------------------------------------------------------
-# A method's loss takes (model, benign images, true labels, the trial's training attack, the train settings)
-# and returns the mean objective of the minibatch, with the model in train mode.
-
-
-def standard_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, train: TrainConfig) -> torch.Tensor:
-    """Empirical risk on benign inputs."""
-    return F.cross_entropy(model(images), labels)
-
-
-def pgd_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, train: TrainConfig) -> torch.Tensor:
-    """Madry et al. (2018), eq. 1 of the paper: risk on the inner maximiser found by PGD-k."""
-    adversarial = attack(model, images, labels)
-    return F.cross_entropy(model(adversarial), labels)
-
-
-def fast_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, train: TrainConfig) -> torch.Tensor:
-    """Wong et al. (2020), "Fast is better than free": FGSM from a uniform random start, one step of 1.25 eps."""
-    adversarial = attack(model, images, labels, steps=1, step_size=1.25 * train.eps, random_start=True)
-    return F.cross_entropy(model(adversarial), labels)
-
-
-def trades_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, train: TrainConfig) -> torch.Tensor:
-    """Zhang et al. (2019): CE(f(x), y) + beta * KL(f(x) || f(x')), x' maximising the KL term in the ball.
-
-    The inner maximisation starts uniformly inside the ball (as PGD does) rather than at x + 0.001 N(0, I):
-    both only serve to leave x' = x, where the KL term has zero gradient.
-    """
-    with torch.no_grad(), attack_mode(model, train.attack.bn_eval):
-        benign_probabilities = F.softmax(model(images).float(), dim=1)
-
-    def divergence_from_benign(adversarial_logits: torch.Tensor, _labels: torch.Tensor) -> torch.Tensor:
-        log_probabilities = F.log_softmax(adversarial_logits.float(), dim=1)
-        return F.kl_div(log_probabilities, benign_probabilities, reduction="sum")
-
-    adversarial = attack(model, images, labels, objective=divergence_from_benign)
-    logits = model(images)
-    adversarial_log_probabilities = F.log_softmax(model(adversarial).float(), dim=1)
-    robust_term = F.kl_div(adversarial_log_probabilities, F.softmax(logits.float(), dim=1), reduction="batchmean")
-    return F.cross_entropy(logits, labels) + train.trades_beta * robust_term
-
-
-@dataclass(frozen=True)
-class TrainingMethod:
-    name: str
-    description: str
-    loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, Attack, TrainConfig], torch.Tensor]
-    weight_decay: float  # the method's default (train.weight_decay overrides)
-    schedule: str  # the method's default learning-rate schedule (train.schedule overrides)
-
-
-METHODS: dict[str, TrainingMethod] = {
-    method.name: method
-    for method in (
-        TrainingMethod("standard", "non-robust training on benign inputs", standard_loss, 5e-4, "piecewise"),
-        TrainingMethod("pgd", "PGD adversarial training, k steps from a random start (Madry et al. 2018)", pgd_loss,
-                       5e-4, "piecewise"),
-        TrainingMethod("trades", "TRADES: CE + beta * KL(f(x) || f(x')) (Zhang et al. 2019; weight decay 2e-4)",
-                       trades_loss, 2e-4, "piecewise"),
-        TrainingMethod("fast", "FGSM from a random start, step 1.25 eps, cyclic lr (Wong et al. 2020)", fast_loss,
-                       5e-4, "cyclic"),
-    )
-}
 
 
 # -- pieces of a trial ------------------------------------------------------------------------------------
@@ -184,9 +116,8 @@ def train_epoch(
     for step, batch in enumerate(batches):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(settings.schedule, settings.lr, (epoch - 1 + step / len(batches)) / settings.epochs)
-        images = to_float(data.train_images[batch])
-        if settings.augment:
-            images = augment(images, generator=generator, crop_padding=dataset.crop_padding, flip=dataset.flip)
+        # The dataset's own training transform (rayrs.data registry), batched on the device.
+        images = dataset.augmentation(data, batch, generator) if settings.augment else to_float(data.train_images[batch])
         loss = train_step(model, optimizer, images, data.train_labels[batch], method, attack, settings)
         objective += loss * batch.numel()  # no .item(): the GPU never waits for the host here
     return objective.item() / sum(b.numel() for b in batches)
@@ -281,9 +212,10 @@ def build_for(config: TrialConfig, data: ImageDataset, device: torch.device | st
         in_channels=data.in_channels,
         depth=config.model.depth,
         width=config.model.width,
+        normalize=config.model.normalize,
     )
     model = model.to(device)
-    if device.type == "cuda":  # tensor cores prefer NHWC; the on-device augmentation already yields it
+    if device.type == "cuda":  # tensor cores prefer NHWC; padded_crop yields it, the first conv converts the rest
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -313,20 +245,48 @@ def trial_record(spec: TrialSpec) -> dict[str, Any]:
 
 
 # -- the trial ----------------------------------------------------------------------------------------------
+@contextmanager
+def cpu_threads(device: torch.device, threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads when training on the CPU (unchanged elsewhere).
+
+    Why: a CPU kernel splits its sums over its threads, so the thread count changes the rounding, and after
+    a few hundred SGD steps the weights differ. A Ray worker with one CPU runs one thread, a plain process
+    one per core: without a fixed count, the same trial trained with ``--local`` and through Ray (or resumed
+    in the other mode) would not give the same checkpoints.
+    """
+    if device.type != "cpu" or threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def train_trial(
     spec: TrialSpec,
     storage: Storage,
     device: torch.device | str | None = None,
     report: Callable[[dict[str, Any]], None] = lambda metrics: None,
     where: dict[str, Any] | None = None,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``spec`` to its last epoch, checkpointing every epoch under ``storage``; resume if started before.
 
     ``report`` receives each new epoch's metrics (Ray Tune's ``tune.report`` in a sweep). ``where`` (e.g. the
-    Ray node) is recorded in each epoch's meta.json next to the device. Returns the metrics of the epochs
-    trained by this call.
+    Ray node) is recorded in each epoch's meta.json next to the device. ``threads``: CPU threads to train
+    with (`cpu_threads`; a sweep passes its ``resources.cpus_per_trial`` in every mode); None keeps the
+    process's. Returns the metrics of the epochs trained by this call.
     """
     device = torch.device(device) if device is not None else best_device()
+    with cpu_threads(device, threads):
+        return _train_trial(spec, storage, device, report, where)
+
+
+def _train_trial(spec: TrialSpec, storage: Storage, device: torch.device, report: Callable[[dict[str, Any]], None],
+                 where: dict[str, Any] | None) -> list[dict[str, Any]]:
     config = spec.config
     _claim_trial(storage, spec)
     data = load_trial_data(config, device)

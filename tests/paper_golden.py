@@ -45,23 +45,28 @@ def tinted_digits(count: int, seed: int = 0, size: int = 32) -> tuple[torch.Tens
 
 
 class TinyNet(nn.Module):
-    """conv 3->16 -> BN -> ReLU -> conv 16->32 stride 2 -> BN -> ReLU -> global average pool -> linear 32->10.
+    """conv 3->16 -> BN -> ReLU -> conv 16->32 stride 2 -> BN -> ReLU -> average pool to pool x pool -> linear.
 
-    Shapes: ``(n, 3, h, w)`` pixels in [0, 1] -> ``(n, 10)`` logits.
+    Shapes: ``(n, 3, h, w)`` pixels in [0, 1] -> ``(n, 10)`` logits. ``pool = 1`` is a global average pool; it
+    sees only 7 x 7 px patches, a bag of strokes, and stays at ~10-20% on 32 px tinted digits after 15 epochs of
+    Adam (measured); ``pool = 4`` keeps where the strokes are and reaches ~80% in the same seconds.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pool: int = 1) -> None:
         super().__init__()
+        self.pool = pool
         self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.conv2 = nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(32)
-        self.fc = nn.Linear(32, 10)
+        self.fc = nn.Linear(32 * pool * pool, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
-        return self.fc(x.mean((2, 3)))
+        # pool 1 keeps the mean of the original TinyNet: fixtures made with it see the same float sums.
+        pooled = x.mean((2, 3)) if self.pool == 1 else F.adaptive_avg_pool2d(x, self.pool).flatten(1)
+        return self.fc(pooled)
 
 
 def load_fixture(name: str) -> dict[str, torch.Tensor]:
@@ -70,7 +75,7 @@ def load_fixture(name: str) -> dict[str, torch.Tensor]:
 
 
 def fixture_model(tensors: dict[str, torch.Tensor], prefix: str = "model.") -> TinyNet:
-    """The `TinyNet` whose weights a fixture stores under ``prefix``, in eval mode."""
-    model = TinyNet()
+    """The `TinyNet` whose weights a fixture stores under ``prefix`` (its pool read from them), in eval mode."""
+    model = TinyNet(pool=round((tensors[f"{prefix}fc.weight"].shape[1] // 32) ** 0.5))
     model.load_state_dict({k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)})
     return model.eval()

@@ -330,6 +330,7 @@ def test_fig2_shows_each_trial_once_in_label_order_at_its_last_epoch(golden):
         "act",
         "pool",
         "linear",
+        "block",
     ]
 
 

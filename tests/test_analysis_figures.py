@@ -275,29 +275,60 @@ def cross_epoch_rows(
     ]
 
 
-def test_fig6_draws_cka_to_the_final_epoch_per_block_over_losses_on_a_shared_epoch_axis():
+# A cross_epoch comparison's layers with block outputs (its default): two residual blocks in stage 1, one in 2.
+EPOCH_NET = [
+    ("conv1", "conv"),
+    ("block1.0.conv1", "conv"),
+    ("block1.0", "block"),
+    ("block1.1.conv1", "conv"),
+    ("block1.1", "block"),
+    ("block2.0.conv1", "conv"),
+    ("block2.0", "block"),
+    ("fc", "linear"),
+]
+
+
+def epoch_rows(trial: str, epochs: int = 3) -> list[dict]:
+    """Every layer of `EPOCH_NET` at every epoch vs the final one: CKA 1 - 0.1 x layer x (final - epoch)."""
+    return [
+        similarity_row("cross_epoch", trial, trial, layer, layer, 1 - 0.1 * layer * (epochs - a), epoch_a=a,
+                       epoch_b=epochs, job=trial, layers=EPOCH_NET)
+        for a in range(1, epochs + 1)
+        for layer in range(len(EPOCH_NET))
+    ]
+
+
+def test_fig6_draws_each_blocks_output_to_the_final_epoch_over_losses_on_a_shared_epoch_axis():
     metrics = overfitting_metrics()
-    rows = cross_epoch_rows("std0") + cross_epoch_rows("std1") + cross_epoch_rows("pgd")
+    rows = epoch_rows("std0") + epoch_rows("std1") + epoch_rows("pgd")
 
     spec = fig6_convergence(similarity_frame(rows), metrics).to_dict()
 
     top, bottom = spec["vconcat"]
     assert spec["resolve"]["scale"]["x"] == "shared"
     cka = data_rows(spec, top)
+    # One line per stage, from the output of its last residual block (the paper code's `block1`); no other layer.
+    assert {(r["block_a"], r["name_a"]) for r in cka} == {("block1", "block1.1"), ("block2", "block2.0")}
     assert all(r["epoch"] in (1, 2, 3) for r in cka)
     per_panel = {panel[4:]: sum(r["panel"] == panel for r in cka) for panel in {r["panel"] for r in cka}}
-    assert per_panel == {"standard": 2 * 3 * LAYERS, "PGD-AT ε=8/255": 3 * LAYERS}  # seeds x epochs vs final x layers
-    assert [r["value"] for r in cka if r["layer_a"] == 5 and r["epoch"] == 1] == pytest.approx([1 - 0.1 * 5 * 2] * 3)
+    assert per_panel == {"standard": 2 * 3 * 2, "PGD-AT ε=8/255": 3 * 2}  # seeds x epochs vs final x blocks
+    assert [r["cka"] for r in cka if r["block_a"] == "block1" and r["epoch"] == 1] == pytest.approx([1 - 0.1 * 4 * 2] * 3)
     band, line = top["spec"]["layer"]
     assert (band["mark"]["type"], line["mark"]["type"]) == ("area", "line")
     assert band["encoding"]["y"]["field"] == "cka" and band["encoding"]["y"]["aggregate"] == "min"
-    assert {
-        "aggregate": [{"op": "mean", "field": "value", "as": "cka"}],
-        "groupby": ["panel", "block_a", "model_a", "epoch"],
-    } in top["spec"]["transform"]
+    assert line["encoding"]["y"] == {"field": "cka", "aggregate": "mean", "type": "quantitative"}
+    assert top["spec"]["layer"][0]["encoding"]["color"]["sort"] == ["block1", "block2"]
+    assert "params" not in spec  # one layer per block: nothing for a layer-type dropdown to filter
     losses = data_rows(spec, bottom)
     assert len(losses) == 4 * metrics.height  # train / validation x benign / adversarial
     assert bottom["spec"]["encoding"]["x"]["field"] == top["spec"]["layer"][0]["encoding"]["x"]["field"] == "epoch"
+
+
+def test_fig6_without_block_outputs_says_to_compare_them():
+    rows = cross_epoch_rows("pgd", pairs_of=[(1, 3), (2, 3), (3, 3)])  # the paper's five types only
+
+    with pytest.raises(NoData, match="Fig 6 plots each block's output .layers of type `block`.*keep `block` in"):
+        fig6_convergence(similarity_frame(rows), overfitting_metrics())
 
 
 def test_fig6_and_fig25_without_cross_epoch_rows_say_what_to_add():

@@ -1,6 +1,7 @@
-"""JPEG, Gabor and Snow (Kang et al. 2019) stay inside their constraint sets and leave the model untouched; JPEG
-coding matches an independent DCT. All five threat models (with l_inf and l_2) hurt a trained model far more than
-random draws of the same budget, and can be trained against."""
+"""JPEG, Gabor and Snow (Kang et al. 2019), and rayrs's earlier Gabor and Snow (gabor_sparse, snow_projected), stay
+inside their constraint sets and leave the model untouched; JPEG coding matches an independent DCT. All five of the
+paper's threat models (with l_inf and l_2) hurt a trained model far more than random draws of the same budget, and
+can be trained against. That gabor and snow are the paper's code: tests/test_paper_code_gabor_snow.py."""
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from rayrs.storage import Storage
 from rayrs.train import build_for, load_trial_data, train_trial
 
 UNFORESEEN = ["jpeg", "gabor", "snow"]
+EARLIER = ["gabor_sparse", "snow_projected"]  # rayrs's earlier definitions, kept as their own threat models
 EVERY_THREAT_MODEL = ["linf", "l2", *UNFORESEEN]  # the trained-model checks below hold for all five
 
 
@@ -61,29 +63,46 @@ def jpeg_inside(model, images, labels, generator):
     return adversarial
 
 
-def gabor_inside(model, images, labels, generator):
-    eps = 75.0
-    adversarial, values, grid = gabor.gabor_search(model, images, labels, eps=eps, steps=5, step_size=0.3,
-                                                   generator=generator)
-    assert values.abs().max() <= 1 and torch.all(values[~grid] == 0)
-    assert 0.04 < grid.float().mean() < 0.11  # a sparse grid, 1 pixel in 14
+def gabor_inside(model, images, labels, generator, variables="off_grid"):
+    eps, steps, step_size = 75.0, 5, 0.3
+    adversarial, values, mask = gabor.gabor_search(model, images, labels, eps=eps, steps=steps, step_size=step_size,
+                                                   generator=generator, variables=variables)
+    grid = mask if variables == "grid" else ~mask
+    assert grid.sum() == round(grid.numel() / 14)  # scipy.sparse.random's count, over the whole batch
+    assert values.abs().max() <= 1 and torch.all(values[~mask] == 0)  # the variables live on the mask only
+    assert values[mask].abs().mean() > 0.25  # the steps moved them (5 sign steps of 0.3 leave |value| >= 0.3)
     move = adversarial - images
     assert move.min() >= -1e-6 and move.max() <= eps / 255 + 1e-6  # brightening by at most eps / 255
     assert move[8:].max() > 0.9 * eps / 255  # the noise reaches its amplitude where nothing clamps
     return adversarial
 
 
-def snow_inside(model, images, labels, generator):
-    adversarial, intensities = snow.snow_search(model, images, labels, eps=0.5, steps=5, step_size=0.25,
-                                                generator=generator)
-    assert intensities.min() >= 0 and intensities.max() <= 1
-    assert snow.region_means(intensities).max() <= snow.BUDGET + 1e-6
+def gabor_sparse_inside(model, images, labels, generator):
+    return gabor_inside(model, images, labels, generator, variables="grid")
+
+
+def snow_inside(model, images, labels, generator, constraint="rescale"):
+    step_size = 0.25
+    adversarial, intensities = snow.snow_search(model, images, labels, eps=0.5, steps=5, step_size=step_size,
+                                                generator=generator, constraint=constraint)
+    if constraint == "project":
+        assert intensities.min() >= 0 and intensities.max() <= 1
+        assert snow.region_means(intensities).max() <= snow.BUDGET + 1e-6
+    else:  # the paper's code: the last step is neither clamped nor rescaled, the ones before were
+        assert snow.FLOOR - step_size - 1e-6 <= intensities.min() and intensities.max() <= 1 + step_size + 1e-6
+        assert snow.region_means(intensities).max() <= snow.BUDGET + step_size + 1e-6
+        assert intensities.min() < 0 and intensities.max() > 1
     assert (intensities > 0.5).any()  # bright flakes: the budget is spent on a few, not spread thin
     assert torch.all(adversarial >= snow.whiten(images).clamp(0, 1) - 1e-6)  # snow only brightens
     return adversarial
 
 
-@pytest.mark.parametrize("check", [jpeg_inside, gabor_inside, snow_inside], ids=UNFORESEEN)
+def snow_projected_inside(model, images, labels, generator):
+    return snow_inside(model, images, labels, generator, constraint="project")
+
+
+@pytest.mark.parametrize("check", [jpeg_inside, gabor_inside, snow_inside, gabor_sparse_inside, snow_projected_inside],
+                         ids=UNFORESEEN + EARLIER)
 def test_the_attack_stays_inside_its_constraint_set_and_the_pixel_range(batch, check):
     images, labels = batch
     adversarial = check(small_net(), images, labels, torch.Generator().manual_seed(0))
@@ -132,8 +151,29 @@ def test_jpeg_pads_odd_sizes_and_refuses_other_channel_counts():
                      step_size=1)
 
 
+
+def test_jpeg_blurs_the_benign_colour_and_jpeg_unblurred_does_not():
+    # Nothing moves (no random start, steps of 0): jpeg, as the paper's code, still returns the 4:2:0 round trip
+    # of the benign image; jpeg_unblurred returns the benign image. Greyscale has no chroma: both return it.
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    blurred = jpeg.chroma_subsampled(images)
+    assert (blurred - images).abs().max() > 0.1
+    for name, expected in (("jpeg", blurred.clamp(0, 1)), ("jpeg_unblurred", images)):
+        still = THREAT_MODELS[name].perturb(small_net(3), images, torch.arange(2), eps=25.0, steps=2, step_size=0.0,
+                                            random_start=False)
+        torch.testing.assert_close(still, expected)
+        grey = images[:, :1]
+        still_grey = THREAT_MODELS[name].perturb(small_net(1), grey, torch.arange(2), eps=25.0, steps=2,
+                                                 step_size=0.0, random_start=False)
+        torch.testing.assert_close(still_grey, grey)
+    # The blur is the chroma's alone: each 2x2 square keeps its luminance, and its chroma is the square's mean.
+    to_ycbcr = torch.tensor(jpeg.RGB_TO_YCBCR)
+    y, y_blurred = (torch.einsum("cr,brhw->bchw", to_ycbcr, x) for x in (images, blurred))
+    torch.testing.assert_close(y_blurred[:, 0], y[:, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(y_blurred[:, 1:, ::2, ::2], nn.functional.avg_pool2d(y[:, 1:], 2), atol=1e-5, rtol=0)
+
 # -- the attack leaves the model as it found it, and is reproducible ------------------------------------------
-@pytest.mark.parametrize("name", UNFORESEEN)
+@pytest.mark.parametrize("name", UNFORESEEN + EARLIER)
 def test_the_attack_is_deterministic_and_touches_no_parameter_gradient(batch, name):
     images, labels = batch
     model = small_net().train()
@@ -154,7 +194,7 @@ def test_the_attack_is_deterministic_and_touches_no_parameter_gradient(batch, na
                        images)
 
 
-@pytest.mark.parametrize("name", UNFORESEEN)
+@pytest.mark.parametrize("name", UNFORESEEN + EARLIER)
 def test_the_attack_maximises_the_objective_it_is_given(batch, name):
     # TRADES hands the attack its own objective; here the negated loss, which the attack should then lower.
     images, labels = batch
@@ -171,7 +211,7 @@ def test_the_attack_maximises_the_objective_it_is_given(batch, name):
     assert loss_after(lambda logits, y: -nn.functional.cross_entropy(logits, y, reduction="sum")) < loss_after(None)
 
 
-@pytest.mark.parametrize("name", UNFORESEEN)
+@pytest.mark.parametrize("name", UNFORESEEN + EARLIER)
 def test_rgb_batches_under_bf16_autocast_get_float32_adversarials(name):
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     eps = default_eps(name, "cifar10")
@@ -184,7 +224,7 @@ def test_rgb_batches_under_bf16_autocast_get_float32_adversarials(name):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", UNFORESEEN)
+@pytest.mark.parametrize("name", UNFORESEEN + EARLIER)
 def test_the_attack_runs_on_cuda(name):
     device = torch.device("cuda")
     images = torch.rand(4, 3, 32, 32, device=device)
@@ -232,25 +272,34 @@ def accuracy(model, images, labels):
         return (model(images).argmax(1) == labels).float().mean().item()
 
 
-def attacked(model, images, labels, name, *, steps=None, step_size=None):
-    """Accuracy under the digits evaluation attack; ``steps=1, step_size=0`` is a random draw of the same budget."""
+def attacked(model, images, labels, name, *, steps=None, step_size=None, perturb=None):
+    """Accuracy under the digits evaluation attack; ``steps=1, step_size=0`` is a random draw of the same budget
+    (its start, rendered), drawn by ``perturb`` (default: the threat model's own)."""
     eps = default_eps(name, "digits")
     steps, step_size = attack_schedule(name, "digits", "eval", eps, steps, step_size)
-    adversarial = THREAT_MODELS[name].perturb(model, images, labels, eps=eps, steps=steps, step_size=step_size,
-                                              generator=torch.Generator().manual_seed(0))
+    adversarial = (perturb or THREAT_MODELS[name].perturb)(model, images, labels, eps=eps, steps=steps,
+                                                           step_size=step_size,
+                                                           generator=torch.Generator().manual_seed(0))
     return accuracy(model, adversarial, labels)
 
 
-@pytest.mark.parametrize("name", EVERY_THREAT_MODEL)
+# gabor's first step zeroes the grid (its variables are every other pixel), so a zero step renders no noise;
+# gabor_sparse keeps the grid's random values: the same draws, their noise.
+RANDOM_DRAW = {"gabor": THREAT_MODELS["gabor_sparse"].perturb}
+
+
+@pytest.mark.parametrize("name", EVERY_THREAT_MODEL + EARLIER)
 def test_the_attack_hurts_a_standard_model_far_more_than_random_draws_of_the_same_budget(trained, name):
     models, images, labels = trained
     clean = accuracy(models["standard"], images, labels)
     adversarial = attacked(models["standard"], images, labels, name)
-    random_draw = attacked(models["standard"], images, labels, name, steps=1, step_size=0.0)
+    random_draw = attacked(models["standard"], images, labels, name, steps=1, step_size=0.0,
+                           perturb=RANDOM_DRAW.get(name))
     assert clean >= 0.9
     assert adversarial <= clean / 2  # loses most of its accuracy
-    # Random draws cost jpeg nothing and gabor ~0.1, but snow ~0.3 (a few 13 px streaks on a 16 px digit look
-    # like strokes; the whitening alone costs ~0.07); the attack costs ~0.6 to ~0.95.
+    # Random draws cost jpeg nothing, gabor ~0.13, snow ~0.3 and snow_projected ~0.15 (a few 13 px streaks on a
+    # 16 px digit look like strokes; the whitening alone costs ~0.07); the attack costs ~0.5 (snow_projected:
+    # 94% -> 43%, the closest call) to ~0.95. Measured on these 128 digits.
     assert clean - adversarial >= 1.5 * (clean - random_draw)
 
 

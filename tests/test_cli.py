@@ -39,6 +39,9 @@ BAD = {
     "missing dataset folder": ("data: {dataset: cifar10, root: /nonexistent/cifar}\n",
                                "cifar10: no CIFAR-10 python batches at /nonexistent/cifar/cifar-10-batches-py"),
     "dataset without a root": ("data: {dataset: imagenette}\n", "imagenette: no data root given (data.root)"),
+    # Once refused only after sweep.json and trial.json were written (issue 12, item 12).
+    "freezing an unknown layer": ("train: {epochs: 1, freeze: {through: stage9, from_epoch: 1}}\n",
+                                  "train.freeze.through: no layer name starts with 'stage9'"),
 }
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rayrs.similarity import GramRecorder, MinibatchCKA, centered_gram, cka_matrix, layer_grams, u_center
@@ -167,6 +168,42 @@ def test_streamed_minibatch_cka_matches_cka_matrix_on_one_batch():
     expected = cka_matrix(model_a.activations(x), model_b.activations(x))
     # layer_grams runs the convolutions channels-last, a different float32 kernel: a few 1e-6 apart.
     torch.testing.assert_close(cka.compute(), expected, rtol=0, atol=1e-5)
+
+
+def test_pooled_grams_are_grams_of_spatially_averaged_maps_as_the_papers_pool_option():
+    model, x = TinyNet().eval(), images(12)
+    pooled = layer_grams(model, LAYERS, x, pool=True)
+    # The paper's register_hooks(pool=True) keeps F.adaptive_avg_pool2d(output, (1, 1)).flatten(1) of a 4-D
+    # output (tests/fixtures/paper_code/layer_listing.json: "holds_pooled") and the others as they are.
+    features = [
+        F.adaptive_avg_pool2d(a, (1, 1)).flatten(1) if a.dim() == 4 else a for a in model.activations(x)
+    ]
+    expected = torch.stack([u_center(centered_gram(f)) for f in features])
+    torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-6)
+    plain = layer_grams(model, LAYERS, x)
+    assert not torch.allclose(pooled[:6], plain[:6], atol=1e-3)  # the conv maps: pooling changes them
+    torch.testing.assert_close(pooled[6:], plain[6:])  # pool (n, 8, 1, 1) and fc (n, 5): nothing to average
+
+
+def test_a_residual_blocks_gram_is_that_of_its_output_after_the_addition():
+    from rayrs.models import ALL_LAYER_TYPES, build_model, comparable_layers
+
+    torch.manual_seed(0)
+    model = build_model("wrn", num_classes=10, depth=10, width=1).eval()
+    x = images(10)
+    blocks = comparable_layers(model, x[:1], ["block"])
+    grams = layer_grams(model, blocks, x)
+    with torch.no_grad():
+        first = model.block1[0]
+        stem = model.conv1(x)
+        pre = first.relu1(first.bn1(stem))
+        added = first.conv2(first.relu2(first.bn2(first.conv1(pre)))) + stem  # block1.0 keeps the shape: identity
+    expected = u_center(centered_gram(added))
+    # layer_grams runs the convolutions channels-last, another float32 kernel: within 1e-5 of the largest entry.
+    torch.testing.assert_close(grams[0], expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+    every = comparable_layers(model, x[:1], ALL_LAYER_TYPES)
+    position = next(layer.index for layer in every if layer.name == "block1.0")
+    torch.testing.assert_close(layer_grams(model, every, x)[position], grams[0])
 
 
 def test_batches_too_small_for_the_estimator_give_zero_slots():

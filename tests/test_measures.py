@@ -14,6 +14,8 @@ from rayrs.similarity.measures import (
     sample_space,
     svcca,
     svcca_similarity,
+    svcca_variance,
+    svcca_variance_similarity,
 )
 
 
@@ -43,13 +45,17 @@ def reference_procrustes(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.linalg.norm(a @ rotation - b) ** 2)
 
 
-def reference_svcca(x: np.ndarray, y: np.ndarray, keep: float = 0.99) -> float:
-    """SVD of the centred features keeping 99% of the variance, then CCA as principal angles (scipy)."""
+def reference_svcca(x: np.ndarray, y: np.ndarray, keep: float | None = None, dims: int | None = None) -> float:
+    """SVD of the centred features keeping 99% (``keep``) of the variance or the top ``dims`` directions (at most
+    the rank), then CCA as principal angles (scipy)."""
     reduced = []
     for m in (x, y):
         centred = m - m.mean(axis=0)
         u, s, _ = np.linalg.svd(centred, full_matrices=False)
-        k = int(np.searchsorted(np.cumsum(s**2) / np.sum(s**2), keep) + 1)
+        if keep is not None:
+            k = int(np.searchsorted(np.cumsum(s**2) / np.sum(s**2), keep) + 1)
+        else:
+            k = min(dims, int(np.sum(s > s[0] * 1e-10)))
         reduced.append(u[:, :k] * s[:k])
     return float(np.cos(scipy.linalg.subspace_angles(*reduced)).mean())
 
@@ -63,7 +69,10 @@ def test_procrustes_matches_scipys_orthogonal_procrustes(p, q):
 @pytest.mark.parametrize("p, q", [(30, 30), (12, 50), (200, 80)])
 def test_svcca_matches_svd_then_principal_angles(p, q):
     x, y = related(60, p, q, 2)
-    assert svcca_similarity(x, y) == pytest.approx(reference_svcca(x.numpy(), y.numpy()), rel=1e-9)
+    # svcca: the top 20 directions (all 12 of a 12-feature layer); svcca_variance: those of 99% of the variance
+    assert svcca_similarity(x, y) == pytest.approx(reference_svcca(x.numpy(), y.numpy(), dims=20), rel=1e-9)
+    assert svcca_similarity(x, y, dims=7) == pytest.approx(reference_svcca(x.numpy(), y.numpy(), dims=7), rel=1e-9)
+    assert svcca_variance_similarity(x, y) == pytest.approx(reference_svcca(x.numpy(), y.numpy(), keep=0.99), rel=1e-9)
 
 
 def test_both_measures_ignore_rotation_shift_and_scale_of_the_features():
@@ -72,6 +81,7 @@ def test_both_measures_ignore_rotation_shift_and_scale_of_the_features():
     moved = 7.0 * x @ rotation - 2.0
     assert procrustes_distance(x, moved) == pytest.approx(0.0, abs=1e-10)
     assert svcca_similarity(x, moved) == pytest.approx(1.0, abs=1e-10)
+    assert svcca_variance_similarity(x, moved) == pytest.approx(1.0, abs=1e-10)
     y = features(50, 40, 6)
     assert procrustes_distance(x, y) == pytest.approx(procrustes_distance(moved, y), rel=1e-9)
     assert procrustes_distance(x, y) == pytest.approx(procrustes_distance(y, x), rel=1e-9)  # symmetric
@@ -87,23 +97,26 @@ def test_the_sample_space_keeps_the_centred_gram_and_every_measure():
     y = features(40, 20, 8)  # narrower: columns past its rank are zero
     assert procrustes_distance(z, y) == pytest.approx(procrustes_distance(x, y), rel=1e-9)
     assert svcca_similarity(z, y) == pytest.approx(svcca_similarity(x, y), rel=1e-9)
+    assert svcca_variance_similarity(z, y) == pytest.approx(svcca_variance_similarity(x, y), rel=1e-9)
 
 
 def test_matrices_over_layers_and_their_same_layer_diagonal():
     xs = torch.stack([sample_space(features(30, p, seed)) for seed, p in enumerate((8, 20, 50))])
     ys = torch.stack([sample_space(features(30, p, seed + 10)) for seed, p in enumerate((8, 20, 50))])
-    for measure in (procrustes, svcca):
+    for measure in (procrustes, svcca, svcca_variance):
         full = measure(xs, ys)
         assert full.shape == (3, 3) and full.dtype == torch.float64
         assert torch.allclose(measure(xs, ys, same_layer=True), full.diagonal(), atol=1e-12)
     assert torch.allclose(procrustes(xs, xs).diagonal(), torch.zeros(3, dtype=torch.float64), atol=1e-10)
     assert torch.allclose(svcca(xs, xs).diagonal(), torch.ones(3, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(svcca_variance(xs, xs).diagonal(), torch.ones(3, dtype=torch.float64), atol=1e-10)
 
 
 def test_a_constant_layer_gives_nan_not_an_error():
     constant = torch.ones(20, 5, dtype=torch.float64)
     assert np.isnan(procrustes_distance(constant, features(20, 5, 0)))
     assert np.isnan(svcca_similarity(constant, features(20, 5, 0)))
+    assert np.isnan(svcca_variance_similarity(constant, features(20, 5, 0)))
 
 
 def test_hooks_reduce_each_layer_to_its_sample_space_before_in_place_ops():

@@ -9,10 +9,12 @@ from torch import nn
 
 from rayrs.errors import UserError
 from rayrs.models import (
+    ALL_LAYER_TYPES,
     IMAGENET_MEAN,
     IMAGENET_STD,
     LAYER_TYPES,
     MODELS,
+    PAPER_LAYER_TYPES,
     build_model,
     comparable_layers,
 )
@@ -99,15 +101,34 @@ def test_building_is_deterministic_under_a_seed(arch: str) -> None:
 
 
 @pytest.mark.parametrize(("arch", "module"), [("resnet18", "resnet18"), ("resnet50", "resnet50")])
-def test_resnet_is_torchvisions_behind_imagenet_normalisation(arch: str, module: str) -> None:
+def test_resnet_is_torchvisions_on_the_pixels_as_in_the_papers_code(arch: str, module: str) -> None:
+    # The paper's code calls torchvision's resnet18 / resnet50 on [0, 1] pixels (data.py ends in ToTensor(),
+    # cka.py asserts [0, 1] and feeds them to the model): no normalisation by default.
     ours = build_model(arch, num_classes=10).eval()
     reference = getattr(torchvision.models, module)(weights=None, num_classes=10).eval()
     reference.load_state_dict(ours.state_dict())  # same keys and shapes, strict
+    pixels = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(pixels), reference(pixels))
+
+
+@pytest.mark.parametrize(("arch", "module"), [("resnet18", "resnet18"), ("resnet50", "resnet50")])
+def test_resnet_with_imagenet_normalisation_is_torchvisions_on_normalised_pixels(arch: str, module: str) -> None:
+    ours = build_model(arch, num_classes=10, normalize="imagenet").eval()
+    reference = getattr(torchvision.models, module)(weights=None, num_classes=10).eval()
+    reference.load_state_dict(ours.state_dict())  # the statistics stay out of the state dict
     pixels = torch.rand(2, 3, 64, 64)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
         torch.testing.assert_close(ours(pixels), reference((pixels - mean) / std))
+
+
+def test_normalisation_is_a_resnet_option_with_known_names() -> None:
+    with pytest.raises(UserError, match="normalize 'imagenet' is not available for wrn.*resnet18"):
+        build_model("wrn", num_classes=10, depth=10, width=1, normalize="imagenet")
+    with pytest.raises(UserError, match="unknown normalize 'cifar10': choose one of none, imagenet"):
+        build_model("resnet18", num_classes=10, normalize="cifar10")
 
 
 @pytest.mark.parametrize("depth", [27, 4, 0, 11])
@@ -209,6 +230,46 @@ def test_resnet50_bottleneck_relu_runs_three_times() -> None:
         "layer1.0.conv2", "layer1.0.bn2", "layer1.0.relu#1",
         "layer1.0.conv3", "layer1.0.bn3", "layer1.0.downsample.0", "layer1.0.downsample.1", "layer1.0.relu#2",
     ]  # fmt: skip
+
+
+def test_block_layers_are_residual_block_outputs_placed_after_their_last_operation() -> None:
+    model = build_model("wrn", num_classes=10, in_channels=1, depth=10, width=1)
+    example = torch.rand(1, 1, 16, 16)
+    every = comparable_layers(model, example, ALL_LAYER_TYPES)
+    # The paper's five types are the default listing, unchanged; blocks come on request, each right after the
+    # last operation of its block (the shortcut where there is one).
+    assert [(layer.name, layer.type) for layer in every if layer.type != "block"] == WRN_10_1_LAYERS
+    assert comparable_layers(model, example) == comparable_layers(model, example, PAPER_LAYER_TYPES)
+    names = [layer.name for layer in every]
+    assert names[names.index("block1.0.conv2") + 1] == "block1.0"
+    assert names[names.index("block2.0.shortcut") + 1] == "block2.0"
+    assert names[names.index("block3.0.shortcut") + 1 :] == ["block3.0", "bn", "relu", "pool", "fc"]
+    blocks = comparable_layers(model, example, ["block"])
+    assert [(layer.index, layer.name, layer.type, layer.call) for layer in blocks] == [
+        (0, "block1.0", "block", 0), (1, "block2.0", "block", 0), (2, "block3.0", "block", 0),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=r"unknown layer types \['blocks'\]"):
+        comparable_layers(model, example, ["blocks"])
+
+
+def test_sweep_files_know_the_same_layer_types() -> None:
+    from typing import get_args
+
+    from rayrs.config import PAPER_LAYERS, LayerType
+
+    assert get_args(LayerType) == ALL_LAYER_TYPES and PAPER_LAYERS == PAPER_LAYER_TYPES
+
+
+@pytest.mark.parametrize(("arch", "per_stage"), [("resnet18", [2, 2, 2, 2]), ("resnet50", [3, 4, 6, 3])])
+def test_torchvision_residual_blocks_are_block_layers(arch: str, per_stage: list[int]) -> None:
+    with torch.device("meta"):
+        model = build_model(arch, num_classes=10)
+        every = comparable_layers(model, torch.empty(1, 3, 32, 32), ALL_LAYER_TYPES)
+    blocks = [layer.name for layer in every if layer.type == "block"]
+    assert blocks == [f"layer{stage + 1}.{i}" for stage, count in enumerate(per_stage) for i in range(count)]
+    names = [layer.name for layer in every]
+    last_relu = "layer1.0.relu#1" if arch == "resnet18" else "layer1.0.relu#2"
+    assert names[names.index(last_relu) + 1] == "layer1.0"  # after the addition and the ReLU that follows it
 
 
 def test_tracing_restores_each_modules_mode_and_records_no_graph() -> None:

@@ -41,10 +41,9 @@ LAYER_FIGURES = {
     "fig3_eps_width",
     "fig4_benign_vs_adversarial",
     "fig5bcd_transfer_cka",
-    "fig6_convergence",
     "convergence_epoch",
     "fig7_threat_models",
-}  # layers on an axis: a type dropdown
+}  # layers on an axis: a type dropdown (Fig 6 draws one layer per block, its output: nothing to filter)
 
 
 def dump_dom(page, profile) -> str:

@@ -283,7 +283,7 @@ def test_a_checkpoint_of_another_trial_or_epoch_is_refused_where_it_is_read(tmp_
     shutil.copy(tmp_path / layout.weights("b", 1), tmp_path / layout.weights("a", 1))
     with pytest.raises(UserError, match=r"model.safetensors holds trial 'b''s epoch 1, not trial 'a''s epoch 1 .*--redo a"):
         checkpoint.load_weights(storage, "a", 1)
-    with pytest.raises(UserError, match=r"meta.json is not the record of epoch 2 of trial 'a' \(it is trial 'a''s epoch 1\)"):
+    with pytest.raises(UserError, match=r"meta.json is not an epoch record of rayrs \(it is of epoch 1, not 2\); rerun the sweep with --redo a"):
         shutil.copytree(tmp_path / layout.epoch_dir("a", 1), tmp_path / layout.epoch_dir("a", 2))
         checkpoint.read_meta(storage, "a", 2)
     (tmp_path / layout.weights("b", 1)).unlink()

@@ -33,6 +33,21 @@ def tiny_sweep(tmp_path_factory, ray_session):
     return sweep_file, experiment, outcome
 
 
+def test_local_mode_trains_the_same_floats_as_ray(tiny_sweep, tmp_path):
+    """--local and a Ray worker train with the same CPU thread count (resources.cpus_per_trial), so the same
+    trial gives bit-identical checkpoints in both modes (a plain process would use one thread per core)."""
+    import torch
+
+    from rayrs.checkpoint import load_weights
+
+    _, experiment, through_ray = tiny_sweep
+    local = run_sweep(experiment.model_copy(update={"compare": []}), SweepOptions(local=True, report=False),
+                      results=str(tmp_path))
+    for trial in ("eps0", "eps0.1"):
+        ours, theirs = load_weights(local.storage, trial, 2), load_weights(through_ray.storage, trial, 2)
+        assert all(torch.equal(ours[name], theirs[name]) for name in theirs), trial
+
+
 def test_every_trial_has_a_checkpoint_of_every_epoch(tiny_sweep):
     _, _, outcome = tiny_sweep
     root = Path(outcome.storage.root)

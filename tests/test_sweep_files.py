@@ -37,3 +37,29 @@ def test_the_paper_settings_are_what_the_files_say():
     }
     dynamics = expand(load_experiment(Path(SWEEPS[0]).parent / "dynamics.yaml"))
     assert sorted({t.config.train.method for t in dynamics}) == ["pgd", "standard", "trades"] and len(dynamics) == 9
+
+
+def test_the_paper_sweeps_say_what_the_paper_does_not_and_follow_its_cka_settings():
+    from rayrs.similarity.jobs import model_layers, plan_jobs
+
+    folder = Path(SWEEPS[0]).parent
+    for stem in PAPER_FILES - {"quickstart"}:
+        header = (folder / f"{stem}.yaml").read_text().split("\nname:")[0]
+        assert "Learning-rate schedule: in neither the paper's main text nor its public code" in header, stem
+        assert "cka.py" in header, stem  # the paper code's CKA settings, matched or departed from
+        cka = load_experiment(folder / f"{stem}.yaml").cka
+        assert (cka.batch_size, cka.passes) == (1024, 3), stem
+        # cka.py's --num_images 10000: the whole test set, except where the file says why not
+        assert cka.probe_size == 10000 or "Departures, for cost: 2048 test images" in header, stem
+
+    dynamics = load_experiment(folder / "dynamics.yaml")
+    trials = expand(dynamics)
+    [comparison] = dynamics.compare
+    layers = model_layers(trials[0].config, comparison.layer_types)
+    matrix = [layers[i] for i in comparison.matrix_layers(layers)]
+    assert [(layer.name, layer.type) for layer in matrix] == [(f"block{s}.3", "block") for s in (1, 2, 3)]  # Fig 25
+    assert "block" in comparison.layer_types  # Fig 6 draws the block outputs
+
+    robust = load_experiment(folder / "robust_vs_standard.yaml")
+    pooled = {job.a.trial.split("-")[0]: job.pool_features for job in plan_jobs(robust, expand(robust))}
+    assert pooled == {"cifar10": False, "imagenette": True, "imagewoof": True}

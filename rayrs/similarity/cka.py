@@ -38,6 +38,7 @@ __all__ = [
     "centered_gram_int8",
     "cka_matrix",
     "flatten_examples",
+    "jackknife_std_error",
     "split_tf32_gram",
     "symmetric_gram",
     "u_center",
@@ -45,6 +46,10 @@ __all__ = [
 
 # The unbiased estimator divides by n(n-3): a minibatch needs at least this many examples.
 MIN_EXAMPLES = 4
+# The delete-a-group jackknife of every CKA value (`MinibatchCKA`): 20 groups of probe examples. Its variance
+# estimate has G - 1 = 19 degrees of freedom, so a 95% interval is +- t(19, 0.975) = 2.093 standard errors.
+JACKKNIFE_GROUPS = 20
+JACKKNIFE_T95 = 2.093
 
 
 @contextmanager
@@ -344,11 +349,32 @@ def u_center(grams: Tensor) -> Tensor:
 
 
 class MinibatchCKA:
-    """Sums of unbiased HSIC over minibatches for every (row layer, column layer) pair (Nguyen et al. 2021).
+    """Sums of unbiased HSIC over minibatches for every (row layer, column layer) pair (Nguyen et al. 2021),
+    and, with ``groups``, the delete-a-group jackknife that gives every CKA value its standard error.
 
     rows, cols: number of layers on each side (L_a, L_b). Feed `update` the U-centred Grams of both sides on
-    the same examples, once per minibatch, then `compute`. The sums are float64 on `device`; with
-    device=None they follow the first minibatch's device.
+    the same examples, once per minibatch, then `compute` (and `std_error` / `jackknife`). The sums are
+    float64 on `device`; with device=None they follow the first minibatch's device.
+
+    Uncertainty (``groups`` = G >= 2). The probe's examples are split into G fixed groups (the caller labels
+    each example of a minibatch with its group, e.g. its position in the probe modulo G, the same in every
+    pass). For each group g the accumulator also sums each minibatch's HSIC with g's examples left out, so
+    that ``jackknife()[g]`` is the whole estimate (every minibatch, every pass) computed without g. Why this
+    and not the spread across minibatches: with a probe that fits in one minibatch (the digits quickstart:
+    450 images, minibatches of 1024) every pass sees the same examples and gives the same number, and across
+    passes the minibatches share examples, so their spread says nothing about sampling. The delete-a-group
+    jackknife (Quenouille 1956; Efron & Stein 1981) of this ratio of U-statistics is asymptotically valid,
+    needs no refitting (each left-out HSIC follows from sums over the Grams already in hand, below), and its
+    replicates are aligned across jobs on the same probe, so any statistic derived from several values
+    (a block-structure score, a difference of two models' CKA) gets its own jackknife error from them.
+
+    Leaving a set S of m examples out of a minibatch of n: HSIC_1 is unchanged by adding a_j + b_k to the
+    off-diagonal of a Gram (that is what U-centring removes), so the U-centred Grams restricted to the other
+    n' = n - m examples R can stand in for theirs in Song et al.'s formula:
+        HSIC_1 = [tr(A B) + (1^T A 1)(1^T B 1) / ((n'-1)(n'-2)) - 2/(n'-2) 1^T A B 1] / (n'(n'-3)),
+    with A = U(K)[R, R], B = U(L)[R, R], and each term follows from the full product and S's rows:
+    tr(A B) = <U(K), U(L)> - 2 <U(K)[S, :], U(L)[S, :]> + <U(K)[S, S], U(L)[S, S]>; the row sums over R are
+    column sums minus S's rows' sums. All G groups together cost about three more all-pairs products a minibatch.
 
     Attributes:
         hsic_ab: (L_a, L_b) float64, sum over minibatches of HSIC_1(K_a, L_b).
@@ -357,21 +383,28 @@ class MinibatchCKA:
             examples, which the unbiased estimator cannot use (it divides by n(n-3)) and are skipped.
     """
 
-    def __init__(self, rows: int, cols: int, device: torch.device | str | None = None) -> None:
-        self.rows, self.cols = rows, cols
+    def __init__(self, rows: int, cols: int, device: torch.device | str | None = None, groups: int = 0) -> None:
+        if groups == 1 or groups < 0:
+            raise ValueError(f"MinibatchCKA: groups must be 0 (no jackknife) or at least 2, got {groups}")
+        self.rows, self.cols, self.groups = rows, cols, groups
         self._follow_inputs = device is None
         device = torch.device("cpu" if device is None else device)
         self.hsic_ab = torch.zeros(rows, cols, dtype=torch.float64, device=device)
         self.hsic_aa = torch.zeros(rows, dtype=torch.float64, device=device)
         self.hsic_bb = torch.zeros(cols, dtype=torch.float64, device=device)
+        # Leave-group-out sums: [g] is the sum over minibatches of HSIC_1 without group g's examples.
+        self.left_out_ab = torch.zeros(groups, rows, cols, dtype=torch.float64, device=device)
+        self.left_out_aa = torch.zeros(groups, rows, dtype=torch.float64, device=device)
+        self.left_out_bb = torch.zeros(groups, cols, dtype=torch.float64, device=device)
         self.n_examples = 0
         self.n_skipped = 0
 
-    def update(self, grams_a: Tensor, grams_b: Tensor) -> None:
+    def update(self, grams_a: Tensor, grams_b: Tensor, group_of: Tensor | None = None) -> None:
         """Add one minibatch.
 
         grams_a: (L_a, n, n) U-centred Grams (see `u_center`), float32 or float64.
         grams_b: (L_b, n, n) U-centred Grams of the SAME n examples, same dtype as grams_a.
+        group_of: (n,) int64 group of each example, in 0..G-1 (required when ``groups`` was given).
         All L_a * L_b cross terms are one (L_a, n^2) x (n^2, L_b) matrix product; the self terms are
         squared row norms. A minibatch of n < 4 examples is skipped and counted in `n_skipped`.
         """
@@ -382,28 +415,103 @@ class MinibatchCKA:
                 f"MinibatchCKA({self.rows}, {self.cols}).update expects Grams of shapes {expected_a} and "
                 f"{expected_b} (same examples on both sides), got {tuple(grams_a.shape)} and {tuple(grams_b.shape)}"
             )
+        if self.groups and (group_of is None or tuple(group_of.shape) != (n,)):
+            raise ValueError(f"MinibatchCKA(groups={self.groups}).update needs group_of, the (n,) group of each example")
         if n < MIN_EXAMPLES:
             self.n_skipped += n
             return
         if self._follow_inputs:
             self._follow_inputs = False
-            self.hsic_ab, self.hsic_aa, self.hsic_bb = (
-                t.to(grams_a.device) for t in (self.hsic_ab, self.hsic_aa, self.hsic_bb)
-            )
+            for name in ("hsic_ab", "hsic_aa", "hsic_bb", "left_out_ab", "left_out_aa", "left_out_bb"):
+                setattr(self, name, getattr(self, name).to(grams_a.device))
         scale = 1.0 / (n * (n - 3))
         flat_a = grams_a.reshape(self.rows, n * n)
         flat_b = grams_b.reshape(self.cols, n * n)
         with exact_float32(flat_a.device):
             cross = flat_a @ flat_b.T
         device = self.hsic_ab.device
-        self.hsic_ab += cross.to(device, torch.float64) * scale
-        if grams_a is grams_b:  # one model against itself: the self terms are the product's diagonal
+        same = grams_a is grams_b  # one model against itself: the self terms are the product's diagonal
+        if same:
             self_a = self_b = cross.diagonal().to(device, torch.float64)
         else:
             self_a, self_b = _squared_norms(flat_a).to(device), _squared_norms(flat_b).to(device)
+        self.hsic_ab += cross.to(device, torch.float64) * scale
         self.hsic_aa += self_a * scale
         self.hsic_bb += self_b * scale
         self.n_examples += n
+        if self.groups:
+            self._leave_groups_out(grams_a, grams_b, group_of.to(grams_a.device), cross.to(device, torch.float64),
+                                   self_a, self_b, same)
+
+    def _leave_groups_out(self, grams_a: Tensor, grams_b: Tensor, group_of: Tensor, cross: Tensor,
+                          self_a: Tensor, self_b: Tensor, same: bool) -> None:
+        """Add this minibatch's HSIC_1 without each group's examples to ``left_out_*`` (class docstring).
+
+        Every group at once: the rows' inner products of every layer pair, one (L_a, n) x (n, L_b) product per
+        example in one batched product (as many FLOPs as the all-pairs product itself), summed per group; the
+        groups' diagonal blocks (n^2 / G entries a layer in all) one small product each; the rest is (G, L, n).
+        The groups' rows are read as slices: the Grams are put in group order first (a copy) unless the caller
+        already did (jobs.py feeds each minibatch in group order).
+        """
+        n = grams_a.shape[-1]
+        device = self.hsic_ab.device
+        if bool((group_of[1:] < group_of[:-1]).any()):
+            order = torch.argsort(group_of, stable=True)
+            grams_a = grams_a[:, order][:, :, order]
+            grams_b = grams_a if same else grams_b[:, order][:, :, order]
+            group_of = group_of[order]
+        counts = torch.bincount(group_of, minlength=self.groups)
+        member = torch.nn.functional.one_hot(group_of, self.groups).T.to(grams_a.dtype)  # (G, n)
+        with exact_float32(grams_a.device):
+            # rows[j] = U_a[:, j, :] U_b[:, j, :]^T: each example's row products, (n, L_a, L_b).
+            by_row_a = grams_a.transpose(0, 1)
+            rows = torch.bmm(by_row_a, (by_row_a if same else grams_b.transpose(0, 1)).transpose(1, 2))
+            in_rows = (member @ rows.reshape(n, -1)).reshape(self.groups, self.rows, self.cols)  # (G, L_a, L_b)
+            in_block = torch.zeros_like(in_rows)  # <U_a[S, S], U_b[S, S]> of each group S
+            stop = 0
+            for group, m in enumerate(counts.tolist()):
+                start, stop = stop, stop + m
+                if m:
+                    block_a = grams_a[:, start:stop, start:stop].reshape(self.rows, m * m)
+                    block_b = block_a if same else grams_b[:, start:stop, start:stop].reshape(self.cols, m * m)
+                    in_block[group] = block_a @ block_b.T
+            # Row sums over each group's rows, and over all rows (zero in exact arithmetic: U-centred).
+            group_sums_a = member @ grams_a  # (L_a, G, n)
+            group_sums_b = group_sums_a if same else member @ grams_b
+        outside = (1 - member).to(device, torch.float64)  # (G, n): 1 where an example is not in the group
+        kept_a = (grams_a.sum(dim=1)[:, None, :] - group_sums_a).to(device, torch.float64) * outside
+        kept_b = kept_a if same else (grams_b.sum(dim=1)[:, None, :] - group_sums_b).to(device, torch.float64) * outside
+        totals_a, totals_b = kept_a.sum(dim=-1).T, kept_b.sum(dim=-1).T  # (G, L)
+        middle = torch.bmm(kept_a.transpose(0, 1), kept_b.transpose(0, 1).transpose(1, 2))  # (G, L_a, L_b)
+        trace = cross - 2 * in_rows.to(device, torch.float64) + in_block.to(device, torch.float64)
+        kept = (n - counts).to(device, torch.float64).view(-1, 1, 1)  # examples left, per group
+        usable = kept >= MIN_EXAMPLES  # too few left: the minibatch drops out of that replicate
+        kept = torch.where(usable, kept, torch.full_like(kept, MIN_EXAMPLES))  # (no division by zero)
+
+        def hsic(trace: Tensor, total_x: Tensor, total_y: Tensor, middle: Tensor) -> Tensor:
+            terms = trace + total_x * total_y / ((kept - 1) * (kept - 2)) - 2 * middle / (kept - 2)
+            return torch.where(usable, terms / (kept * (kept - 3)), 0.0)
+
+        self.left_out_ab += hsic(trace, totals_a[:, :, None], totals_b[:, None, :], middle)
+        if same:
+            diagonal = hsic(trace.diagonal(dim1=1, dim2=2)[..., None], totals_a[..., None], totals_a[..., None],
+                            middle.diagonal(dim1=1, dim2=2)[..., None])[..., 0]
+            self.left_out_aa += diagonal
+            self.left_out_bb += diagonal
+            return
+        for grams, sums, total, kept_side, accumulated in (
+            (grams_a, self_a, totals_a, kept_a, self.left_out_aa),
+            (grams_b, self_b, totals_b, kept_b, self.left_out_bb),
+        ):
+            with exact_float32(grams.device):  # squared norms of each group's rows, and of its block: (G, L)
+                row_norms = member @ torch.linalg.vector_norm(grams, dim=-1).square().T
+            blocks = torch.stack([
+                torch.linalg.vector_norm(grams[:, start:stop, start:stop], dim=(1, 2)).square()
+                for start, stop in _bounds(counts.tolist())
+            ])
+            trace_self = sums - 2 * row_norms.to(device, torch.float64) + blocks.to(device, torch.float64)
+            middle_self = kept_side.square().sum(dim=-1).T  # (G, L)
+            accumulated += hsic(trace_self[..., None], total[..., None], total[..., None], middle_self[..., None])[..., 0]
 
     def compute(self) -> Tensor:
         """(L_a, L_b) float64 CKA = hsic_ab / sqrt(hsic_aa hsic_bb) (Nguyen et al. 2021, §3.1).
@@ -412,12 +520,47 @@ class MinibatchCKA:
         `centered_gram`); its CKA is undefined and comes out NaN. The unbiased estimate may be slightly
         negative for unrelated layers; |CKA| <= 1 by Cauchy-Schwarz.
         """
+        self._check_fed()
+        return self.hsic_ab / torch.sqrt(torch.outer(self.hsic_aa, self.hsic_bb))
+
+    def jackknife(self) -> Tensor:
+        """(G, L_a, L_b) float64: the CKA estimate with each group's examples left out (``groups`` = G)."""
+        self._check_fed()
+        if not self.groups:
+            raise RuntimeError("MinibatchCKA.jackknife: this accumulator was made without groups")
+        return self.left_out_ab / torch.sqrt(self.left_out_aa[:, :, None] * self.left_out_bb[:, None, :])
+
+    def std_error(self) -> Tensor:
+        """(L_a, L_b) float64 delete-a-group jackknife standard error of `compute` (see `jackknife_std_error`)."""
+        return jackknife_std_error(self.jackknife())
+
+    def _check_fed(self) -> None:
         if self.n_examples == 0:
             raise RuntimeError(
                 f"MinibatchCKA.compute: no minibatch of at least {MIN_EXAMPLES} examples was added "
                 f"({self.n_skipped} examples were in smaller ones)"
             )
-        return self.hsic_ab / torch.sqrt(torch.outer(self.hsic_aa, self.hsic_bb))
+
+
+def _bounds(counts: list[int]) -> list[tuple[int, int]]:
+    """(start, stop) of each group's slice, from the groups' sizes in order."""
+    bounds, stop = [], 0
+    for count in counts:
+        bounds.append((stop, stop + count))
+        stop += count
+    return bounds
+
+
+def jackknife_std_error(replicates: Tensor) -> Tensor:
+    """Delete-a-group jackknife standard error from G leave-one-group-out replicates along dim 0.
+
+    replicates: (G, ...) the statistic computed with each group left out. Returns (...):
+    sqrt((G - 1) / G * sum_g (theta_g - mean theta)^2) (Efron & Stein 1981). A 95% interval is the estimate
+    +- t(G - 1, 0.975) times this (`JACKKNIFE_T95` for G = `JACKKNIFE_GROUPS`).
+    """
+    count = replicates.shape[0]
+    centred = replicates - replicates.mean(dim=0, keepdim=True)
+    return torch.sqrt((count - 1) / count * centred.square().sum(dim=0))
 
 
 def _squared_norms(flat: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ from torch.utils.hooks import RemovableHandle
 
 from rayrs.similarity.cka import MIN_EXAMPLES, Int8Scratch, centered_gram, u_center
 
-__all__ = ["GramRecorder", "LayerRef", "channels_last", "layer_grams", "reuse_freed_memory"]
+__all__ = ["GramRecorder", "LayerRef", "channels_last", "layer_grams", "pool_features", "reuse_freed_memory"]
 
 
 class LayerRef(Protocol):
@@ -40,18 +40,27 @@ class LayerRef(Protocol):
     def call(self) -> int: ...
 
 
+def pool_features(output: Tensor) -> Tensor:
+    """A layer's output as its features under ``cka.pool_features``: a 4-D map (n, C, H, W) spatially averaged
+    to (n, C), as the paper code's ``register_hooks(..., pool=True)`` does (``adaptive_avg_pool2d`` to 1 x 1,
+    "used for large resolution images"); any other output as it is."""
+    return output.mean(dim=(2, 3)) if output.dim() == 4 else output
+
+
 class GramRecorder:
     """Context manager: forward hooks that turn each listed layer's output into a U-centred Gram.
 
     model: the network; layers: the layers to record, indices a permutation of 0..L-1.
     Inside the `with` block, each forward pass of `model` on n examples fills an (L, n, n) float32 buffer:
-    slot `layer.index` = u_center(centered_gram(output of the `layer.call`-th call of `layer.module_name`)).
+    slot `layer.index` = u_center(centered_gram(output of the `layer.call`-th call of `layer.module_name`)),
+    with ``pool``, of that output spatially averaged first (`pool_features`).
     Calls are counted per module and the counts restart at every call of `model`. Gram computation is
     never recorded by autograd. On exit every hook is removed.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[LayerRef]) -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[LayerRef], pool: bool = False) -> None:
         self.model = model
+        self.pool = pool
         self.layers = list(layers)
         indices = sorted(layer.index for layer in self.layers)
         if indices != list(range(len(self.layers))):
@@ -146,7 +155,8 @@ class GramRecorder:
                 )
             if n >= MIN_EXAMPLES:
                 with torch.no_grad():
-                    self._grams[slot] = u_center(centered_gram(output.detach(), self._scratch))
+                    features = pool_features(output.detach()) if self.pool else output.detach()
+                    self._grams[slot] = u_center(centered_gram(features, self._scratch))
             self._filled[slot] = True
 
         return hook
@@ -163,16 +173,17 @@ def channels_last(inputs: Tensor) -> Tensor:
     return inputs.contiguous(memory_format=torch.channels_last) if inputs.dim() == 4 else inputs
 
 
-def layer_grams(model: nn.Module, layers: Sequence[LayerRef], inputs: Tensor) -> Tensor:
+def layer_grams(model: nn.Module, layers: Sequence[LayerRef], inputs: Tensor, pool: bool = False) -> Tensor:
     """U-centred Grams of `layers` for one batch: (L, n, n) float32 on the model's device.
 
-    inputs: (n, ...) a batch the model accepts. The forward pass runs under torch.no_grad() with the model in
-    eval mode; every submodule's train/eval mode is restored afterwards (frozen parts stay as they were).
+    inputs: (n, ...) a batch the model accepts. pool: spatially average 4-D outputs first (`pool_features`).
+    The forward pass runs under torch.no_grad() with the model in eval mode; every submodule's train/eval mode
+    is restored afterwards (frozen parts stay as they were).
     """
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:
-        with torch.no_grad(), GramRecorder(model, layers) as recorder:
+        with torch.no_grad(), GramRecorder(model, layers, pool) as recorder:
             model(channels_last(inputs))
             return recorder.take()
     finally:

@@ -2,15 +2,16 @@
 
 A job (`SimilarityJob`) is one Parquet file ``similarity/<kind>/<id>.parquet``: a plain, hashable description
 whose id is a content hash of everything that determines its rows (kind, both checkpoints' trial
-fingerprints and epochs, probes, CKA settings, measure, and for cross_epoch its epochs and matrix layers). A
-rerun skips every job whose file exists; an interrupted run loses at most the jobs in flight. The rows of each
-kind follow `rayrs.schema`.
+fingerprints and epochs, probes, CKA settings, measure, the types of its compared layers, and for cross_epoch
+its epochs and matrix layers). A rerun skips every job whose file exists; an interrupted run loses at most the
+jobs in flight. The rows of each kind follow `rayrs.schema`.
 
 A task (`SimilarityTask`) is every job of one *home* trial, the trial on side ``a`` of each job (the source
 of a transfer), run together in one Ray task: a checkpoint is loaded and forwarded once per probe minibatch,
-and the Grams of that (checkpoint, probe minibatch) feed every job that needs them. Every adversarial probe a
-task uses is crafted on its home trial's checkpoints (`rayrs.similarity.probes`), so tasks never wait on one
-another.
+and the Grams of that (checkpoint, probe minibatch) feed every job that needs them. A view records the layers
+of every type some job of the task compares; each job reads its own out of them (`_Selection`: no copy when
+they are all of them). Every adversarial probe a task uses is crafted on its home trial's checkpoints
+(`rayrs.similarity.probes`), so tasks never wait on one another.
 
 Per minibatch, the views (a checkpoint fed a probe) are formed in this order, each released when its step
 is done:
@@ -24,9 +25,10 @@ cross_epoch over E checkpoints is therefore E forward passes per probe and minib
 paired with the final one as it streams past), and its epoch x epoch matrix keeps only the C chosen layers'
 Grams of every epoch: C x E x n^2 float32 per probe kind.
 
-Memory bound at WRN-28-10 (L = 80 layers), minibatch n = 1024, E = 100 epochs, C = 4 matrix layers (at most
-8), benign and adversarial probes: one view's Grams are L n^2 x 4 B = 320 MiB, so 4 views take 1.25 GiB, and
-the two matrix stacks 2 x 4 x 100 x 4 MiB = 3.1 GiB (6.25 GiB at C = 8): 4.4 GiB, against
+Memory bound at WRN-28-10 (L = 80 layers of the paper's types; 92 with its 12 residual blocks, 15% more),
+minibatch n = 1024, E = 100 epochs, C = 4 matrix layers (at most 8), benign and adversarial probes: one
+view's Grams are L n^2 x 4 B = 320 MiB, so 4 views take 1.25 GiB, and the two matrix stacks
+2 x 4 x 100 x 4 MiB = 3.1 GiB (6.25 GiB at C = 8): 4.4 GiB, against
 100 x 320 MiB = 31 GiB for every epoch's Grams at once (plus, in both cases, one forward pass's activations,
 ~0.7 GB for WRN-28-10's widest layer at n = 1024). Procrustes/SVCCA views hold (L, m, m) float64 sample spaces
 instead: 640 MiB a view at m = 1024, 2 x 4 x 100 x 8 MiB = 6.25 GiB of matrix stacks. Adversarial probes stay
@@ -42,8 +44,7 @@ import json
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -64,10 +65,10 @@ from rayrs.config import (
     TrialSpec,
     probe_dataset,
 )
-from rayrs.data import DATASETS, ImageDataset, to_float
-from rayrs.models import Layer, build_model, comparable_layers
-from rayrs.schema import SECONDS_FIELD, SIMILARITY_SCHEMA
-from rayrs.similarity.cka import MinibatchCKA
+from rayrs.data import ImageDataset, to_float
+from rayrs.models import PAPER_LAYER_TYPES, Layer, layer_types, model_layers
+from rayrs.schema import JACKKNIFE_FIELD, SECONDS_FIELD, SIMILARITY_SCHEMA, STD_ERROR_FIELD
+from rayrs.similarity.cka import JACKKNIFE_GROUPS, MinibatchCKA, jackknife_std_error
 from rayrs.similarity.grams import GramRecorder, channels_last, reuse_freed_memory
 from rayrs.similarity.measures import MEASURE_EXAMPLES, MEASURES, layer_sample_spaces
 from rayrs.similarity.probes import ADVERSARIAL, BENIGN, AdversarialProbe, adversarial_probe, probe_indices
@@ -92,7 +93,9 @@ class ModelRef:
 class SimilarityJob:
     """One comparison, one Parquet file. ``probe_a``/``probe_b``: a probe id (`rayrs.schema`); for cross_epoch
     the probe kind, ``benign`` or ``adversarial`` (each epoch on its own adversarial probe), ``a`` and ``b`` the
-    final checkpoint, ``epochs`` the epochs compared with it and ``layers`` the epoch x epoch matrix's layers."""
+    final checkpoint, ``epochs`` the epochs compared with it and ``layers`` the epoch x epoch matrix's layers
+    (indices among the compared layers). ``layer_types``: the compared layers' types, in `ALL_LAYER_TYPES`
+    order. ``pool_features``: every measure sees 4-D activations spatially averaged to (n, channels)."""
 
     kind: str
     a: ModelRef
@@ -105,10 +108,22 @@ class SimilarityJob:
     measure: str = "cka"
     epochs: tuple[int, ...] = ()
     layers: tuple[int, ...] = ()
+    layer_types: tuple[str, ...] = PAPER_LAYER_TYPES
+    pool_features: bool = False  # 4-D activations spatially averaged first (`CkaConfig.pool_features`)
 
     @property
     def id(self) -> str:
-        canonical = json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        # Fields added after results were first written enter the hash only when they differ from their
+        # defaults: a job that computes what it computed before keeps its id and its file, while any other
+        # set of layers gives a new id.
+        for name, default in _LATER_FIELDS.items():
+            if fields[name] == default:
+                del fields[name]
+        revision = MEASURES[self.measure].revision if self.measure in MEASURES else 1
+        if revision > 1:  # the measure's definition changed: its older files must not be taken for this job's
+            fields["measure_revision"] = revision
+        canonical = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property
@@ -117,6 +132,10 @@ class SimilarityJob:
 
     def describe(self) -> str:
         measure = "" if self.measure == "cka" else f" ({self.measure})"
+        if self.layer_types != PAPER_LAYER_TYPES:
+            measure += f" [{'+'.join(self.layer_types)}]"
+        if self.pool_features:
+            measure += " pooled"
         if self.kind == "cross_epoch":
             epochs = f"{self.epochs[0]}..{self.a.epoch}"
             return f"cross_epoch {self.a.trial} epochs {epochs} on {self.probe_a} probes{measure}"
@@ -125,6 +144,9 @@ class SimilarityJob:
         if self.a == self.b:
             return f"{self.kind} {self.a.trial}@{self.a.epoch}{measure}"
         return f"{self.kind} {self.a.trial}@{self.a.epoch} vs {self.b.trial}@{self.b.epoch}{measure}"
+
+
+_LATER_FIELDS: dict[str, Any] = {"layer_types": PAPER_LAYER_TYPES, "pool_features": False}
 
 
 @dataclass(frozen=True)
@@ -185,8 +207,12 @@ def _selected(trials: list[TrialSpec], names: Any) -> list[TrialSpec]:
     return trials if names == "all" else [t for name in names for t in trials if t.name == name]
 
 
-def _job(kind: str, a: ModelRef, b: ModelRef, cka: CkaConfig, measure: str, **fields: Any) -> SimilarityJob:
-    return SimilarityJob(kind, a, b, cka.probe_size, cka.batch_size, cka.passes, measure=measure, **fields)
+def _job(comparison: Any, home: TrialSpec, a: ModelRef, b: ModelRef, cka: CkaConfig, measure: str,
+         **fields: Any) -> SimilarityJob:
+    """A job of ``comparison`` whose side-a trial is ``home`` (both sides see the same probe dataset)."""
+    return SimilarityJob(comparison.kind, a, b, cka.probe_size, cka.batch_size, cka.passes, measure=measure,
+                         layer_types=layer_types(comparison.layer_types), pool_features=cka.pools(home.config),
+                         **fields)
 
 
 def _adversarial_id(trial: TrialSpec, epoch: int, cka: CkaConfig) -> str:
@@ -198,7 +224,7 @@ def _plan_cross_layer(comparison: CrossLayer, trials: list[TrialSpec], cka: CkaC
         epochs = [trial.config.train.epochs] if comparison.epochs == "final" else comparison.epochs
         for epoch, measure in ((e, m) for e in epochs for m in comparison.measures):
             ref = ModelRef(trial.name, epoch, trial.fingerprint)
-            yield _job(comparison.kind, ref, ref, cka, measure)
+            yield _job(comparison, trial, ref, ref, cka, measure)
 
 
 def _plan_cross_model(comparison: CrossModel, trials: list[TrialSpec], cka: CkaConfig) -> Iterator[SimilarityJob]:
@@ -208,7 +234,7 @@ def _plan_cross_model(comparison: CrossModel, trials: list[TrialSpec], cka: CkaC
     else:
         pairs = [(_selected(trials, [a])[0], _selected(trials, [b])[0]) for a, b in comparison.pairs]
     for (a, b), measure in ((pair, m) for pair in pairs for m in comparison.measures):
-        yield _job(comparison.kind, _final(a), _final(b), cka, measure)
+        yield _job(comparison, a, _final(a), _final(b), cka, measure)
 
 
 def _plan_benign_vs_adversarial(comparison: BenignVsAdversarial, trials: list[TrialSpec],
@@ -217,7 +243,7 @@ def _plan_benign_vs_adversarial(comparison: BenignVsAdversarial, trials: list[Tr
         epochs = [trial.config.train.epochs] if comparison.epochs == "final" else comparison.epochs
         for epoch, measure in ((e, m) for e in epochs for m in comparison.measures):
             ref = ModelRef(trial.name, epoch, trial.fingerprint)
-            yield _job(comparison.kind, ref, ref, cka, measure, probe_b=_adversarial_id(trial, epoch, cka))
+            yield _job(comparison, trial, ref, ref, cka, measure, probe_b=_adversarial_id(trial, epoch, cka))
 
 
 def _plan_transfer(comparison: Transfer, trials: list[TrialSpec], cka: CkaConfig) -> Iterator[SimilarityJob]:
@@ -228,16 +254,17 @@ def _plan_transfer(comparison: Transfer, trials: list[TrialSpec], cka: CkaConfig
             if probe_dataset(source.config) != probe_dataset(target.config):
                 continue
             for measure in [*comparison.measures, TRANSFER_ACCURACY]:
-                yield _job(comparison.kind, _final(source), _final(target), cka, measure, probe_a=probe, probe_b=probe)
+                yield _job(comparison, source, _final(source), _final(target), cka, measure, probe_a=probe,
+                           probe_b=probe)
 
 
 def _plan_cross_epoch(comparison: CrossEpoch, trials: list[TrialSpec], cka: CkaConfig) -> Iterator[SimilarityJob]:
     for trial in _selected(trials, comparison.trials):
         final = trial.config.train.epochs
         epochs = range(1, final + 1) if comparison.epochs == "all" else sorted({*comparison.epochs, final})
-        layers = comparison.matrix_layers(model_layers(trial.config))
+        layers = comparison.matrix_layers(model_layers(trial.config, comparison.layer_types))
         for probe, measure in ((p, m) for p in comparison.probes for m in comparison.measures):
-            yield _job(comparison.kind, _final(trial), _final(trial), cka, measure, probe_a=probe, probe_b=probe,
+            yield _job(comparison, trial, _final(trial), _final(trial), cka, measure, probe_a=probe, probe_b=probe,
                        epochs=tuple(epochs), layers=layers)
 
 
@@ -248,20 +275,6 @@ PLANNERS = {
     "transfer": _plan_transfer,
     "cross_epoch": _plan_cross_epoch,
 }
-
-
-def model_layers(config: TrialConfig) -> list[Layer]:
-    """The compared layers of a trial's model, without data or weights (built on the meta device)."""
-    size = config.data.image_size or DATASETS[config.data.dataset].default_image_size
-    return list(_layers_of(config.model.arch, config.model.depth, config.model.width, size))
-
-
-@lru_cache(maxsize=32)
-def _layers_of(arch: str, depth: int | None, width: int | None, size: int) -> tuple[Layer, ...]:
-    # Layer names and order do not depend on the number of input channels or classes.
-    with torch.device("meta"):
-        model = build_model(arch, num_classes=10, in_channels=3, depth=depth, width=width)
-    return tuple(comparable_layers(model, torch.empty(1, 3, size, size, device="meta")))
 
 
 # -- execution ---------------------------------------------------------------------------------------------------------
@@ -286,7 +299,7 @@ def run_job(job: SimilarityJob, configs: dict[str, TrialConfig], storage: Storag
 
 def load_checkpoint_model(storage: Storage, ref: ModelRef, config: TrialConfig, data: ImageDataset) -> torch.nn.Module:
     model = build_for(config, data, data.test_images.device)
-    model.load_state_dict(checkpoint.load_weights(storage, ref.trial, ref.epoch, data.test_images.device))
+    checkpoint.load_model_weights(storage, ref.trial, ref.epoch, model)
     return model.eval()
 
 
@@ -298,27 +311,71 @@ class _View:
     probe: str
 
 
-class _Pair:
-    """One job's two views and its measure, accumulated over minibatches: (L_a, L_b), or (L,) same-layer."""
+@dataclass(frozen=True, eq=False)
+class _Selection:
+    """A job's compared layers among a view's layers (those of every type the task's jobs compare).
 
-    def __init__(self, a: _View, b: _View, measure: str, same_layer: bool = False):
+    ``layers``: the job's layers, indexed 0..L_job-1 in execution order (its rows' ``layer_*``); ``index``:
+    where their Grams (or sample spaces) sit in the view's (L_view, n, n) stack, None when they are all of it.
+    """
+
+    layers: list[Layer]
+    index: torch.Tensor | None = None
+
+    def pick(self, rep: torch.Tensor) -> torch.Tensor:
+        """The job's (L_job, n, n) slice of a view's stack (a copy unless it is the whole stack)."""
+        return rep if self.index is None else rep.index_select(0, self.index.to(rep.device))
+
+    def view_indices(self, indices: tuple[int, ...]) -> tuple[int, ...]:
+        """The view's stack positions of the job's layers ``indices``."""
+        return indices if self.index is None else tuple(int(self.index[i]) for i in indices)
+
+
+@dataclass(frozen=True)
+class _Estimate:
+    """A job's values and, where its measure has them, their delete-a-group jackknife replicates.
+
+    value: (...) float64; replicates: (G, ...) float64, the values with each of the G groups of probe examples
+    left out (`rayrs.similarity.cka.MinibatchCKA`), or None (Procrustes and SVCCA, computed on one minibatch).
+    """
+
+    value: np.ndarray
+    replicates: np.ndarray | None = None
+
+
+class _Pair:
+    """One job's two views and its measure, accumulated over minibatches: (L_a, L_b), or (L,) same-layer.
+
+    ``select_a`` / ``select_b`` pick the job's layers out of each view's stack (`_Selection`). CKA also
+    accumulates its jackknife over `JACKKNIFE_GROUPS` groups of probe examples (each value's standard error)."""
+
+    def __init__(self, a: _View, b: _View, measure: str, select_a: _Selection, select_b: _Selection,
+                 same_layer: bool = False):
         self.a, self.b, self.measure, self.same_layer = a, b, measure, same_layer
+        self.select_a, self.select_b = select_a, select_b
         self._cka: MinibatchCKA | None = None
         self._value: torch.Tensor | None = None
 
-    def update(self, rep_a: torch.Tensor, rep_b: torch.Tensor) -> None:
+    def update(self, rep_a: torch.Tensor, rep_b: torch.Tensor, group_of: torch.Tensor) -> None:
+        """Add one minibatch: both views' stacks (L, n, n) and each example's group (n,)."""
+        # One view against itself stays one tensor (MinibatchCKA then reads the self terms off its product).
+        same = rep_a is rep_b and self.select_a is self.select_b
+        rep_a = self.select_a.pick(rep_a)
+        rep_b = rep_a if same else self.select_b.pick(rep_b)
         if self.measure != "cka":  # one minibatch only
             self._value = MEASURES[self.measure].compute(rep_a, rep_b, same_layer=self.same_layer)
             return
         if self._cka is None:
-            self._cka = MinibatchCKA(rep_a.shape[0], rep_b.shape[0], device=rep_a.device)
-        self._cka.update(rep_a, rep_b)
+            self._cka = MinibatchCKA(rep_a.shape[0], rep_b.shape[0], device=rep_a.device, groups=JACKKNIFE_GROUPS)
+        self._cka.update(rep_a, rep_b, group_of)
 
-    def result(self) -> np.ndarray:
+    def result(self) -> _Estimate:
         if self.measure != "cka":
-            return self._value.cpu().numpy()
-        values = self._cka.compute()
-        return (values.diagonal() if self.same_layer else values).cpu().numpy()
+            return _Estimate(self._value.cpu().numpy())
+        values, replicates = self._cka.compute(), self._cka.jackknife()
+        if self.same_layer:
+            values, replicates = values.diagonal(), replicates.diagonal(dim1=1, dim2=2)
+        return _Estimate(values.cpu().numpy(), replicates.cpu().numpy())
 
 
 class _Stack:
@@ -329,7 +386,8 @@ class _Stack:
         self.views, self.layers, self.measure = views, layers, measure
         self._slot = {view: i for i, view in enumerate(views)}
         self._stack: torch.Tensor | None = None
-        self._pairs = [_Pair(views[0], views[0], measure) for _ in layers]  # rows and columns are epochs
+        everything = _Selection([])  # the stack is already the chosen layers'
+        self._pairs = [_Pair(views[0], views[0], measure, everything, everything) for _ in layers]  # epochs x epochs
 
     def observe(self, view: _View, rep: torch.Tensor) -> None:
         if self._stack is None:
@@ -337,27 +395,38 @@ class _Stack:
             self._stack = torch.empty(shape, dtype=rep.dtype, device=rep.device)
         self._stack[:, self._slot[view]] = rep[list(self.layers)]
 
-    def end_batch(self) -> None:
+    def end_batch(self, group_of: torch.Tensor) -> None:
         for pair, stack in zip(self._pairs, self._stack):
-            pair.update(stack, stack)
+            pair.update(stack, stack, group_of)
         self._stack = None
 
-    def result(self) -> np.ndarray:
-        """(C, E, E) values between every two epochs, per matrix layer."""
-        return np.stack([pair.result() for pair in self._pairs])
+    def result(self) -> _Estimate:
+        """(C, E, E) values between every two epochs, per matrix layer (replicates (G, C, E, E))."""
+        results = [pair.result() for pair in self._pairs]
+        replicates = None if results[0].replicates is None else np.stack([r.replicates for r in results], axis=1)
+        return _Estimate(np.stack([r.value for r in results]), replicates)
 
 
 class _Accuracy:
-    """A model's accuracy on a probe (the first pass over it covers every input once)."""
+    """A model's accuracy on a probe (the first pass over it covers every input once), counted per group of
+    probe examples so that it has a jackknife like CKA's (`_Estimate`)."""
 
     def __init__(self, view: _View):
         self.view = view
-        self.correct = 0
-        self.count = 0
+        self.correct = torch.zeros(JACKKNIFE_GROUPS, dtype=torch.int64)
+        self.count = torch.zeros(JACKKNIFE_GROUPS, dtype=torch.int64)
 
-    def observe(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.correct += int((logits.argmax(dim=1) == labels).sum())
-        self.count += labels.numel()
+    def observe(self, logits: torch.Tensor, labels: torch.Tensor, group_of: torch.Tensor) -> None:
+        hits = (logits.argmax(dim=1) == labels).cpu().long()
+        groups = group_of.cpu()
+        self.correct += torch.bincount(groups, weights=hits, minlength=JACKKNIFE_GROUPS).long()
+        self.count += torch.bincount(groups, minlength=JACKKNIFE_GROUPS)
+
+    def result(self) -> _Estimate:
+        """(1, 1) accuracy; replicates (G, 1, 1) with each group's examples left out."""
+        correct, count = int(self.correct.sum()), int(self.count.sum())
+        left_out = (correct - self.correct).double() / (count - self.count).clamp_min(1).double()
+        return _Estimate(np.array([[correct / count]]), left_out.numpy().reshape(-1, 1, 1))
 
 
 @dataclass
@@ -368,6 +437,8 @@ class _Work:
     pairs: list[_Pair] = field(default_factory=list)
     stacks: list[_Stack] = field(default_factory=list)
     accuracies: list[_Accuracy] = field(default_factory=list)
+    layers_a: list[Layer] = field(default_factory=list)  # the job's compared layers on each side
+    layers_b: list[Layer] = field(default_factory=list)
     epochs: list[int] = field(default_factory=list)  # cross_epoch: the epoch of each pair
     probe_ids: list[str] = field(default_factory=list)  # cross_epoch: the probe id of each epoch
     seconds: float = 0.0  # compute time charged to this job (`_TaskRun._sweep`)
@@ -381,13 +452,17 @@ class _TaskRun:
         self.data = load_trial_data(configs[self.home], self.device)
         first = task.jobs[0]
         self.size, self.batch_size, self.passes = first.probe_size, first.batch_size, first.passes
+        self.pool = first.pool_features  # one probe dataset per task, so one answer (`CkaConfig.pools`)
         self.indices = probe_indices(self.data, self.size)
         self.count = self.indices.numel()
         self.labels = self.data.test_labels[self.indices]
         self.adversarial: dict[str, AdversarialProbe] = {}
         self.probes: dict[str, torch.Tensor] = {}  # adversarial probe id -> (n, C, H, W) float32 on the CPU
         self._models: OrderedDict[ModelRef, torch.nn.Module] = OrderedDict()
-        self._layers: dict[str, list[Layer]] = {}
+        # Each view records the layers of every type some job of the task compares; each job picks its own.
+        types = layer_types({t for job in task.jobs for t in job.layer_types})
+        self._layers = {trial: model_layers(configs[trial], types) for trial in task.trials}
+        self._selections: dict[tuple[str, tuple[str, ...]], _Selection] = {}
         self.work = [self._plan(job) for job in task.jobs]
 
     # -- what each job needs --------------------------------------------------------------------------------
@@ -404,8 +479,10 @@ class _TaskRun:
 
             views = [_View(ModelRef(job.a.trial, e, job.a.fingerprint), probe_of(e)) for e in job.epochs]
             final = views[job.epochs.index(job.a.epoch)]
-            work.pairs = [_Pair(view, final, job.measure, same_layer=True) for view in views]
-            work.stacks = [_Stack(views, job.layers, job.measure)]
+            select = self._selection(job.a.trial, job.layer_types)
+            work.layers_a = work.layers_b = select.layers
+            work.pairs = [_Pair(view, final, job.measure, select, select, same_layer=True) for view in views]
+            work.stacks = [_Stack(views, select.view_indices(job.layers), job.measure)]
             work.epochs, work.probe_ids = list(job.epochs), [view.probe for view in views]
             return work
         for side, probe in (("a", job.probe_a), ("b", job.probe_b)):
@@ -416,8 +493,24 @@ class _TaskRun:
         if job.measure == TRANSFER_ACCURACY:
             work.accuracies = [_Accuracy(b)]
         else:
-            work.pairs = [_Pair(a, b, job.measure)]
+            select_a = self._selection(job.a.trial, job.layer_types)
+            select_b = self._selection(job.b.trial, job.layer_types)
+            work.layers_a, work.layers_b = select_a.layers, select_b.layers
+            work.pairs = [_Pair(a, b, job.measure, select_a, select_b)]
         return work
+
+    def _selection(self, trial: str, types: tuple[str, ...]) -> _Selection:
+        """The layers of ``types`` among ``trial``'s view layers (one `_Selection` per trial and types)."""
+        key = (trial, types)
+        if key not in self._selections:
+            view = self._layers[trial]
+            chosen = [layer for layer in view if layer.type in types]
+            if len(chosen) == len(view):
+                self._selections[key] = _Selection(view)
+            else:
+                index = torch.tensor([layer.index for layer in chosen], device=self.device)
+                self._selections[key] = _Selection([replace(layer, index=i) for i, layer in enumerate(chosen)], index)
+        return self._selections[key]
 
     # -- checkpoints, layers, probes ------------------------------------------------------------------------
     def model(self, ref: ModelRef) -> torch.nn.Module:
@@ -429,11 +522,10 @@ class _TaskRun:
         self._models[ref] = model
         if len(self._models) > MODEL_CACHE:
             self._models.popitem(last=False)
-        if ref.trial not in self._layers:
-            self._layers[ref.trial] = comparable_layers(model, to_float(self.data.test_images[:2]))
         return model
 
     def layers(self, trial: str) -> list[Layer]:
+        """Every layer a view of ``trial`` records: those of every type the task's jobs compare."""
         return self._layers[trial]
 
     def inputs(self, probe: str, batch: torch.Tensor) -> torch.Tensor:
@@ -480,20 +572,24 @@ class _TaskRun:
         batches = []
         for pass_index in range(passes):
             order = torch.randperm(self.count, generator=torch.Generator().manual_seed(pass_index))
-            batches += [(pass_index == 0, batch) for batch in order.split(self.batch_size)]
+            # Within a minibatch, the examples in jackknife-group order (the group: the position in the probe,
+            # modulo the groups): each group's rows of every Gram are then one slice (MinibatchCKA), and the
+            # order within a minibatch changes no value.
+            batches += [(pass_index == 0, batch[torch.argsort(batch % JACKKNIFE_GROUPS, stable=True)])
+                        for batch in order.split(self.batch_size)]
         return batches
 
     def _grams(self, view: _View, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(L, b, b) float32 U-centred Grams of the view's layers on one minibatch, and the logits."""
         model = self.model(view.model)
-        with torch.no_grad(), GramRecorder(model, self.layers(view.model.trial)) as recorder:
+        with torch.no_grad(), GramRecorder(model, self.layers(view.model.trial), self.pool) as recorder:
             logits = model(channels_last(self.inputs(view.probe, batch)))
             return recorder.take(), logits
 
     def _sample_spaces(self, view: _View, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(L, b, b) float64 sample spaces of the view's layers (`rayrs.similarity.measures`), and the logits."""
         model = self.model(view.model)
-        return layer_sample_spaces(model, self.layers(view.model.trial), self.inputs(view.probe, batch))
+        return layer_sample_spaces(model, self.layers(view.model.trial), self.inputs(view.probe, batch), self.pool)
 
     def _steps(self, views: set[_View]) -> list[list[_View]]:
         """The views in the order of the module docstring: home final, other models, earlier home epochs."""
@@ -541,6 +637,7 @@ class _TaskRun:
         kept = {view for view in steps[0] if view.model.trial == self.home and view.model.epoch == self.final}
         for number, (first_pass, batch) in enumerate(batches, start=1):
             alive: dict[_View, torch.Tensor] = {}
+            group_of = (batch % JACKKNIFE_GROUPS).to(self.device)  # each example's jackknife group
             fed = 0
             for step in steps:
                 for view in step:
@@ -554,20 +651,20 @@ class _TaskRun:
                     for pair in pairs_of[view]:
                         if pair.a in alive and pair.b in alive:  # the second of its views to arrive feeds it
                             started = self._now()
-                            pair.update(alive[pair.a], alive[pair.b])
+                            pair.update(alive[pair.a], alive[pair.b], group_of)
                             owner[id(pair)].seconds += self._now() - started
                             fed += 1
                     for stack in stacks_of[view]:
                         stack.observe(view, rep)
                     if first_pass:
                         for accuracy in accuracies_of[view]:
-                            accuracy.observe(logits, self.labels[batch.to(self.device)])
+                            accuracy.observe(logits, self.labels[batch.to(self.device)], group_of)
                 for view in step:
                     if view not in kept:
                         del alive[view]
             for stack in stacks:
                 started = self._now()
-                stack.end_batch()
+                stack.end_batch(group_of)
                 owner[id(stack)].seconds += self._now() - started
             assert fed == len(pairs), f"{fed} of {len(pairs)} pairs fed: a pair's views were never alive together"
             yield number
@@ -588,20 +685,21 @@ class _TaskRun:
         job = work.job
         if job.measure == TRANSFER_ACCURACY:
             (accuracy,) = work.accuracies
-            return similarity_table(job, [], [], np.array([[accuracy.correct / accuracy.count]]), accuracy.count, 1,
-                                    output_row=True)
+            return similarity_table(job, [], [], accuracy.result(), int(accuracy.count.sum()), 1, output_row=True)
         if job.kind != "cross_epoch":
             (pair,) = work.pairs
-            layers_a, layers_b = self.layers(job.a.trial), self.layers(job.b.trial)
-            return similarity_table(job, layers_a, layers_b, pair.result(), n_examples, passes)
-        return cross_epoch_table(job, self.layers(job.a.trial), work.epochs, work.probe_ids,
-                                 np.stack([pair.result() for pair in work.pairs]), work.stacks[0].result(),
-                                 n_examples, passes)
+            return similarity_table(job, work.layers_a, work.layers_b, pair.result(), n_examples, passes)
+        to_final = [pair.result() for pair in work.pairs]
+        replicates = None if to_final[0].replicates is None else np.stack([r.replicates for r in to_final], axis=1)
+        return cross_epoch_table(job, work.layers_a, work.epochs, work.probe_ids,
+                                 _Estimate(np.stack([r.value for r in to_final]), replicates),
+                                 work.stacks[0].result(), n_examples, passes)
 
 
-def similarity_table(job: SimilarityJob, layers_a: list[Layer], layers_b: list[Layer], values: np.ndarray,
+def similarity_table(job: SimilarityJob, layers_a: list[Layer], layers_b: list[Layer], values: _Estimate,
                      n_examples: int, passes: int | None = None, output_row: bool = False) -> pa.Table:
-    """Rows of ``values`` (L_a, L_b) in `rayrs.schema.SIMILARITY_SCHEMA`, one per layer pair.
+    """Rows of ``values`` (L_a, L_b) in `rayrs.schema.SIMILARITY_SCHEMA`, one per layer pair, with each value's
+    standard error and jackknife replicates where the measure has them.
 
     With ``output_row`` (a transfer_accuracy job), ``values`` is (1, 1) and its single row has layer -1 and
     name and type "output".
@@ -614,34 +712,43 @@ def similarity_table(job: SimilarityJob, layers_a: list[Layer], layers_b: list[L
         ia, ib = (index.ravel() for index in grid)
         names_a, types_a = [layers_a[i].name for i in ia], [layers_a[i].type for i in ia]
         names_b, types_b = [layers_b[j].name for j in ib], [layers_b[j].type for j in ib]
+    replicates = None if values.replicates is None else values.replicates.reshape(values.replicates.shape[0], -1).T
     return _rows(job, job.a.epoch, job.b.epoch, job.probe_a, job.probe_b, ia, ib, names_a, names_b, types_a, types_b,
-                 values.ravel(), n_examples, job.passes if passes is None else passes)
+                 values.value.ravel(), n_examples, job.passes if passes is None else passes, replicates)
 
 
 def cross_epoch_table(job: SimilarityJob, layers: list[Layer], epochs: list[int], probes: list[str],
-                      to_final: np.ndarray, matrix: np.ndarray, n_examples: int, passes: int) -> pa.Table:
+                      to_final: _Estimate, matrix: _Estimate, n_examples: int, passes: int) -> pa.Table:
     """cross_epoch rows, same-layer pairs only: every layer at each epoch vs the final epoch (``to_final``,
     (E, L)), and for the matrix layers every (epoch_a, epoch_b) with epoch_b before the final one (``matrix``,
     (C, E, E)): together each matrix layer's full epoch x epoch square, each pair once."""
     final = epochs.index(job.a.epoch)
-    rows: list[tuple[int, int, str, str, int, float]] = []  # epoch_a, epoch_b, probe_a, probe_b, layer, value
+    rows: list[tuple[int, int, str, str, int]] = []  # epoch_a, epoch_b, probe_a, probe_b, layer
+    picks: list[tuple[_Estimate, tuple[int, ...]]] = []  # where each row's value sits
     for i, epoch in enumerate(epochs):
-        rows += [(epoch, epochs[final], probes[i], probes[final], index, to_final[i, index])
-                 for index in range(len(layers))]
+        for index in range(len(layers)):
+            rows.append((epoch, epochs[final], probes[i], probes[final], index))
+            picks.append((to_final, (i, index)))
     for c, index in enumerate(job.layers):
         for i, j in ((i, j) for i in range(len(epochs)) for j in range(len(epochs)) if j != final):
-            rows.append((epochs[i], epochs[j], probes[i], probes[j], index, matrix[c, i, j]))
-    epoch_a, epoch_b, probe_a, probe_b, layer, value = (list(column) for column in zip(*rows))
+            rows.append((epochs[i], epochs[j], probes[i], probes[j], index))
+            picks.append((matrix, (c, i, j)))
+    epoch_a, epoch_b, probe_a, probe_b, layer = (list(column) for column in zip(*rows))
     names = [layers[i].name for i in layer]
     types = [layers[i].type for i in layer]
-    return _rows(job, epoch_a, epoch_b, probe_a, probe_b, layer, layer, names, names, types, types, np.array(value),
-                 n_examples, passes)
+    value = np.array([estimate.value[where] for estimate, where in picks])
+    replicates = None
+    if to_final.replicates is not None:
+        replicates = np.stack([estimate.replicates[(slice(None), *where)] for estimate, where in picks])
+    return _rows(job, epoch_a, epoch_b, probe_a, probe_b, layer, layer, names, names, types, types, value,
+                 n_examples, passes, replicates)
 
 
 def _rows(job: SimilarityJob, epoch_a: Any, epoch_b: Any, probe_a: Any, probe_b: Any, layer_a: Any, layer_b: Any,
           name_a: list[str], name_b: list[str], type_a: list[str], type_b: list[str], value: np.ndarray,
-          n_examples: int, passes: int) -> pa.Table:
-    """A table in `SIMILARITY_SCHEMA`; scalar arguments are repeated on every row."""
+          n_examples: int, passes: int, replicates: np.ndarray | None = None) -> pa.Table:
+    """A table in `SIMILARITY_SCHEMA` plus ``std_error`` and ``jackknife`` (`rayrs.schema`); scalar arguments
+    are repeated on every row. ``replicates``: (rows, G) jackknife replicates, or None (both columns null)."""
     count = len(value)
 
     def column(values: Any) -> Any:
@@ -667,7 +774,14 @@ def _rows(job: SimilarityJob, epoch_a: Any, epoch_b: Any, probe_a: Any, probe_b:
         "passes": column(passes),
         "job": column(job.id),
     }
-    return pa.table(columns, schema=SIMILARITY_SCHEMA)
+    table = pa.table(columns, schema=SIMILARITY_SCHEMA)
+    if replicates is None:
+        errors = pa.nulls(count, STD_ERROR_FIELD.type)
+        lists = pa.nulls(count, JACKKNIFE_FIELD.type)
+    else:
+        errors = pa.array(jackknife_std_error(torch.from_numpy(replicates.T)).numpy(), STD_ERROR_FIELD.type)
+        lists = pa.array(list(replicates), JACKKNIFE_FIELD.type)
+    return table.append_column(STD_ERROR_FIELD, errors).append_column(JACKKNIFE_FIELD, lists)
 
 
 __all__ = [
