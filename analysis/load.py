@@ -15,6 +15,7 @@ import polars as pl
 import pyarrow as pa
 from altair.utils.schemapi import debug_mode
 
+from rayrs.catalog import similarity_files
 from rayrs.errors import UserError
 from rayrs.schema import (
     JACKKNIFE_FIELD,
@@ -25,7 +26,7 @@ from rayrs.schema import (
     TRIAL_COLUMNS,
     check_job_rows,
 )
-from rayrs.storage import METRICS, SIMILARITY_DIR, SWEEP_CONFIG, DamagedFile, Storage, way_out
+from rayrs.storage import METRICS, SWEEP_CONFIG, DamagedFile, Storage, way_out
 
 # Display names of training methods and threat models, in the paper's words; unknown ones are shown as written.
 METHOD_NAMES = {"standard": "standard", "pgd": "PGD-AT", "pgd_at": "PGD-AT", "trades": "TRADES"}
@@ -71,11 +72,13 @@ def _check_experiment(storage: Storage, metrics: pl.DataFrame) -> None:
 
 
 def read_similarity(storage: Storage) -> pl.DataFrame:
-    """Every ``similarity/<kind>/<job>.parquet`` file concatenated, with `SIMILARITY_SCHEMA`'s columns.
+    """The experiment's ``similarity/<kind>/<job>.parquet`` files concatenated, with `SIMILARITY_SCHEMA`'s columns.
 
-    One row per layer pair per comparison; empty (with the columns) when no comparison has finished.
+    Only the files of jobs that ``sweep.json`` plans are read (`rayrs.catalog.similarity_files`): an older run's
+    file left beside them (an old job id, an old measure definition) never enters a figure. One row per layer pair
+    per comparison; empty (with the columns) when no comparison has finished.
     """
-    files = storage.list_files(SIMILARITY_DIR, ".parquet")
+    files = similarity_files(storage).planned
     if not files:
         return _empty(SIMILARITY_SCHEMA)
     tables = [storage.read_table(rel) for rel in files]

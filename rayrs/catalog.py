@@ -4,7 +4,8 @@ the check that what storage holds is what the sweep asks for.
 The checkpoints' ``meta.json`` files are the source of truth; the catalog is rebuilt from them after training,
 so it can never disagree with what is on storage (a resumed trial's epochs appear once each). Who a trial
 folder belongs to is its ``trial.json`` (`read_trial_record`); `check_trials` holds every folder against the
-sweep before a run writes anything.
+sweep before a run writes anything. Which comparison files are the experiment's is what its ``sweep.json``
+plans (`similarity_files`): a file of an older run left under ``similarity/`` is never read beside them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pyarrow as pa
 
 from rayrs import checkpoint
 from rayrs import storage as layout
-from rayrs.config import TrialSpec
+from rayrs.config import Experiment, TrialSpec, describe, expand
 from rayrs.errors import UserError
 from rayrs.schema import EPOCH_COLUMNS, METRICS_SCHEMA, TRIAL_COLUMNS, check_job_rows
 from rayrs.storage import DamagedFile, Storage
@@ -148,6 +149,56 @@ def remaining_trial_seconds(statuses: Sequence[TrialStatus]) -> float | None:
         return None
     typical = sum(known) / len(known)
     return sum((s.epochs - s.epochs_done) * (s.epoch_seconds or typical) for s in statuses)
+
+
+def read_sweep(storage: Storage) -> Experiment:
+    """The experiment of ``sweep.json``, validated; an unreadable or schema-invalid one is one line with the way out."""
+    from pydantic import ValidationError
+
+    try:
+        return Experiment.model_validate(storage.read_json(layout.SWEEP_CONFIG))
+    except ValidationError as error:
+        raise DamagedFile(
+            f"{storage.full_path(layout.SWEEP_CONFIG)} is not a sweep this rayrs can read ({describe(error)}); "
+            "rerun the sweep file with --resume to rewrite it"
+        ) from None
+
+
+@dataclass(frozen=True)
+class SimilarityFiles:
+    """The Parquet files under ``similarity/``: ``planned``, those of jobs the sweep plans (to read), and
+    ``foreign``, the others (an older run's job ids, an older measure definition), never read. Relative paths."""
+
+    planned: list[str]
+    foreign: list[str]
+
+    def note(self, storage: Storage) -> str | None:
+        """One line about the foreign files, for a person; None when there are none."""
+        if not self.foreign:
+            return None
+        count = len(self.foreign)
+        return (
+            f"{count} file{'s' if count > 1 else ''} under {storage.full_path(layout.SIMILARITY_DIR)} "
+            f"{'are' if count > 1 else 'is'} not of a comparison that {layout.SWEEP_CONFIG} plans (e.g. "
+            f"{self.foreign[0]}, an older run's) and {'were' if count > 1 else 'was'} not read; delete or move "
+            f"{'them' if count > 1 else 'it'} to keep the folder to this sweep"
+        )
+
+
+def similarity_files(storage: Storage) -> SimilarityFiles:
+    """The experiment's comparison files, split by whether ``sweep.json`` plans their job (`SimilarityFiles`).
+
+    Without a ``sweep.json`` (results assembled by hand, `analysis.synthetic`) every file counts as planned; an
+    unreadable one is a `DamagedFile` (`read_sweep`): which files are the sweep's would be unknown.
+    """
+    from rayrs.similarity.jobs import plan_jobs  # it imports the training code, which imports this module
+
+    files = storage.list_files(layout.SIMILARITY_DIR, ".parquet")
+    if not files or not storage.exists(layout.SWEEP_CONFIG):
+        return SimilarityFiles(planned=files, foreign=[])
+    experiment = read_sweep(storage)
+    outputs = {job.output for job in plan_jobs(experiment, expand(experiment, source=storage.full_path(layout.SWEEP_CONFIG)))}
+    return SimilarityFiles(planned=[f for f in files if f in outputs], foreign=[f for f in files if f not in outputs])
 
 
 def finished_jobs(storage: Storage, jobs: Iterable[Any]) -> set[str]:

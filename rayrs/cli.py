@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from rayrs.attacks import THREAT_MODELS
-from rayrs.config import comparison_kinds, describe, expand, load_experiment
+from rayrs.config import comparison_kinds, expand, load_experiment
 from rayrs.data import DATASETS
 from rayrs.errors import UserError
 from rayrs.methods import METHODS
@@ -144,6 +143,7 @@ def analyze(
     with user_errors():
         from analysis.report import render_report
         from rayrs import storage as layout
+        from rayrs.catalog import similarity_files
         from rayrs.storage import Storage
 
         storage = Storage(results_dir)
@@ -154,6 +154,9 @@ def analyze(
         report = render_report(storage, out, formats)
         for name, reason in report.skipped.items():
             console.print(f"[yellow]skipped figure[/] {name}: {escape(reason)}")
+        foreign = similarity_files(storage).note(storage)  # the report read only the sweep's own comparisons
+        if foreign is not None:
+            console.print(f"[yellow]comparisons:[/] {escape(foreign)}", soft_wrap=True)
         console.print(f"report: {report.out_dir}")
 
 
@@ -164,11 +167,16 @@ def status(
     """Progress of a sweep read from its results alone (no Ray): trials, epochs, accuracy, comparisons, time left,
     and the driver running it (its lease)."""
     with user_errors():
-        from pydantic import ValidationError
-
         from rayrs import storage as layout
-        from rayrs.catalog import TrialMismatch, check_trials, finished_jobs, remaining_trial_seconds, trial_status
-        from rayrs.config import Experiment, describe
+        from rayrs.catalog import (
+            TrialMismatch,
+            check_trials,
+            finished_jobs,
+            read_sweep,
+            remaining_trial_seconds,
+            similarity_files,
+            trial_status,
+        )
         from rayrs.lease import EXPIRY_SECONDS, read_holder
         from rayrs.similarity.jobs import plan_jobs
         from rayrs.storage import Storage
@@ -178,13 +186,7 @@ def status(
         if not storage.exists(layout.SWEEP_CONFIG):
             raise UserError(f"{storage.root}: no {layout.SWEEP_CONFIG} here; point at an experiment's results folder")
         sweep_json = storage.full_path(layout.SWEEP_CONFIG)
-        try:
-            experiment = Experiment.model_validate(storage.read_json(layout.SWEEP_CONFIG))
-        except ValidationError as error:
-            raise UserError(
-                f"{sweep_json} is not a sweep this rayrs can read ({describe(error)}); "
-                "rerun the sweep file with --resume to rewrite it"
-            ) from None
+        experiment = read_sweep(storage)
         trials = expand(experiment, source=sweep_json)
         try:
             check_trials(storage, trials)  # the trials on storage are the ones sweep.json describes
@@ -208,6 +210,9 @@ def status(
             f"comparison jobs: {jobs_done}/{len(jobs)} done; training left: "
             + ("unknown (no epoch finished yet)" if left is None else f"~{left / 3600:.2f} trial-hours")
         )
+        foreign = similarity_files(storage).note(storage)
+        if foreign is not None:
+            Console().print(f"[yellow]comparisons:[/] {escape(foreign)}", soft_wrap=True)
         try:
             holder = read_holder(storage)
         except UserError as error:  # a damaged lease does not hide the progress above

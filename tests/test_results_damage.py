@@ -290,3 +290,46 @@ def test_a_checkpoint_of_another_trial_or_epoch_is_refused_where_it_is_read(tmp_
     with pytest.raises(UserError) as caught:  # a file that is not there is missing, not "unreadable"
         checkpoint.load_weights(storage, "b", 1)
     assert "is missing" in str(caught.value) and "unreadable" not in str(caught.value)
+
+
+# -- follow-up: analyze and status read only the comparisons the sweep plans ------------------------------------
+def test_an_older_runs_comparison_files_are_not_read_beside_the_sweeps(results):
+    """Files of jobs sweep.json does not plan (an older run's: another probe size, a cross_epoch job since dropped)
+    are left out of the figures, the summary and status's counts, with one line saying so."""
+    from dataclasses import replace
+
+    import pyarrow as pa
+
+    from rayrs.config import expand
+    from rayrs.similarity.jobs import plan_jobs
+
+    root = results.copy("stale comparisons")
+    experiment = load_experiment(results.sweep_file)
+    job = next(j for j in plan_jobs(experiment, expand(experiment)) if j.kind == "cross_layer" and j.a.trial == TRIAL)
+    rows = pq.read_table(root / job.output)
+    stale = [replace(job, probe_size=32), replace(job, kind="cross_epoch", epochs=(1,))]
+    for old in stale:  # each holds rows of its own job, so only the plan tells it from the sweep's
+        table = rows.set_column(rows.schema.get_field_index("job"), "job", pa.array([old.id] * len(rows)))
+        table = table.set_column(table.schema.get_field_index("kind"), "kind", pa.array([old.kind] * len(rows)))
+        table = table.set_column(table.schema.get_field_index("value"), "value", pa.compute.subtract(1.0, rows["value"]))
+        (root / old.output).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, root / old.output)
+    before = files(root)
+
+    out = results.scratch / "report-stale"
+    shutil.copytree(results.report, out)
+    analyze = results.run_analyze(root, out)
+    assert analyze.exit_code == 0, analyze.output
+    # Every figure's inputs and the summary's numbers are the undamaged run's: the stale rows were not read.
+    assert json.loads((out / "manifest.json").read_text()) == results.manifest
+    assert pq.read_table(out / "summary.parquet").equals(pq.read_table(results.report / "summary.parquet"))
+    note = [line for line in analyze.stderr.splitlines() if line.startswith("comparisons:")]
+    assert note == [f"comparisons: 2 files under {root / layout.SIMILARITY_DIR} are not of a comparison that sweep.json "
+                    f"plans (e.g. {min(old.output for old in stale)}, an older run's) and were not read; delete or "
+                    "move them to keep the folder to this sweep"]
+
+    status = results.run_status(root)
+    assert status.exit_code == 0, status.output
+    assert status_lines(status.stdout) == status_lines(results.status.stdout)  # 4/4 comparison jobs, not 6
+    assert f"comparisons: 2 files under {root / layout.SIMILARITY_DIR} are not of a comparison" in " ".join(status.stdout.split())
+    assert files(root) == before  # both only read
