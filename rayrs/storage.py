@@ -44,7 +44,8 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -450,21 +451,25 @@ class Storage:
 
     # -- bytes -----------------------------------------------------------------------------------
     def write_bytes(self, rel: str, data: bytes) -> None:
-        """Write ``data`` so that readers see either the old file, or all of the new one."""
+        """Write ``data`` so that readers see either the old file, or all of the new one.
+
+        A write the filesystem refuses (disk full, permission denied) is a `WriteFailed` naming the file.
+        """
         target = self._changeable(rel, "write")
-        parent = target.rsplit("/", 1)[0]
-        self.filesystem.create_dir(parent, recursive=True)
-        if not self.is_local:
-            # An object store publishes an object only when its upload completes.
-            with self.filesystem.open_output_stream(target) as out:
-                out.write(data)
-            return
-        temporary = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(temporary, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, target)
+        with _refused("write", target):
+            self.filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            if not self.is_local:
+                # An object store publishes an object only when its upload completes.
+                with self.filesystem.open_output_stream(target) as out:
+                    out.write(data)
+                return
+            temporary = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+            try:
+                _write_synced(temporary, data)
+                os.replace(temporary, target)
+            finally:  # a write cut short (disk full) leaves no temporary file behind
+                if os.path.lexists(temporary):
+                    os.unlink(temporary)
 
     def create_new(self, rel: str, data: bytes) -> bool:
         """Write ``data`` at ``rel`` only if nothing is there; returns whether this call created it.
@@ -479,19 +484,18 @@ class Storage:
                 return False
             self.write_bytes(rel, data)
             return True
-        self.filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
-        temporary = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(temporary, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        try:
-            os.link(temporary, target)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(temporary)
+        with _refused("write", target):
+            self.filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            temporary = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+            try:
+                _write_synced(temporary, data)
+                os.link(temporary, target)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                if os.path.lexists(temporary):
+                    os.unlink(temporary)
 
     def rename(self, rel: str, new_rel: str) -> bool:
         """Move the file ``rel`` to ``new_rel`` (replacing it); False if ``rel`` was not there.
@@ -500,13 +504,14 @@ class Storage:
         copy and a delete.
         """
         source, target = self._changeable(rel, "move"), self._changeable(new_rel, "write")
-        try:
-            if self.is_local:
-                os.replace(source, target)
-            else:
-                self.filesystem.move(source, target)
-        except FileNotFoundError:
-            return False
+        with _refused("write", target):
+            try:
+                if self.is_local:
+                    os.replace(source, target)
+                else:
+                    self.filesystem.move(source, target)
+            except FileNotFoundError:
+                return False
         return True
 
     def read_bytes(self, rel: str) -> bytes:
@@ -521,12 +526,14 @@ class Storage:
         """Delete the folder ``rel`` and everything in it; only ever a folder strictly inside the root."""
         target = self._changeable(rel, "delete")
         if self.exists(rel):
-            self.filesystem.delete_dir(target)
+            with _refused("delete", target):
+                self.filesystem.delete_dir(target)
 
     def delete_file(self, rel: str) -> None:
         target = self._changeable(rel, "delete")
         if self.exists(rel):
-            self.filesystem.delete_file(target)
+            with _refused("delete", target):
+                self.filesystem.delete_file(target)
 
     # -- typed files -----------------------------------------------------------------------------
     def write_json(self, rel: str, obj: Any) -> None:
@@ -556,6 +563,35 @@ class DamagedFile(UserError):
 
 class MissingFile(UserError):
     """A results file that should be there and is not; the message names it and the way out."""
+
+
+class WriteFailed(UserError):
+    """A write or delete the filesystem refused (disk full, permission denied, a read-only disk): the message
+    names the file and the way out, a rerun (``--resume`` keeps everything a sweep finished)."""
+
+
+@contextmanager
+def _refused(action: str, target: str) -> Iterator[None]:
+    """Turn the filesystem's refusal to ``action`` ``target`` into a one-line `WriteFailed`.
+
+    What was written before stays (every file is atomic), so after making room a sweep resumes where it stopped.
+    """
+    try:
+        yield
+    except OSError as error:  # pyarrow's filesystem errors are OSErrors too
+        reason = error.strerror or _first_line(error)
+        raise WriteFailed(
+            f"cannot {action} {target} ({reason}); make room or fix the folder's permissions, then rerun: a sweep "
+            "with --resume keeps everything it finished"
+        ) from None
+
+
+def _write_synced(path: str, data: bytes) -> None:
+    """Write ``data`` to a new local file and flush it to the disk before it is renamed or linked into place."""
+    with open(path, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def _relative(rel: str, root: str) -> str:
