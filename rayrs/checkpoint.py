@@ -53,14 +53,14 @@ def completed_epochs(storage: Storage, trial: str) -> list[int]:
 
 
 def read_meta(storage: Storage, trial: str, epoch: int) -> dict[str, Any]:
-    """``trial``'s meta.json of ``epoch``, checked to be what `save_epoch` writes: an object of this trial and
-    this epoch (so a file copied or swapped from another is refused) with a ``metrics`` object whose values are
-    numbers."""
+    """``trial``'s meta.json of ``epoch``, checked to be what `save_epoch` writes: an object of this epoch (and of
+    this trial, where it names one: a file copied or swapped from another is refused) with a ``metrics`` object
+    whose values are numbers."""
     path = layout.epoch_meta(trial, epoch)
     meta = storage.read_json(path)
     problem = _meta_problem(meta, epoch)
-    if problem is None and meta.get("trial") != trial:
-        problem = f"it is of trial {meta['trial']!r}, not {trial!r}" if "trial" in meta else "no trial"
+    if problem is None and "trial" in meta and meta["trial"] != trial:  # copied or swapped from another trial
+        problem = f"it is of trial {meta['trial']!r}, not {trial!r}"
     if problem is not None:
         raise _not_an_epoch_record(storage, path, trial, problem)
     return meta

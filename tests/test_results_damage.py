@@ -286,6 +286,9 @@ def test_a_checkpoint_of_another_trial_or_epoch_is_refused_where_it_is_read(tmp_
     with pytest.raises(UserError, match=r"meta.json is not an epoch record of rayrs \(it is of epoch 1, not 2\); rerun the sweep with --redo a"):
         shutil.copytree(tmp_path / layout.epoch_dir("a", 1), tmp_path / layout.epoch_dir("a", 2))
         checkpoint.read_meta(storage, "a", 2)
+    shutil.copy(tmp_path / layout.epoch_meta("b", 1), tmp_path / layout.epoch_meta("a", 1))
+    with pytest.raises(UserError, match=r"meta.json is not an epoch record of rayrs \(it is of trial 'b', not 'a'\); .*--redo a"):
+        checkpoint.read_meta(storage, "a", 1)
     (tmp_path / layout.weights("b", 1)).unlink()
     with pytest.raises(UserError) as caught:  # a file that is not there is missing, not "unreadable"
         checkpoint.load_weights(storage, "b", 1)
