@@ -15,9 +15,18 @@ import polars as pl
 import pyarrow as pa
 from altair.utils.schemapi import debug_mode
 
+from rayrs.catalog import similarity_files
 from rayrs.errors import UserError
-from rayrs.schema import JACKKNIFE_FIELD, METRICS_SCHEMA, SECONDS_FIELD, SIMILARITY_SCHEMA, STD_ERROR_FIELD, TRIAL_COLUMNS
-from rayrs.storage import METRICS, SIMILARITY_DIR, Storage
+from rayrs.schema import (
+    JACKKNIFE_FIELD,
+    METRICS_SCHEMA,
+    SECONDS_FIELD,
+    SIMILARITY_SCHEMA,
+    STD_ERROR_FIELD,
+    TRIAL_COLUMNS,
+    check_job_rows,
+)
+from rayrs.storage import METRICS, SWEEP_CONFIG, DamagedFile, Storage, way_out
 
 # Display names of training methods and threat models, in the paper's words; unknown ones are shown as written.
 METHOD_NAMES = {"standard": "standard", "pgd": "PGD-AT", "pgd_at": "PGD-AT", "trades": "TRADES"}
@@ -42,21 +51,43 @@ def read_metrics(storage: Storage) -> pl.DataFrame:
     """``metrics.parquet`` as a frame with `METRICS_SCHEMA`'s columns: one row per trial x epoch (empty if absent)."""
     if not storage.exists(METRICS):
         return _empty(METRICS_SCHEMA)
-    return pl.from_arrow(_conform(storage, METRICS, METRICS_SCHEMA))
+    metrics = pl.from_arrow(_conform(storage, METRICS, METRICS_SCHEMA))
+    _check_experiment(storage, metrics)
+    return metrics
+
+
+def _check_experiment(storage: Storage, metrics: pl.DataFrame) -> None:
+    """Refuse a ``metrics.parquet`` of another experiment (copied over this one's): its rows name their
+    experiment, and ``sweep.json``, where there is a readable one, names this one."""
+    try:
+        name = storage.read_json(SWEEP_CONFIG)["name"]
+    except (UserError, KeyError, TypeError):  # none, or damaged: the sweep's to repair, not the report's
+        return
+    others = sorted(set(metrics["experiment"].drop_nulls().to_list()) - {name})
+    if others:
+        raise DamagedFile(
+            f"{storage.full_path(METRICS)} holds rows of experiment {others[0]!r}, not of {name!r} "
+            f"({storage.full_path(SWEEP_CONFIG)}); {way_out(METRICS)}"
+        )
 
 
 def read_similarity(storage: Storage) -> pl.DataFrame:
-    """Every ``similarity/<kind>/<job>.parquet`` file concatenated, with `SIMILARITY_SCHEMA`'s columns.
+    """The experiment's ``similarity/<kind>/<job>.parquet`` files concatenated, with `SIMILARITY_SCHEMA`'s columns.
 
-    One row per layer pair per comparison; empty (with the columns) when no comparison has finished.
+    Only the files of jobs that ``sweep.json`` plans are read (`rayrs.catalog.similarity_files`): an older run's
+    file left beside them (an old job id, an old measure definition) never enters a figure. One row per layer pair
+    per comparison; empty (with the columns) when no comparison has finished.
     """
-    files = storage.list_files(SIMILARITY_DIR, ".parquet")
+    files = similarity_files(storage).planned
     if not files:
         return _empty(SIMILARITY_SCHEMA)
     tables = [storage.read_table(rel) for rel in files]
     extra = [name for name in OPTIONAL_SIMILARITY_COLUMNS if any(name in t.column_names for t in tables)]
     schema = pa.schema(list(SIMILARITY_SCHEMA) + [pa.field(name, OPTIONAL_SIMILARITY_COLUMNS[name]) for name in extra])
-    return pl.from_arrow(pa.concat_tables(_conform(storage, rel, schema, table) for rel, table in zip(files, tables)))
+    tables = [_conform(storage, rel, schema, table) for rel, table in zip(files, tables)]
+    for rel, table in zip(files, tables):
+        check_job_rows(storage, rel, table)  # a file copied or swapped from another job is refused, never drawn
+    return pl.from_arrow(pa.concat_tables(tables))
 
 
 def trial_labels(metrics: pl.DataFrame) -> pl.DataFrame:

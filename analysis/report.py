@@ -263,8 +263,9 @@ def render_report(storage: Storage, out_dir: Path | None = None, formats: Sequen
     ``out_dir`` defaults to the results' ``report/`` folder; it is required when the results are not local.
     ``formats``: any of ``png`` (vl-convert, scale 2), ``svg`` and ``html`` (one ``index.html``).
     A figure without data is skipped, with the reason, rather than drawn empty; one whose inputs and code are
-    as at the last render (``manifest.json``) is not redrawn. ``summary.parquet`` is written under the results
-    (`analysis.summary.SUMMARY`).
+    as at the last render (``manifest.json``) is not redrawn. ``summary.parquet`` is written next to the page,
+    in ``out_dir`` (`analysis.summary.SUMMARY`): reading results never writes into them, so results on a
+    read-only disk or another user's folder render to any ``out_dir``.
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -278,7 +279,7 @@ def render_report(storage: Storage, out_dir: Path | None = None, formats: Sequen
 
     metrics, similarity = read_metrics(storage), read_similarity(storage)
     inputs = Inputs(metrics, similarity, summary.summarize(similarity, metrics))
-    report.summary = summary.write_summary(storage, inputs.summary)
+    report.summary = summary.write_summary(out, inputs.summary)
     manifest = _read_manifest(out)
     entries: dict[str, dict] = {}
     specs: dict[str, dict] = {}
@@ -354,7 +355,7 @@ def index_html(
     numbers = summary.summary_html(inputs.summary)
     numbers = (
         numbers
-        + f"\n<p>Every trial's numbers are in <code>{html.escape(summary.SUMMARY)}</code> under the results folder.</p>"
+        + f"\n<p>Every trial's numbers are in <code>{html.escape(summary.SUMMARY)}</code> next to this page.</p>"
         if numbers
         else '<p class="skipped">No summary numbers: they need cross_layer or cross_epoch comparisons.</p>'
     )

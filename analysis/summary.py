@@ -38,9 +38,9 @@ from rayrs.schema import TRIAL_COLUMNS
 from rayrs import storage as layout
 from rayrs.storage import Storage
 
-# Where summary.parquet lives, relative to the results root. rayrs.storage has no constant for it yet; until
-# it has one, next to the report (the report folder is analysis' to write).
-SUMMARY = layout.SUMMARY  # next to metrics.parquet
+# Where summary.parquet lives, relative to the report folder (`analysis.report.render_report`'s out_dir): the
+# report is analysis' to write, the results are not (they may be read-only).
+SUMMARY = layout.SUMMARY
 CONVERGENCE_THRESHOLD = 0.9
 FAR_FRACTION = 1 / 3  # layers farther apart than this fraction of the network count as "far"
 

@@ -383,8 +383,9 @@ def write_metrics(results: Storage, rows: Iterable[dict]) -> None:
 def write_similarity(
     results: Storage, kind: str, job: str, rows: list[dict], extra: dict[str, list] | None = None
 ) -> None:
-    """``rows`` as ``similarity/<kind>/<job>.parquet``; ``extra`` columns (e.g. ``seconds``) appended as given."""
-    table = pa.Table.from_pylist(rows, schema=SIMILARITY_SCHEMA)
+    """``rows`` as ``similarity/<kind>/<job>.parquet``, their ``job`` column set to ``job`` as in a real file;
+    ``extra`` columns (e.g. ``seconds``) appended as given."""
+    table = pa.Table.from_pylist([row | {"job": job} for row in rows], schema=SIMILARITY_SCHEMA)
     for name, values in (extra or {}).items():
         table = table.append_column(name, pa.array(values))
     results.write_table(layout.similarity(kind, job), table)

@@ -3,11 +3,17 @@
 An epoch's checkpoint is complete when its ``meta.json`` exists: it is written after both tensor files, each
 of which is itself written atomically (`rayrs.storage`). A crash therefore leaves either a whole epoch or an
 epoch that readers do not see, and training resumes from the last complete one.
+
+Every file says whose it is: ``meta.json`` holds its trial and epoch, and each safetensors file the same in
+its header's metadata. A reader checks them, so a file copied or swapped from another trial or epoch is
+refused (one line naming it and the way out) instead of silently read as this one's.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import struct
 from typing import Any
 
 import torch
@@ -19,7 +25,7 @@ from torch import nn
 from rayrs import storage as layout
 from rayrs.errors import UserError
 from rayrs.schema import EPOCH_COLUMNS
-from rayrs.storage import Storage
+from rayrs.storage import DamagedFile, Storage
 
 _EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
 
@@ -29,8 +35,10 @@ def save_epoch(
 ) -> None:
     """Write the checkpoint of ``trial`` after ``epoch``: weights, optimiser state, then meta.json."""
     weights = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-    storage.write_bytes(layout.weights(trial, epoch), save_safetensors(weights))
-    storage.write_bytes(layout.optimizer_state(trial, epoch), save_safetensors(_optimizer_tensors(model, optimizer)))
+    owner = _owner(trial, epoch)
+    storage.write_bytes(layout.weights(trial, epoch), save_safetensors(weights, metadata=owner))
+    optimizer_state = _optimizer_tensors(model, optimizer)
+    storage.write_bytes(layout.optimizer_state(trial, epoch), save_safetensors(optimizer_state, metadata=owner))
     storage.write_json(layout.epoch_meta(trial, epoch), {"trial": trial, "epoch": epoch, **meta})
 
 
@@ -45,11 +53,14 @@ def completed_epochs(storage: Storage, trial: str) -> list[int]:
 
 
 def read_meta(storage: Storage, trial: str, epoch: int) -> dict[str, Any]:
-    """``trial``'s meta.json of ``epoch``, checked to be what `save_epoch` writes: an object of this epoch with
-    a ``metrics`` object whose values are numbers."""
+    """``trial``'s meta.json of ``epoch``, checked to be what `save_epoch` writes: an object of this epoch (and of
+    this trial, where it names one: a file copied or swapped from another is refused) with a ``metrics`` object
+    whose values are numbers."""
     path = layout.epoch_meta(trial, epoch)
     meta = storage.read_json(path)
     problem = _meta_problem(meta, epoch)
+    if problem is None and "trial" in meta and meta["trial"] != trial:  # copied or swapped from another trial
+        problem = f"it is of trial {meta['trial']!r}, not {trial!r}"
     if problem is not None:
         raise _not_an_epoch_record(storage, path, trial, problem)
     return meta
@@ -80,7 +91,7 @@ def _meta_problem(meta: Any, epoch: int) -> str | None:
 
 
 def _not_an_epoch_record(storage: Storage, path: str, trial: str, problem: str) -> UserError:
-    return UserError(
+    return DamagedFile(
         f"{storage.full_path(path)} is not an epoch record of rayrs ({problem}); "
         f"rerun the sweep with --redo {trial} to retrain that trial"
     )
@@ -88,7 +99,7 @@ def _not_an_epoch_record(storage: Storage, path: str, trial: str, problem: str) 
 
 def load_weights(storage: Storage, trial: str, epoch: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """The state dict of ``trial`` after ``epoch``, on ``device``."""
-    return _read_tensors(storage, layout.weights(trial, epoch), trial, device)
+    return _read_tensors(storage, layout.weights(trial, epoch), trial, epoch, device)
 
 
 def load_model_weights(storage: Storage, trial: str, epoch: int, model: nn.Module) -> None:
@@ -98,7 +109,7 @@ def load_model_weights(storage: Storage, trial: str, epoch: int, model: nn.Modul
     first difference, not torch's error listing every tensor.
     """
     path = layout.weights(trial, epoch)
-    state = _read_tensors(storage, path, trial, next(model.parameters()).device)
+    state = _read_tensors(storage, path, trial, epoch, next(model.parameters()).device)
     expected = model.state_dict()
     missing = [name for name in expected if name not in state]
     unexpected = [name for name in state if name not in expected]
@@ -123,7 +134,7 @@ def restore(
     """Load weights and optimiser state of ``epoch`` into ``model``/``optimizer``; return its meta.json."""
     device = next(model.parameters()).device
     load_model_weights(storage, trial, epoch, model)
-    state = _read_tensors(storage, layout.optimizer_state(trial, epoch), trial, device)
+    state = _read_tensors(storage, layout.optimizer_state(trial, epoch), trial, epoch, device)
     by_name = dict(model.named_parameters())
     for key, tensor in state.items():
         name, slot = key.rsplit(":", 1)
@@ -142,12 +153,36 @@ def _optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> di
     return tensors
 
 
-def _read_tensors(storage: Storage, path: str, trial: str, device: torch.device | str) -> dict[str, torch.Tensor]:
+def _owner(trial: str, epoch: int) -> dict[str, str]:
+    """The safetensors metadata that says whose checkpoint a file is (metadata is str -> str)."""
+    return {"trial": trial, "epoch": str(epoch)}
+
+
+def _read_tensors(storage: Storage, path: str, trial: str, epoch: int, device: torch.device | str) -> dict[str, torch.Tensor]:
+    """The tensors of an existing checkpoint file, checked to be ``trial``'s at ``epoch``.
+
+    A missing file is `MissingFile` ("is missing"); "unreadable" is said only of a file that exists and is
+    damaged. Files written before checkpoints carried their owner (no metadata) are read as they are.
+    """
+    raw = storage.read_bytes(path)  # MissingFile when absent
     try:
-        tensors = load_safetensors(storage.read_bytes(path))
-    except (SafetensorError, OSError) as error:
-        raise UserError(
+        tensors = load_safetensors(raw)
+        owner = _metadata(raw)
+    except (SafetensorError, ValueError, struct.error) as error:
+        raise DamagedFile(
             f"checkpoint {storage.full_path(path)} is unreadable ({error}); "
             f"rerun the sweep with --redo {trial} to retrain that trial"
         ) from None
+    if "trial" in owner and (owner.get("trial"), owner.get("epoch")) != (trial, str(epoch)):
+        raise DamagedFile(
+            f"checkpoint {storage.full_path(path)} holds trial {owner['trial']!r}'s epoch {owner['epoch']}, not "
+            f"trial {trial!r}'s epoch {epoch} (copied or swapped?); rerun the sweep with --redo {trial} to retrain that trial"
+        )
     return {name: tensor.to(device) for name, tensor in tensors.items()}
+
+
+def _metadata(raw: bytes) -> dict[str, str]:
+    """The metadata in a safetensors file's header: 8 bytes of little-endian header length, then JSON."""
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    return header.get("__metadata__") or {}

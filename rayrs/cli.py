@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from rayrs.attacks import THREAT_MODELS
-from rayrs.config import comparison_kinds, describe, expand, load_experiment
+from rayrs.config import comparison_kinds, expand, load_experiment
 from rayrs.data import DATASETS
 from rayrs.errors import UserError
 from rayrs.methods import METHODS
@@ -144,6 +143,7 @@ def analyze(
     with user_errors():
         from analysis.report import render_report
         from rayrs import storage as layout
+        from rayrs.catalog import similarity_files
         from rayrs.storage import Storage
 
         storage = Storage(results_dir)
@@ -154,6 +154,9 @@ def analyze(
         report = render_report(storage, out, formats)
         for name, reason in report.skipped.items():
             console.print(f"[yellow]skipped figure[/] {name}: {escape(reason)}")
+        foreign = similarity_files(storage).note(storage)  # the report read only the sweep's own comparisons
+        if foreign is not None:
+            console.print(f"[yellow]comparisons:[/] {escape(foreign)}", soft_wrap=True)
         console.print(f"report: {report.out_dir}")
 
 
@@ -161,11 +164,20 @@ def analyze(
 def status(
     results_dir: Annotated[str, typer.Argument(help="An experiment's results folder or URI, e.g. results/quickstart.")],
 ) -> None:
-    """Progress of a sweep read from its results alone (no Ray): trials, epochs, accuracy, comparisons, time left."""
+    """Progress of a sweep read from its results alone (no Ray): trials, epochs, accuracy, comparisons, time left,
+    and the driver running it (its lease)."""
     with user_errors():
         from rayrs import storage as layout
-        from rayrs.catalog import remaining_trial_seconds, trial_status
-        from rayrs.config import Experiment
+        from rayrs.catalog import (
+            TrialMismatch,
+            check_trials,
+            finished_jobs,
+            read_sweep,
+            remaining_trial_seconds,
+            similarity_files,
+            trial_status,
+        )
+        from rayrs.lease import EXPIRY_SECONDS, read_holder
         from rayrs.similarity.jobs import plan_jobs
         from rayrs.storage import Storage
 
@@ -173,14 +185,13 @@ def status(
         storage.check()
         if not storage.exists(layout.SWEEP_CONFIG):
             raise UserError(f"{storage.root}: no {layout.SWEEP_CONFIG} here; point at an experiment's results folder")
+        sweep_json = storage.full_path(layout.SWEEP_CONFIG)
+        experiment = read_sweep(storage)
+        trials = expand(experiment, source=sweep_json)
         try:
-            experiment = Experiment.model_validate(storage.read_json(layout.SWEEP_CONFIG))
-        except ValidationError as error:
-            raise UserError(
-                f"{storage.full_path(layout.SWEEP_CONFIG)} is not a sweep this rayrs can read ({describe(error)}); "
-                "rerun the sweep file with --resume to rewrite it"
-            ) from None
-        trials = expand(experiment)
+            check_trials(storage, trials)  # the trials on storage are the ones sweep.json describes
+        except TrialMismatch as error:
+            raise UserError(f"{sweep_json} does not describe the trials stored next to it: {error}") from None
         statuses = [trial_status(storage, trial) for trial in trials]
         table = Table(title=f"{experiment.name} ({storage.root})")
         for column in ("trial", "state", "epoch", "test clean", "test robust", "s/epoch"):
@@ -192,10 +203,22 @@ def status(
         Console().print(table)
         counts = {state: sum(s.state == state for s in statuses) for state in ("done", "started", "pending")}
         jobs = plan_jobs(experiment, trials)
-        jobs_done = sum(storage.exists(job.output) for job in jobs)
+        jobs_done = len(finished_jobs(storage, jobs))
         left = remaining_trial_seconds(statuses)
         Console().print(
             f"trials: {counts['done']} done, {counts['started']} started, {counts['pending']} pending; "
             f"comparison jobs: {jobs_done}/{len(jobs)} done; training left: "
             + ("unknown (no epoch finished yet)" if left is None else f"~{left / 3600:.2f} trial-hours")
         )
+        foreign = similarity_files(storage).note(storage)
+        if foreign is not None:
+            Console().print(f"[yellow]comparisons:[/] {escape(foreign)}", soft_wrap=True)
+        try:
+            holder = read_holder(storage)
+        except UserError as error:  # a damaged lease does not hide the progress above
+            Console().print(f"driver: unknown ({escape(str(error))})", soft_wrap=True)
+        else:
+            line = "driver: none running" if holder is None else f"driver: {holder.describe()}"
+            if holder is not None and holder.stale(EXPIRY_SECONDS):
+                line += " (stale: the next sweep --resume takes it over)"
+            Console().print(line, soft_wrap=True)

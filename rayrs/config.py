@@ -771,27 +771,54 @@ def _format_value(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "_", text)
 
 
+def canonical_axes(axes: dict[str, Any]) -> dict[str, Any]:
+    """``axes`` in the one order every reader uses: the order of the fields they set in `TrialConfig`
+    (data, model, train, eval, each field in its declared order; ``eps`` and ``train.eps`` alike).
+
+    A sweep file's YAML keeps its axes in the order written, ``sweep.json`` sorts them: both give the same
+    trials, in the same order, with the same names.
+    """
+
+    def position(axis: str) -> tuple:
+        model: type[BaseModel] = TrialConfig
+        place = []
+        for part in _axis_path(axis):
+            place.append(list(model.model_fields).index(part))
+            field = model.model_fields[part]
+            model = _section_model(field.annotation) or model
+        return (*place, axis)
+
+    return {axis: axes[axis] for axis in sorted(axes, key=position)}
+
+
 def trial_name(axes: dict[str, Any]) -> str:
-    """A readable, filesystem-safe name from the grid values as written: ``eps8_255-width2-seed0``, ``trades-seed1``."""
+    """A trial's name: the one place names are made. Readable, from the grid values as written, in canonical
+    axis order (`canonical_axes`): ``eps8_255-width2-seed0``, ``trades-seed1``.
+
+    Always a safe path component (`rayrs.storage.safe_name`): never ``.`` or ``..``, no separators, bounded.
+    """
+    from rayrs.storage import safe_name
+
     if not axes:
         return "trial"
     parts = []
-    for axis, value in axes.items():
+    for axis, value in canonical_axes(axes).items():
         short = axis.rsplit(".", 1)[-1]
         is_fraction = isinstance(value, str) and parse_number(value) is not value
         parts.append(_format_value(value) if isinstance(value, str) and not is_fraction else f"{short}{_format_value(value)}")
-    return "-".join(parts)
+    return safe_name("-".join(parts))
 
 
 def expand(experiment: Experiment, source: str | Path = "sweep") -> list[TrialSpec]:
     """The experiment's trials: the product of each grid's axes (the union over a list of grids)."""
     base = {section: getattr(experiment, section).model_dump(mode="json") for section in ("data", "model", "train", "eval")}
     grids = experiment.grid if isinstance(experiment.grid, list) else [experiment.grid]
+    grids = [canonical_axes(axes) for axes in grids]  # the YAML's order and sweep.json's give the same trials
     points = [dict(zip(axes, values)) for axes in grids for values in itertools.product(*axes.values())]
     # Names show only the axes that vary across the sweep: a one-value axis tells trials nothing apart.
     varying = {axis for axis in {a for p in points for a in p} if len({json.dumps(p.get(axis)) for p in points}) > 1}
     trials: list[TrialSpec] = []
-    seen_names: dict[str, dict[str, Any]] = {}
+    seen_names: dict[str, str] = {}  # name without case -> name
     seen_configs: dict[str, str] = {}
     for written in points:
         point = {axis: parse_number(value) for axis, value in written.items()}
@@ -804,14 +831,20 @@ def expand(experiment: Experiment, source: str | Path = "sweep") -> list[TrialSp
         except ValidationError as error:
             where = ", ".join(f"{axis}={value}" for axis, value in written.items())
             raise SweepFileError(f"{source}: {f'grid point {where}: ' if where else ''}{describe(error)}") from None
-        if name in seen_names:
-            raise SweepFileError(f"{source}: grid: two trials are both named {name!r}; make the grid axes distinct")
+        twin = seen_names.get(name.lower())
+        if twin is not None:
+            # Compared without case: on a case-insensitive filesystem (macOS) the two would share one folder.
+            where = ", ".join(f"{axis}={value}" for axis, value in written.items())
+            raise SweepFileError(
+                f"{source}: grid: the trial at {where} would be named {name!r}, like an earlier one ({twin!r}); "
+                "make the grid values distinct in letters, digits, '_', '.' and '-'"
+            )
         if config.fingerprint() in seen_configs:
             raise SweepFileError(
                 f"{source}: grid: trials {seen_configs[config.fingerprint()]!r} and {name!r} are identical "
                 "(eps 0 and method standard both mean non-robust training); list each trial once, e.g. with a list of grids"
             )
-        seen_names[name] = point
+        seen_names[name.lower()] = name
         seen_configs[config.fingerprint()] = name
         trials.append(TrialSpec(name=name, experiment=experiment.name, config=config, axes=point))
     jobs = 0

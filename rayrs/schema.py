@@ -42,6 +42,9 @@ checkpoint, in that threat model, with the evaluation attack). What each ``kind`
   min(probe, batch, 1024) probe inputs, so ``n_examples`` is that count and ``passes`` is 1 — or
   ``transfer_accuracy`` (``passes`` 1).
 
+A file holds the rows of one job only: ``job`` is the file's name and ``kind`` its folder; readers refuse a
+file that says otherwise (`check_job_rows`: copied or swapped from another job).
+
 Each value's uncertainty follows the schema's columns: ``std_error`` (`STD_ERROR_FIELD`) and ``jackknife``
 (`JACKKNIFE_FIELD`, a list of G = 20 floats). The probe's examples are split into G fixed groups (an example's
 group is its position in the probe modulo G, the same in every job on that probe), and ``jackknife[g]`` is the
@@ -60,7 +63,14 @@ input of App. B.1's cost figure. Readers treat it as optional.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pyarrow as pa
+
+from rayrs.storage import DamagedFile, way_out
+
+if TYPE_CHECKING:
+    from rayrs.storage import Storage
 
 SIMILARITY_SCHEMA = pa.schema(
     [
@@ -121,3 +131,18 @@ EPOCH_COLUMNS = {
     "epoch_seconds": pa.float64(),
 }
 METRICS_SCHEMA = pa.schema(list(TRIAL_COLUMNS.items()) + list(EPOCH_COLUMNS.items()) + [("best_epoch", pa.int32())])
+
+
+def check_job_rows(storage: Storage, rel: str, table: pa.Table) -> None:
+    """Refuse a similarity file (``similarity/<kind>/<job>.parquet``) whose rows are not of that kind and job."""
+    kind, job = rel.split("/")[-2], rel.rsplit("/", 1)[-1].removesuffix(".parquet")
+    owners = {
+        column: set(table.column(column).unique().to_pylist()) if column in table.column_names else None
+        for column in ("kind", "job")
+    }
+    if owners["kind"] == {kind} and owners["job"] == {job}:
+        return
+    found = "no job column" if owners["job"] is None else f"rows of job(s) {', '.join(sorted(map(str, owners['job'])))}"
+    raise DamagedFile(
+        f"{storage.full_path(rel)} holds {found}, not of {kind} job {job} (copied or swapped?); {way_out(rel)}"
+    )

@@ -7,12 +7,20 @@
 Every stage reads only what the stage before it left on storage, and skips what is already there: finished
 trials are not retrained, a trial interrupted mid-way resumes from its last checkpoint (Tune's retries rely
 on the same rule), and finished comparison jobs are not recomputed.
+
+What storage holds is trusted only once checked: the driver takes the experiment's lease (`rayrs.lease`: one
+driver at a time), then `check_resume` holds every trial folder against the sweep before anything is
+written. Comparisons start only once every trial has all its epochs; Ctrl-C stops the sweep at once
+(`_interrupts`), whatever Ray and Tune were doing, and the CLI says to rerun with ``--resume``.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +33,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from rayrs import catalog, checkpoint
 from rayrs import storage as layout
-from rayrs.config import Experiment, TrialConfig, TrialSpec, expand
+from rayrs.config import CkaConfig, Experiment, TrialConfig, TrialSpec, expand
 from rayrs.data import check_dataset
 from rayrs.errors import UserError
+from rayrs.lease import Lease
 from rayrs.similarity.jobs import JobDone, SimilarityJob, SimilarityTask, TaskProgress, plan_jobs, plan_tasks, run_task
 from rayrs.storage import Storage
 from rayrs.train import best_device, train_trial
@@ -70,36 +79,40 @@ def run_sweep(experiment: Experiment, options: SweepOptions = SweepOptions(), re
     unknown = sorted(set(options.redo) - {t.name for t in trials})
     if unknown:
         raise UserError(f"--redo {unknown[0]}: no such trial in {experiment.name}; its trials are: {', '.join(t.name for t in trials)}")
-    with _ray_session(options) as ray_module:
+    _refuse_existing(storage, experiment, options.resume or bool(options.redo))
+    with _interrupts(), _ray_session(options) as ray_module:
         # Resources are checked before anything is written: a sweep that cannot run leaves no trace.
         trial_gpus = _gpus(experiment.resources.gpus_per_trial, ray_module, "trial", options.local, console)
         job_gpus = _gpus(experiment.resources.gpus_per_job, ray_module, "job", options.local, console)
-        _claim_results(storage, experiment, options.resume or bool(options.redo))
-        for trial in options.redo:
-            _forget_trial(storage, trial, plan_jobs(experiment, trials))
-        outcome = SweepOutcome(storage=storage, trials=trials)
-        pending = [t for t in trials if _epochs_done(storage, t) < t.config.train.epochs]
-        console.print(
-            f"[bold]{experiment.name}[/]: {len(trials)} trials ({len(trials) - len(pending)} already trained) "
-            f"-> {storage.root}"
-        )
-        if pending:
-            outcome.trained = _train(pending, storage, experiment, options, ray_module, trial_gpus, console)
-        catalog.write_metrics(storage, [t.name for t in trials])
-        jobs = plan_jobs(experiment, trials)
-        todo = [job for job in jobs if not storage.exists(job.output)]
-        outcome.jobs_skipped = len(jobs) - len(todo)
-        if todo:
-            configs = {t.name: t.config for t in trials}
-            _compare(todo, configs, storage, experiment, ray_module, job_gpus, console)
-        outcome.jobs_run = len(todo)
-    if options.report and storage.is_local:
-        from analysis.report import render_report
+        with Lease(storage) as lease:
+            check_resume(storage, experiment, trials, redo=options.redo)
+            storage.write_json(layout.SWEEP_CONFIG, experiment.model_dump(mode="json"))
+            for trial in options.redo:
+                _forget_trial(storage, trial, plan_jobs(experiment, trials))
+            outcome = SweepOutcome(storage=storage, trials=trials)
+            pending = [t for t in trials if _epochs_done(storage, t) < t.config.train.epochs]
+            console.print(
+                f"[bold]{experiment.name}[/]: {len(trials)} trials ({len(trials) - len(pending)} already trained) "
+                f"-> {storage.root}"
+            )
+            if pending:
+                outcome.trained = _train(pending, storage, experiment, options, ray_module, trial_gpus, console, lease)
+            _check_trained(storage, trials)  # comparisons never start on an unfinished trial
+            catalog.write_metrics(storage, [t.name for t in trials])
+            jobs = plan_jobs(experiment, trials)
+            todo = [job for job in jobs if not storage.exists(job.output)]  # those there were checked: check_resume
+            outcome.jobs_skipped = len(jobs) - len(todo)
+            if todo:
+                configs = {t.name: t.config for t in trials}
+                _compare(todo, configs, storage, experiment, ray_module, job_gpus, console, lease)
+            outcome.jobs_run = len(todo)
+            if options.report and storage.is_local:
+                from analysis.report import render_report
 
-        report = render_report(storage)
-        outcome.report_dir = storage.local_path(layout.REPORT_DIR)
-        for name, reason in report.skipped.items():
-            console.print(f"[yellow]skipped figure[/] {name}: {escape(reason)}")
+                report = render_report(storage)
+                outcome.report_dir = storage.local_path(layout.REPORT_DIR)
+                for name, reason in report.skipped.items():
+                    console.print(f"[yellow]skipped figure[/] {name}: {escape(reason)}")
     outcome.seconds = time.perf_counter() - started
     return outcome
 
@@ -111,13 +124,51 @@ def _check_inputs(trials: list[TrialSpec]) -> None:
         check_dataset(dataset, root)
 
 
-def _claim_results(storage: Storage, experiment: Experiment, resume: bool) -> None:
-    if storage.exists(layout.SWEEP_CONFIG) and not resume:
+def _refuse_existing(storage: Storage, experiment: Experiment, resume: bool) -> None:
+    if not resume and (storage.exists(layout.SWEEP_CONFIG) or storage.list_dir(layout.TRIALS_DIR)):
         raise UserError(
             f"{storage.root} already holds results of sweep {experiment.name!r}; add --resume to finish it "
             "(finished trials and comparisons are kept), or pass --results DIR to start elsewhere"
         )
-    storage.write_json(layout.SWEEP_CONFIG, experiment.model_dump(mode="json"))
+
+
+def check_resume(storage: Storage, experiment: Experiment, trials: list[TrialSpec], redo: tuple[str, ...] = ()) -> None:
+    """Hold what ``storage`` holds against the sweep, before anything is written; a mismatch is a `UserError`.
+
+    Every trial folder must be a trial of the sweep with that trial's fingerprint in its ``trial.json`` and
+    each committed epoch's record in its ``meta.json`` (`rayrs.catalog.check_trials`; ``redo`` trials are
+    about to be deleted and skipped). Every comparison file there must hold its own job's rows
+    (`rayrs.catalog.finished_jobs`), and finished comparisons must have used the sweep's CKA settings, or new
+    and old rows would mix in the figures. A ``sweep.json`` that cannot be read is not trusted for anything:
+    it is written again from the sweep file.
+    """
+    catalog.check_trials(storage, trials, skip=redo)
+    jobs = plan_jobs(experiment, trials)
+    catalog.finished_jobs(storage, [job for job in jobs if not {job.a.trial, job.b.trial} & set(redo)])
+    if not storage.list_files(layout.SIMILARITY_DIR, ".parquet"):
+        return
+    try:
+        stored = CkaConfig.model_validate(storage.read_json(layout.SWEEP_CONFIG)["cka"])
+    except (UserError, ValueError, KeyError, TypeError):
+        return
+    changed = next((field for field in CkaConfig.model_fields if getattr(stored, field) != getattr(experiment.cka, field)), None)
+    if changed is not None:
+        raise UserError(
+            f"cka.{changed} is {getattr(experiment.cka, changed)} in the sweep file but was {getattr(stored, changed)} "
+            f"for the comparisons in {storage.full_path(layout.SIMILARITY_DIR)} ({layout.SWEEP_CONFIG}); give the sweep "
+            f"a new name to compare afresh, or delete that folder to recompute every comparison"
+        )
+
+
+def _check_trained(storage: Storage, trials: list[TrialSpec]) -> None:
+    """Every trial has all its epochs: comparisons read final (and earlier) checkpoints, which must exist."""
+    for trial in trials:
+        done = _epochs_done(storage, trial)
+        if done < trial.config.train.epochs:
+            raise UserError(
+                f"trial {trial.name!r} stopped after epoch {done} of {trial.config.train.epochs}, so no comparison was "
+                "started; rerun with --resume to finish it"
+            )
 
 
 def _forget_trial(storage: Storage, trial: str, jobs: list[SimilarityJob]) -> None:
@@ -136,7 +187,41 @@ def _epochs_done(storage: Storage, trial: TrialSpec) -> int:
     return done[-1] if done else 0
 
 
-# -- Ray ---------------------------------------------------------------------------------------------------
+# -- Ctrl-C and Ray ------------------------------------------------------------------------------------------
+@contextmanager
+def _interrupts() -> Iterator[threading.Event]:
+    """Ctrl-C (SIGINT) stops the sweep at once, as a `KeyboardInterrupt` the CLI turns into its resume hint.
+
+    Ray Tune's own handler would instead end ``fit()`` quietly and let the sweep go on to compare unfinished
+    trials; it is switched off here. And whatever else fails once Ctrl-C was pressed (a Ray task killed by the
+    same signal, a checkpoint not yet written) is a consequence of the interrupt, reported as the interrupt.
+    """
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield interrupted
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, stop)
+    tune_handler = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        yield interrupted
+    except Exception:
+        if interrupted.is_set():
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if tune_handler is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_handler
+
+
 @contextmanager
 def _ray_session(options: SweepOptions) -> Iterator[Any]:
     """Ray, started (or joined) for this sweep and shut down afterwards, also on error; None with --local."""
@@ -172,14 +257,18 @@ def _gpus(requested: float, ray_module: Any, what: str, local: bool, console: Co
 
 
 def _unwrap(error: BaseException) -> BaseException:
-    """The user's error inside Ray's wrappers (a `UserError` raised in a worker reads as one here)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, UserError):
-            return error
-        error = getattr(error, "cause", None) or error.__cause__
-    return error
+    """The user's error inside Ray's wrappers, else ``error`` itself.
+
+    The innermost `UserError` of the chain: Ray's wrapper of a worker's `UserError` is one too, but its text
+    carries the remote traceback, and the user gets one line.
+    """
+    found, seen, link = None, set(), error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, UserError):
+            found = link
+        link = getattr(link, "cause", None) or link.__cause__
+    return found if found is not None else error
 
 
 # -- stage 1: training ---------------------------------------------------------------------------------------
@@ -192,8 +281,8 @@ def trial_threads(experiment: Experiment) -> int:
 
 
 def _train(pending: list[TrialSpec], storage: Storage, experiment: Experiment, options: SweepOptions,
-           ray_module: Any, gpus: float, console: Console) -> list[str]:
-    with _Progress(console) as progress:
+           ray_module: Any, gpus: float, console: Console, lease: Lease) -> list[str]:
+    with _Progress(console, lease.check) as progress:
         done = {t.name: _epochs_done(storage, t) for t in pending}
         progress.track_trials({t.name: (done[t.name], t.config.train.epochs) for t in pending})
         progress.add("train", "epochs", sum(t.config.train.epochs for t in pending))
@@ -268,10 +357,10 @@ def _similarity_task(task: SimilarityTask, configs: dict[str, TrialConfig],
 
 
 def _compare(todo: list[SimilarityJob], configs: dict[str, TrialConfig], storage: Storage, experiment: Experiment,
-             ray_module: Any, gpus: float, console: Console) -> None:
+             ray_module: Any, gpus: float, console: Console, lease: Lease) -> None:
     """Run the unfinished jobs as one task per home trial, a Ray task each (GPU when asked), with progress bars."""
     tasks = plan_tasks(todo)
-    with _Progress(console) as progress:
+    with _Progress(console, lease.check) as progress:
         progress.add("compare", "similarity", len(todo))
         if ray_module is None:
             for task in tasks:
@@ -302,9 +391,13 @@ def _compare(todo: list[SimilarityJob], configs: dict[str, TrialConfig], storage
 
 # -- progress -------------------------------------------------------------------------------------------------------
 class _Progress:
-    """Rich progress bars: epochs trained over all trials (with the latest robust accuracy), jobs computed."""
+    """Rich progress bars: epochs trained over all trials (with the latest robust accuracy), jobs computed.
 
-    def __init__(self, console: Console):
+    ``check`` runs at every event, in the driver's thread (the lease's: a driver that lost it stops here).
+    """
+
+    def __init__(self, console: Console, check: Callable[[], None] = lambda: None):
+        self._check = check
         self._bars = Progress(
             TextColumn("{task.description:<11}"),
             BarColumn(),
@@ -334,6 +427,7 @@ class _Progress:
 
     def similarity(self, task: SimilarityTask, event: TaskProgress | JobDone) -> None:
         """A similarity task's event: its own bar over probes and minibatches, or one more job done."""
+        self._check()
         if isinstance(event, JobDone):
             self.advance("compare", 1, event.job.describe())
             return
@@ -361,6 +455,7 @@ class _Progress:
         self._bars.update(self._tasks["trials"], completed=done, detail=f"{running} running, {pending} pending")
 
     def epoch(self, trial: str, metrics: dict[str, Any]) -> None:
+        self._check()
         detail = (
             f"{trial} epoch {metrics.get('epoch')}: test clean {metrics.get('test_clean_acc', 0):.1%}, "
             f"robust {metrics.get('test_robust_acc', 0):.1%}"

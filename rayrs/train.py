@@ -22,6 +22,7 @@ from torch import nn
 
 from rayrs import checkpoint
 from rayrs import storage as layout
+from rayrs.catalog import read_trial_record
 from rayrs.attacks import THREAT_MODELS
 from rayrs.config import TrainConfig, TrialConfig, TrialSpec
 from rayrs.data import DATASETS, ImageDataset, load_dataset, to_float
@@ -335,7 +336,7 @@ def _claim_trial(storage: Storage, spec: TrialSpec) -> None:
     """Write trial.json, or check that existing checkpoints belong to this very trial."""
     path = layout.trial_spec(spec.name)
     if storage.exists(path):
-        existing = storage.read_json(path).get("fingerprint")
+        existing = read_trial_record(storage, spec.name)["fingerprint"]
         if existing != spec.fingerprint:
             raise UserError(
                 f"{storage.full_path(path)} belongs to a different configuration of trial {spec.name!r} "

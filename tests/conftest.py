@@ -51,6 +51,41 @@ def trained_digits(tmp_path_factory):
 
 
 
+FINISHED_SWEEP = """
+name: kept
+data: {dataset: digits}
+model: {arch: wrn, depth: 10, width: 1}
+train: {method: standard, epochs: 2, batch_size: 256, lr: 0.05}
+eval: {eps: 0.1, attack: {steps: 2}, train_subset: 64, test_subset: 64}
+grid:                                  # axes not in sorted order: through, then from_epoch (issue 12 item 4)
+  - {seed: [0]}
+  - {train.freeze.through: [block1], train.freeze.from_epoch: [2]}
+compare:
+  - {kind: cross_layer}
+  - {kind: benign_vs_adversarial}
+cka: {probe_size: 64, batch_size: 64, passes: 1}
+"""
+
+
+@pytest.fixture(scope="session")
+def finished_sweep(tmp_path_factory):
+    """A finished tiny sweep, run once (``--local``): trials ``seed0`` and ``block1-from_epoch2``, 2 epochs each,
+    4 comparison jobs and 2 adversarial probes. Returns ``(sweep file, results folder)``; the experiment is
+    ``<results>/kept``. Tests copy it (`shutil.copytree`) before changing anything.
+    """
+    from typer.testing import CliRunner
+
+    from rayrs.cli import app
+
+    folder = tmp_path_factory.mktemp("finished")
+    sweep_file = folder / "kept.yaml"
+    sweep_file.write_text(FINISHED_SWEEP)
+    result = CliRunner().invoke(app, ["sweep", str(sweep_file), "--results", str(folder / "results"), "--local",
+                                      "--no-report"])
+    assert result.exit_code == 0, result.output
+    return sweep_file, folder / "results"
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--order", default="file",

@@ -114,6 +114,8 @@ def pairs(
 
 
 def write_similarity(results: Storage, job: str, rows: list[dict], kind: str = "cross_layer") -> None:
+    """``rows`` as the file of ``job``, which, as a real one, holds that job's rows only (its ``job`` column)."""
+    rows = [row | {"job": job} for row in rows]
     results.write_table(layout.similarity(kind, job), pa.Table.from_pylist(rows, schema=SIMILARITY_SCHEMA))
 
 
@@ -195,7 +197,8 @@ def test_an_optional_seconds_column_is_kept_and_null_where_a_file_lacks_it(tmp_p
     results = Storage(tmp_path)
     timed = pa.Table.from_pylist(pairs("cross_layer", "a", "a", bright_cka), schema=SIMILARITY_SCHEMA)
     results.write_table(
-        layout.similarity("cross_layer", "timed"), timed.append_column("seconds", pa.array([2.0] * timed.num_rows))
+        layout.similarity("cross_layer", timed["job"][0].as_py()),
+        timed.append_column("seconds", pa.array([2.0] * timed.num_rows)),
     )
     write_similarity(results, "untimed", pairs("cross_layer", "b", "b", bright_cka))
 

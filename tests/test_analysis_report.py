@@ -79,9 +79,9 @@ def test_the_page_embeds_each_figure_once_offline_with_what_the_paper_and_this_r
 def test_summary_parquet_is_written_next_to_the_report(rendered):
     results, report = rendered
 
-    table = pq.read_table(results.full_path(SUMMARY))
+    table = pq.read_table(report.out_dir / SUMMARY)
 
-    assert report.summary == results.full_path(SUMMARY)
+    assert report.summary == str(report.out_dir / SUMMARY)
     assert table.schema == SUMMARY_SCHEMA
     statistics = set(table.column("statistic").to_pylist())
     assert statistics == {"block_structure", "cka_neighbours", "cka_far", "convergence_epoch"}

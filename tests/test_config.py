@@ -38,7 +38,7 @@ grid: {eps: [0, 2/255, 8/255], width: [1, 2, 5, 10], seed: [0, 1, 2]}
     assert len(trials) == 3 * 4 * 3
     first_robust = next(t for t in trials if t.config.train.eps > 0)
     assert first_robust.config.train.eps == pytest.approx(2 / 255)
-    assert first_robust.name == "eps2_255-width1-seed0"
+    assert first_robust.name == "width1-eps2_255-seed0"  # canonical axis order: model before train (trial_name)
     assert trial_name({"method": "trades", "seed": 1}) == "trades-seed1"
 
 

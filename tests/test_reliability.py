@@ -128,7 +128,8 @@ def test_a_truncated_parquet_file_is_named_with_the_way_out(tmp_path):
     table.write_bytes(table.read_bytes()[:64])
     result = runner.invoke(app, ["analyze", str(root)])
     assert result.exit_code == 1
-    assert f"{table} is not a readable Parquet file" in result.stderr and "delete it to recompute it" in result.stderr
+    assert f"{table} is not a readable Parquet file" in result.stderr
+    assert "delete it and rerun the sweep with --resume to recompute that comparison" in result.stderr
 
 
 def test_redo_names_an_unknown_trial(tmp_path):
