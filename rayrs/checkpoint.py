@@ -154,8 +154,12 @@ def _optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> di
 
 
 def _owner(trial: str, epoch: int) -> dict[str, str]:
-    """The safetensors metadata that says whose checkpoint a file is (metadata is str -> str)."""
-    return {"trial": trial, "epoch": str(epoch)}
+    """The safetensors metadata that says whose checkpoint a file is (metadata is str -> str).
+
+    One key holding sorted JSON: safetensors writes its metadata from a hash map, so two keys come out in either
+    order from one process to the next, and two runs that trained the same bits would write different files.
+    """
+    return {"owner": json.dumps({"epoch": str(epoch), "trial": trial}, sort_keys=True)}
 
 
 def _read_tensors(storage: Storage, path: str, trial: str, epoch: int, device: torch.device | str) -> dict[str, torch.Tensor]:
@@ -184,5 +188,5 @@ def _read_tensors(storage: Storage, path: str, trial: str, epoch: int, device: t
 def _metadata(raw: bytes) -> dict[str, str]:
     """The metadata in a safetensors file's header: 8 bytes of little-endian header length, then JSON."""
     (length,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + length])
-    return header.get("__metadata__") or {}
+    metadata = json.loads(raw[8 : 8 + length]).get("__metadata__") or {}
+    return json.loads(metadata["owner"]) if "owner" in metadata else metadata
