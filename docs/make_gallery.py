@@ -44,10 +44,12 @@ def main(results: Path) -> int:
     status = 0
     for experiment, (gallery, wanted) in GALLERIES.items():
         with tempfile.TemporaryDirectory() as scratch:
-            subprocess.run(
-                [sys.executable, "-m", "rayrs", "analyze", str(results / experiment), "--out", scratch, "--format", "png"],
-                check=True,
+            drawing = subprocess.run(
+                [sys.executable, "-m", "rayrs", "analyze", str(results / experiment), "--out", scratch, "--format", "png"]
             )
+            if drawing.returncode != 0:  # rayrs analyze said why, in one line
+                status = 1
+                continue
             drawn = {name: Path(scratch) / f"{name}.png" for name in FIGURES if (Path(scratch) / f"{name}.png").exists()}
             names = wanted or {name: f"{name}.png" for name in FIGURES}
             missing = sorted(set(names) - set(drawn))
