@@ -96,9 +96,13 @@ def sweep(
 
         options = SweepOptions(local=local, resume=resume, address=address, report=report, redo=tuple(redo or ()))
         outcome = run_sweep(experiment, options, results, console)
+        from rayrs.console import final_accuracies, print_wide
+
+        print_wide(console, final_accuracies(outcome.storage, outcome.trials))
         console.print(
             f"done in {outcome.seconds:.0f} s: {len(outcome.trained)} trials trained, "
-            f"{outcome.jobs_run} comparison jobs computed ({outcome.jobs_skipped} already done) -> {outcome.storage.root}"
+            f"{outcome.jobs_run} comparison jobs computed ({outcome.jobs_skipped} already done) -> {outcome.storage.root}",
+            soft_wrap=True,  # the path whole on one line, in a log as in a terminal
         )
         if outcome.report_dir is not None:
             console.print(f"report: {outcome.report_dir / 'index.html'}")

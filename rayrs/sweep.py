@@ -28,12 +28,12 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from rayrs import catalog, checkpoint
 from rayrs import storage as layout
 from rayrs.config import CkaConfig, Experiment, TrialConfig, TrialSpec, expand
+from rayrs.console import PlainProgress, elapsed, figures_line
 from rayrs.data import check_dataset
 from rayrs.errors import UserError
 from rayrs.lease import Lease
@@ -93,10 +93,12 @@ def run_sweep(experiment: Experiment, options: SweepOptions = SweepOptions(), re
             pending = [t for t in trials if _epochs_done(storage, t) < t.config.train.epochs]
             console.print(
                 f"[bold]{experiment.name}[/]: {len(trials)} trials ({len(trials) - len(pending)} already trained) "
-                f"-> {storage.root}"
+                f"-> {storage.root}",
+                soft_wrap=True,
             )
             if pending:
-                outcome.trained = _train(pending, storage, experiment, options, ray_module, trial_gpus, console, lease)
+                outcome.trained = _train(pending, storage, experiment, options, ray_module, trial_gpus, console, lease,
+                                         started)
             _check_trained(storage, trials)  # comparisons never start on an unfinished trial
             catalog.write_metrics(storage, [t.name for t in trials])
             jobs = plan_jobs(experiment, trials)
@@ -104,15 +106,16 @@ def run_sweep(experiment: Experiment, options: SweepOptions = SweepOptions(), re
             outcome.jobs_skipped = len(jobs) - len(todo)
             if todo:
                 configs = {t.name: t.config for t in trials}
-                _compare(todo, configs, storage, experiment, ray_module, job_gpus, console, lease)
+                _compare(todo, configs, storage, experiment, ray_module, job_gpus, console, lease, started)
             outcome.jobs_run = len(todo)
             if options.report and storage.is_local:
                 from analysis.report import render_report
 
                 report = render_report(storage)
                 outcome.report_dir = storage.local_path(layout.REPORT_DIR)
-                for name, reason in report.skipped.items():
-                    console.print(f"[yellow]skipped figure[/] {name}: {escape(reason)}")
+                # One line: the reasons of the skipped figures are on the report's page, where a reader needs them.
+                console.print(figures_line(len(report.written), len(report.skipped), report.index), highlight=False,
+                              soft_wrap=True)
     outcome.seconds = time.perf_counter() - started
     return outcome
 
@@ -281,8 +284,8 @@ def trial_threads(experiment: Experiment) -> int:
 
 
 def _train(pending: list[TrialSpec], storage: Storage, experiment: Experiment, options: SweepOptions,
-           ray_module: Any, gpus: float, console: Console, lease: Lease) -> list[str]:
-    with _Progress(console, lease.check) as progress:
+           ray_module: Any, gpus: float, console: Console, lease: Lease, started: float) -> list[str]:
+    with _Progress(console, "training", started, lease.check) as progress:
         done = {t.name: _epochs_done(storage, t) for t in pending}
         progress.track_trials({t.name: (done[t.name], t.config.train.epochs) for t in pending})
         progress.add("train", "epochs", sum(t.config.train.epochs for t in pending))
@@ -357,10 +360,10 @@ def _similarity_task(task: SimilarityTask, configs: dict[str, TrialConfig],
 
 
 def _compare(todo: list[SimilarityJob], configs: dict[str, TrialConfig], storage: Storage, experiment: Experiment,
-             ray_module: Any, gpus: float, console: Console, lease: Lease) -> None:
+             ray_module: Any, gpus: float, console: Console, lease: Lease, started: float) -> None:
     """Run the unfinished jobs as one task per home trial, a Ray task each (GPU when asked), with progress bars."""
     tasks = plan_tasks(todo)
-    with _Progress(console, lease.check) as progress:
+    with _Progress(console, "comparisons", started, lease.check) as progress:
         progress.add("compare", "similarity", len(todo))
         if ray_module is None:
             for task in tasks:
@@ -394,10 +397,15 @@ class _Progress:
     """Rich progress bars: epochs trained over all trials (with the latest robust accuracy), jobs computed.
 
     ``check`` runs at every event, in the driver's thread (the lease's: a driver that lost it stops here).
+    On a console that is not a terminal (a log file, a pipe) the bars are not drawn; a plain line of the same
+    counts is printed every ~30 s instead (`rayrs.console.PlainProgress`), and once more when the stage ends;
+    ``started``: the sweep's start (`time.perf_counter`), from which those lines count the time.
     """
 
-    def __init__(self, console: Console, check: Callable[[], None] = lambda: None):
+    def __init__(self, console: Console, stage: str, started: float, check: Callable[[], None] = lambda: None):
         self._check = check
+        self._stage, self._since = stage, started
+        self._plain = None if console.is_terminal else PlainProgress(console, self.line)
         self._bars = Progress(
             TextColumn("{task.description:<11}"),
             BarColumn(),
@@ -407,6 +415,7 @@ class _Progress:
             TimeRemainingColumn(),
             TextColumn("{task.fields[detail]}"),
             console=console,
+            disable=self._plain is not None,
         )
         self._tasks: dict[str, Any] = {}
         self._trial_epochs: dict[str, tuple[int, int]] = {}  # trial -> (epochs done, epochs)
@@ -414,10 +423,24 @@ class _Progress:
 
     def __enter__(self) -> _Progress:
         self._bars.__enter__()
+        if self._plain is not None:
+            self._plain.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._bars.__exit__(*exc)
+        if self._plain is not None:
+            self._plain.stop()
+            self._plain.print_now()  # where the stage ended
+
+    def line(self) -> str:
+        """The bars as one plain line: ``0:01:30 training: trials 1/3 (2 running, 0 pending), epochs 12/30 (...)``."""
+        bars = [
+            f"{task.description.strip()} {task.completed:g}/{task.total:g}"
+            + (f" ({task.fields['detail']})" if task.fields.get("detail") else "")
+            for task in self._bars.tasks
+        ]
+        return f"{elapsed(time.perf_counter() - self._since)} {self._stage}: " + ", ".join(bars)
 
     def add(self, key: str, description: str, total: int) -> None:
         self._tasks[key] = self._bars.add_task(description, total=total, detail="")
