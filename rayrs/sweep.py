@@ -344,7 +344,9 @@ def _train_with_tune(pending: list[TrialSpec], storage: Storage, experiment: Exp
         ),
     )
     results = tuner.fit()
-    failures = [(r.config["trial"]["name"], _unwrap(r.error)) for r in results if r.error is not None]
+    # A trial that died before it started (its worker lost, Ray's session folder removed) has no config.
+    failures = [((r.config or {}).get("trial", {}).get("name", "?"), _unwrap(r.error))
+                for r in results if r.error is not None]
     if failures:
         name, error = failures[0]
         if isinstance(error, UserError):
