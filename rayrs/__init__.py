@@ -1,7 +1,8 @@
 """rayrs: Ray-distributed sweeps for representation similarity of robust networks.
 
 Stages, one module each: `rayrs.config` (sweep files), `rayrs.data`, `rayrs.models`, `rayrs.attacks`,
-`rayrs.train`, `rayrs.checkpoint`, `rayrs.similarity`, `rayrs.catalog`, `rayrs.sweep` (the Ray wiring),
+`rayrs.sources` (the models and probes that training and comparisons share), `rayrs.train`, `rayrs.checkpoint`,
+`rayrs.similarity`, `rayrs.catalog`, `rayrs.sweep` (the Ray wiring),
 `rayrs.storage` (where everything lives) and `rayrs.cli`.
 """
 

@@ -51,7 +51,6 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from rayrs import checkpoint
 from rayrs import storage as layout
 from rayrs.config import (
     BenignVsAdversarial,
@@ -65,15 +64,14 @@ from rayrs.config import (
     TrialSpec,
     probe_dataset,
 )
-from rayrs.data import ImageDataset, to_float
 from rayrs.models import PAPER_LAYER_TYPES, Layer, layer_types, model_layers
 from rayrs.schema import JACKKNIFE_FIELD, SECONDS_FIELD, SIMILARITY_SCHEMA, STD_ERROR_FIELD
 from rayrs.similarity.cka import JACKKNIFE_GROUPS, MinibatchCKA, jackknife_std_error
 from rayrs.similarity.grams import GramRecorder, channels_last, reuse_freed_memory
 from rayrs.similarity.measures import MEASURE_EXAMPLES, MEASURES, layer_sample_spaces
-from rayrs.similarity.probes import ADVERSARIAL, BENIGN, AdversarialProbe, adversarial_probe, probe_indices
+from rayrs.similarity.probes import ADVERSARIAL, BENIGN, AdversarialProbe, adversarial_probe
+from rayrs.sources import ProbeSource, TestImages, TrialModel
 from rayrs.storage import Storage
-from rayrs.train import build_for, load_trial_data
 
 TRANSFER_ACCURACY = "transfer_accuracy"
 OUTPUT_LAYER = -1  # layer index of a transfer_accuracy row: the model's prediction
@@ -297,10 +295,9 @@ def run_job(job: SimilarityJob, configs: dict[str, TrialConfig], storage: Storag
     return sum(event.rows for event in events if isinstance(event, JobDone))
 
 
-def load_checkpoint_model(storage: Storage, ref: ModelRef, config: TrialConfig, data: ImageDataset) -> torch.nn.Module:
-    model = build_for(config, data, data.test_images.device)
-    checkpoint.load_model_weights(storage, ref.trial, ref.epoch, model)
-    return model.eval()
+def load_checkpoint_model(storage: Storage, ref: ModelRef, config: TrialConfig, data: TestImages) -> torch.nn.Module:
+    """The checkpoint ``ref`` in eval mode, on the device of ``data`` (what the trial is probed on)."""
+    return TrialModel(storage, ref.trial, config, data).load(ref.epoch)
 
 
 @dataclass(frozen=True)
@@ -449,19 +446,22 @@ class _TaskRun:
         self.task, self.configs, self.storage, self.device = task, configs, storage, torch.device(device)
         self.home = task.trial
         self.final = configs[self.home].train.epochs
-        self.data = load_trial_data(configs[self.home], self.device)
         first = task.jobs[0]
         self.size, self.batch_size, self.passes = first.probe_size, first.batch_size, first.passes
         self.pool = first.pool_features  # one probe dataset per task, so one answer (`CkaConfig.pools`)
-        self.indices = probe_indices(self.data, self.size)
-        self.count = self.indices.numel()
-        self.labels = self.data.test_labels[self.indices]
+        # Every trial of a task is probed on the home trial's probe dataset (the planners pair only trials
+        # whose `probe_dataset` agrees), read from its test split alone.
+        self.probe_source = ProbeSource.of(configs[self.home], self.size, self.device)
+        self.data = self.probe_source.data
+        self.count = self.probe_source.count
+        self.labels = self.probe_source.labels
+        self.sources = {trial: TrialModel(storage, trial, configs[trial], self.data) for trial in task.trials}
         self.adversarial: dict[str, AdversarialProbe] = {}
         self.probes: dict[str, torch.Tensor] = {}  # adversarial probe id -> (n, C, H, W) float32 on the CPU
         self._models: OrderedDict[ModelRef, torch.nn.Module] = OrderedDict()
         # Each view records the layers of every type some job of the task compares; each job picks its own.
         types = layer_types({t for job in task.jobs for t in job.layer_types})
-        self._layers = {trial: model_layers(configs[trial], types) for trial in task.trials}
+        self._layers = {trial: source.layers(types) for trial, source in self.sources.items()}
         self._selections: dict[tuple[str, tuple[str, ...]], _Selection] = {}
         self.work = [self._plan(job) for job in task.jobs]
 
@@ -518,7 +518,7 @@ class _TaskRun:
         if ref in self._models:
             self._models.move_to_end(ref)
             return self._models[ref]
-        model = load_checkpoint_model(self.storage, ref, self.configs[ref.trial], self.data)
+        model = self.sources[ref.trial].load(ref.epoch)
         self._models[ref] = model
         if len(self._models) > MODEL_CACHE:
             self._models.popitem(last=False)
@@ -531,7 +531,7 @@ class _TaskRun:
     def inputs(self, probe: str, batch: torch.Tensor) -> torch.Tensor:
         """(b, C, H, W) float32 probe inputs at positions ``batch`` of the probe, on the device."""
         if probe == BENIGN:
-            return to_float(self.data.test_images[self.indices[batch.to(self.device)]])
+            return self.probe_source.benign(batch)
         return self.probes[probe][batch.cpu()].to(self.device)
 
     # -- the run --------------------------------------------------------------------------------------------
