@@ -6,8 +6,9 @@ the other. Two kinds of source feed a comparison:
 - a **model source** yields a network in eval mode for an epoch, with its compared layers (`model_layers`)
   and the input normalisation it applies to its [0, 1] pixels. `TrialModel` is a trial's checkpoints: the
   architecture from the trial's configuration (`build_for`, the very network training builds) and the weights
-  of an epoch from storage (`rayrs.checkpoint`). A user's own weights file is another model source with the
-  same three answers.
+  of an epoch from storage (`rayrs.checkpoint`). A user's network is another model source with the same three
+  answers: `WeightsFileModel` (``torchvision:<name>`` or a rayrs architecture, and a safetensors or
+  weights-only PyTorch file per epoch, `rayrs.weights`).
 - a **probe source** holds the probe: the same test images, in the same order, for every compared model
   (`ProbeSource`: the TEST split alone, `rayrs.data.load_test_split`, so a comparison never reads or holds the
   training split), and the attack that crafts adversarial probes on a checkpoint (`probe_attack`: the source
@@ -16,8 +17,10 @@ the other. Two kinds of source feed a comparison:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property, partial
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -28,8 +31,21 @@ from rayrs.attacks import THREAT_MODELS
 from rayrs.config import TrialConfig
 from rayrs.data import ImageDataset, TestSplit, load_test_split, to_float
 from rayrs.methods import Attack
-from rayrs.models import PAPER_LAYER_TYPES, Layer, build_model, model_layers
+from rayrs.errors import UserError
+from rayrs.models import (
+    MODELS,
+    NORMALIZATIONS,
+    PAPER_LAYER_TYPES,
+    Layer,
+    Normalize,
+    build_model,
+    comparable_layers,
+    imagenet_stats,
+    layer_types,
+    model_layers,
+)
 from rayrs.storage import Storage
+from rayrs.weights import load_weights_into, read_weights
 
 # Either a whole dataset or its test split alone: whatever has ``test_images`` (N, C, H, W) uint8,
 # ``test_labels`` (N,) int64, ``num_classes`` and ``in_channels``.
@@ -121,6 +137,91 @@ class TrialModel:
         return model.eval()
 
 
+def _torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    """torchvision's classification model ``name`` (``torchvision.models.get_model``), randomly initialised."""
+    import torchvision
+
+    import rayrs.resnets  # noqa: F401  (its BasicBlock / Bottleneck outputs become `block` layers)
+
+    if in_channels != 3:
+        raise UserError(f"torchvision:{name}: torchvision's models take 3 input channels, not {in_channels}")
+    try:
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    except ValueError:
+        names = ", ".join(torchvision.models.list_models(module=torchvision.models))
+        raise UserError(f"unknown torchvision model {name!r}: choose one of {names}") from None
+
+
+# Architecture families a weights file can name as ``<family>:<name>``; a bare name is one of rayrs's own
+# (`rayrs.models.MODELS`: wrn with its depth and width, the ResNets).
+ARCHITECTURE_FAMILIES: dict[str, Callable[[str, int, int], nn.Module]] = {"torchvision": _torchvision_model}
+
+
+def build_architecture(arch: str, *, num_classes: int, in_channels: int = 3, depth: int | None = None,
+                       width: int | None = None, normalize: str = "none") -> nn.Module:
+    """A freshly initialised network of ``arch`` taking [0, 1] pixels: ``torchvision:<name>`` or a rayrs
+    architecture (`rayrs.models.build_model`). ``normalize`` (`rayrs.models.NORMALIZATIONS`) is applied to
+    the pixels first, without changing the state dict's names (a non-persistent buffer in a pre-hook)."""
+    family, _, name = arch.partition(":")
+    if not name:
+        return build_model(arch, num_classes=num_classes, in_channels=in_channels, depth=depth, width=width,
+                           normalize=normalize)
+    if family not in ARCHITECTURE_FAMILIES:
+        raise UserError(f"unknown architecture family {family!r} in {arch!r}: write "
+                        f"{' or '.join(f'{f}:<name>' for f in ARCHITECTURE_FAMILIES)}, or one of {', '.join(MODELS)}")
+    if depth is not None or width is not None:
+        raise UserError(f"{arch}: depth and width apply to rayrs's wrn only; leave them unset")
+    if normalize not in NORMALIZATIONS:
+        raise UserError(f"unknown normalize {normalize!r}: choose one of {', '.join(NORMALIZATIONS)}")
+    model = ARCHITECTURE_FAMILIES[family](name, num_classes, in_channels)
+    if normalize == "imagenet":
+        model.add_module("normalize", Normalize(*imagenet_stats(in_channels)))
+        model.register_forward_pre_hook(lambda module, args: (module.normalize(args[0]), *args[1:]))
+    return model
+
+
+@dataclass(frozen=True, eq=False)
+class WeightsFileModel:
+    """A user's network as a model source: an architecture (`build_architecture`) and its weights files.
+
+    ``weights``: epoch -> weights file (safetensors, or a PyTorch state dict read with ``weights_only=True``;
+    `rayrs.weights`); a single file is epoch 0. ``image_size`` sizes the layer listing's example input.
+    Models load on ``device``.
+    """
+
+    arch: str
+    weights: Mapping[int, str | Path]
+    num_classes: int
+    image_size: int
+    in_channels: int = 3
+    normalize: str = "none"
+    depth: int | None = None
+    width: int | None = None
+    device: torch.device | str = "cpu"
+
+    @classmethod
+    def of(cls, arch: str, path: str | Path, **settings: Any) -> WeightsFileModel:
+        """One weights file, as epoch 0."""
+        return cls(arch, {0: path}, **settings)
+
+    def _build(self) -> nn.Module:
+        return build_architecture(self.arch, num_classes=self.num_classes, in_channels=self.in_channels,
+                                  depth=self.depth, width=self.width, normalize=self.normalize)
+
+    def layers(self, types: Any = PAPER_LAYER_TYPES) -> list[Layer]:
+        with torch.device("meta"):
+            model = self._build()
+        example = torch.empty(1, self.in_channels, self.image_size, self.image_size, device="meta")
+        return comparable_layers(model, example, layer_types(types))
+
+    def load(self, epoch: int = 0) -> nn.Module:
+        if epoch not in self.weights:
+            raise UserError(f"{self.arch}: no weights file for epoch {epoch} (have {sorted(self.weights)})")
+        path = Path(self.weights[epoch]).expanduser()
+        model = load_weights_into(self._build(), read_weights(path), str(path))
+        return model.to(self.device).eval()
+
+
 # -- probe sources ------------------------------------------------------------------------------------------
 def load_probe_data(config: TrialConfig, device: torch.device | str) -> TestSplit:
     """The test split of the dataset a trial is probed on (`rayrs.config.probe_dataset`), alone: the
@@ -174,10 +275,13 @@ class ProbeSource:
 
 
 __all__ = [
+    "ARCHITECTURE_FAMILIES",
     "ModelSource",
     "ProbeSource",
     "TestImages",
     "TrialModel",
+    "WeightsFileModel",
+    "build_architecture",
     "build_for",
     "fixed_subset",
     "load_probe_data",

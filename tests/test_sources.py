@@ -103,7 +103,7 @@ def test_a_trial_model_source_is_the_checkpoint_in_eval_mode(tmp_path: Path) -> 
     source = TrialModel(storage, spec.name, spec.config, probe.data)
     model = source.load(1)
     assert not model.training and source.normalize == "none"
-    assert [layer.type for layer in source.layers(["conv", "linear"])] == ["conv"] * 11 + ["linear"]  # WRN-10-1
+    assert [layer.type for layer in source.layers(["conv", "linear"])] == ["conv"] * 9 + ["linear"]  # WRN-10-1: stem, 2 per block, 2 shortcuts
     with torch.no_grad():
         accuracy = (model(probe.benign(torch.arange(probe.count))).argmax(1) == probe.labels).double().mean().item()
     assert accuracy == pytest.approx(metrics["test_clean_acc"], abs=1e-9)

@@ -96,3 +96,66 @@ def test_a_file_that_is_no_state_dict_says_what_to_save(tmp_path: Path) -> None:
         read_weights(path)
     with pytest.raises(UserError, match="does not exist"):
         read_weights(tmp_path / "absent.safetensors")
+
+
+# -- a user's network as a model source (rayrs.sources.WeightsFileModel) --------------------------------------
+def _torchvision_resnet18(seed: int) -> torch.nn.Module:
+    import torchvision
+
+    torch.manual_seed(seed)
+    return torchvision.models.resnet18(num_classes=10).eval()
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "data_parallel_pt"])
+def test_a_torchvision_model_from_a_weights_file_is_the_saved_network(tmp_path: Path, layout: str) -> None:
+    from rayrs.models import comparable_layers
+    from rayrs.sources import WeightsFileModel
+
+    saved = _torchvision_resnet18(seed=1)
+    if layout == "safetensors":
+        path = tmp_path / "resnet18.safetensors"
+        save_file(saved.state_dict(), path)
+    else:
+        path = tmp_path / "resnet18.pt"
+        torch.save({"model_state_dict": {f"module.{k}": v for k, v in saved.state_dict().items()}}, path)
+    source = WeightsFileModel.of("torchvision:resnet18", path, num_classes=10, image_size=64)
+    model = source.load(0)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), saved(images), rtol=0, atol=0)
+    assert not model.training
+    # The layer listing (built without weights) is the loaded network's own, blocks included.
+    types = ["conv", "bn", "act", "pool", "linear", "block"]
+    assert source.layers(types) == comparable_layers(saved, images[:1], types)
+    assert "layer1.0.relu#1" in [layer.name for layer in source.layers()]  # torchvision reuses each block's ReLU
+
+
+def test_imagenet_normalisation_is_applied_inside_without_renaming_the_weights(tmp_path: Path) -> None:
+    from rayrs.models import IMAGENET_MEAN, IMAGENET_STD
+    from rayrs.sources import WeightsFileModel
+
+    saved = _torchvision_resnet18(seed=2)
+    path = tmp_path / "resnet18.safetensors"
+    save_file(saved.state_dict(), path)
+    model = WeightsFileModel.of("torchvision:resnet18", path, num_classes=10, image_size=32, normalize="imagenet").load()
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    normalised = (images - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), saved(normalised), rtol=1e-6, atol=1e-6)
+
+
+def test_a_rayrs_wrn_from_a_weights_file_and_unknown_names_are_one_line(tmp_path: Path) -> None:
+    from rayrs.sources import WeightsFileModel
+
+    saved = _wrn(seed=3)
+    path = tmp_path / "wrn.safetensors"
+    save_file(saved.state_dict(), path)
+    model = WeightsFileModel.of("wrn", path, num_classes=10, image_size=32, depth=10, width=1).load(0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(_inputs()), saved(_inputs()), rtol=0, atol=0)
+    with pytest.raises(UserError, match=r"unknown torchvision model 'resnet19': choose one of .*resnet18"):
+        WeightsFileModel.of("torchvision:resnet19", path, num_classes=10, image_size=32).load()
+    with pytest.raises(UserError, match=r"unknown architecture family 'timmm' in 'timmm:vit': write torchvision:<name>"):
+        WeightsFileModel.of("timmm:vit", path, num_classes=10, image_size=32).load()
+    with pytest.raises(UserError, match=r"no weights file for epoch 5 \(have \[0\]\)"):
+        WeightsFileModel.of("wrn", path, num_classes=10, image_size=32, depth=10, width=1).load(5)
