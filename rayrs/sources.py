@@ -1,4 +1,4 @@
-"""Sources: the networks a stage runs and the images it feeds them, built from a trial's configuration.
+"""Sources: the networks a stage runs and the images it feeds them.
 
 Training (`rayrs.train`) and the similarity stage (`rayrs.similarity`) both stand on this floor; neither imports
 the other. Two kinds of source feed a comparison:
@@ -30,8 +30,8 @@ from rayrs import checkpoint
 from rayrs.attacks import THREAT_MODELS
 from rayrs.config import TrialConfig
 from rayrs.data import ImageDataset, TestSplit, load_test_split, to_float
-from rayrs.methods import Attack
 from rayrs.errors import UserError
+from rayrs.methods import Attack
 from rayrs.models import (
     MODELS,
     NORMALIZATIONS,
@@ -122,7 +122,7 @@ class TrialModel:
     storage: Storage
     trial: str
     config: TrialConfig
-    data: Any  # TestImages
+    data: TestImages
 
     @property
     def normalize(self) -> str:
@@ -247,7 +247,7 @@ class ProbeSource:
     ``data``: an `ImageDataset` or a `TestSplit` (what `load_probe_data` returns); its device is the probe's.
     """
 
-    data: Any  # TestImages
+    data: TestImages
     size: int
 
     @classmethod
