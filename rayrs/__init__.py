@@ -1,7 +1,8 @@
 """rayrs: Ray-distributed sweeps for representation similarity of robust networks.
 
 Stages, one module each: `rayrs.config` (sweep files), `rayrs.data`, `rayrs.models`, `rayrs.attacks`,
-`rayrs.train`, `rayrs.checkpoint`, `rayrs.similarity`, `rayrs.catalog`, `rayrs.sweep` (the Ray wiring),
+`rayrs.sources` (the models and probes that training and comparisons share), `rayrs.train`, `rayrs.checkpoint`,
+`rayrs.similarity`, `rayrs.catalog`, `rayrs.sweep` (the Ray wiring),
 `rayrs.storage` (where everything lives) and `rayrs.cli`.
 """
 
@@ -14,3 +15,16 @@ import os
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def __getattr__(name: str):
+    # `rayrs.compare` imports torch and the similarity stage on first use, so `import rayrs` (the CLI's
+    # start) stays light.
+    if name == "compare":
+        from rayrs.similarity.compare import compare
+
+        return compare
+    raise AttributeError(f"module 'rayrs' has no attribute {name!r}")
+
+
+__all__ = ["compare"]

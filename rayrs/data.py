@@ -2,10 +2,12 @@
 
 The registry `DATASETS` maps a name (what a sweep file says) to a `DatasetInfo`: a one-line description
 for ``--help``, a loader, and the per-dataset facts the training loop needs (default image size, and the
-training augmentation, an entry called on a minibatch's indices). `load_dataset` is the one entry point::
+training augmentation, an entry called on a minibatch's indices). `load_dataset` is the entry point of
+training, `load_test_split` that of comparisons (the test split alone, without reading the training files)::
 
     ds = load_dataset("cifar10", root="~/data", device="cuda")
     x = DATASETS["cifar10"].augmentation(ds, idx, g)  # (B, 3, 32, 32) float in [0, 1], augmented on the device
+    probe = load_test_split("cifar10", root="~/data").test_images  # the same as ds.test_images
 
 Every loader returns the whole train and test split at once as ``(N, C, H, W)`` uint8 tensors on the
 requested device: these datasets are small enough to keep on the accelerator for the whole run, so the
@@ -63,7 +65,9 @@ __all__ = [
     "RandomResizedCrop",
     "canvas_shape",
     "get_dataset_info",
+    "TestSplit",
     "load_dataset",
+    "load_test_split",
     "to_float",
 ]
 
@@ -177,6 +181,51 @@ class ImageDataset:
         return self.train_images.shape[-1]
 
 
+# eq=False: the fields are tensors, whose `==` is elementwise, so a generated __eq__ would be meaningless.
+@dataclass(frozen=True, eq=False)
+class TestSplit:
+    """One dataset's test split alone, resident on one device: what probes and evaluation-only uses need.
+
+    The fields are named as `ImageDataset`'s, so code that reads only the test split takes either. Loading it
+    (`load_test_split`) never touches the training files: for Imagenette the training canvas alone is 4.4 GB.
+
+    Attributes:
+        name: registry name.
+        test_images: ``(M, C, H, W)`` uint8 in 0..255, prepared exactly as `load_dataset` prepares them.
+        test_labels: ``(M,)`` int64, same device.
+        classes: human-readable class names, index i names label i.
+    """
+
+    name: str
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        images, labels = self.test_images, self.test_labels
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != images.shape[-2]:
+            raise ValueError(f"{self.name}: test_images must be (N, C, H, H) uint8, got {tuple(images.shape)} {images.dtype}")
+        if labels.dtype != torch.int64 or labels.shape != images.shape[:1] or labels.device != images.device:
+            raise ValueError(f"{self.name}: test_labels must be ({images.shape[0]},) int64 on {images.device}")
+
+    @classmethod
+    def of(cls, data: ImageDataset) -> TestSplit:
+        """The test split of a whole loaded dataset (the same tensors, not copies)."""
+        return cls(data.name, data.test_images, data.test_labels, data.classes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return self.test_images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.test_images.shape[-1]
+
+
 # A dataset's training augmentation: (dataset, minibatch indices (B,), generator) -> (B, C, s, s) float in [0, 1].
 Augmentation = Callable[[ImageDataset, torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -189,6 +238,8 @@ class DatasetInfo:
         name: registry key.
         description: one line, listed in ``rayrs sweep --help``.
         load: ``(root, image_size, device) -> ImageDataset``; `load_dataset` checks the arguments first.
+        load_test: ``(root, image_size, device) -> TestSplit``, the test split alone, the same images as
+            ``load``'s, read without the training files (`load_test_split`).
         default_image_size: side length used when a sweep does not set one.
         augmentation: the training transform of one minibatch (`PaddedCrop`, `RandomResizedCrop`), run on the
             data's device when ``train.augment`` is on; without it training sees `ImageDataset.train_images`.
@@ -203,6 +254,7 @@ class DatasetInfo:
     name: str
     description: str
     load: Callable[[Path | None, int, torch.device], ImageDataset]
+    load_test: Callable[[Path | None, int, torch.device], TestSplit]
     default_image_size: int
     augmentation: Augmentation
     needs_root: bool
@@ -336,20 +388,25 @@ CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batch
 CIFAR10_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
 
-def _cifar10_folder(root: Path) -> Path:
+CIFAR10_TEST_FILES = ("test_batch", "batches.meta")
+
+
+def _cifar10_folder(root: Path, files: tuple[str, ...] = CIFAR10_FILES) -> Path:
     """The ``cifar-10-batches-py`` folder for `root`: ``root/cifar-10-batches-py``, or `root` itself if it is one.
 
     Raises:
-        UserError: if any batch file is missing.
+        UserError: if any of ``files`` is missing (every batch by default; `CIFAR10_TEST_FILES` for the test
+            split alone).
     """
     if root.name == CIFAR10_FOLDER and not (root / CIFAR10_FOLDER).is_dir():
         root = root.parent  # the user pointed at the batches folder itself: accept it
     folder = root / CIFAR10_FOLDER
-    missing = [f for f in CIFAR10_FILES if not (folder / f).is_file()]
+    missing = [f for f in files if not (folder / f).is_file()]
     if missing:
-        what = "no CIFAR-10 python batches" if len(missing) == len(CIFAR10_FILES) else f"missing {', '.join(missing)}"
+        what = "no CIFAR-10 python batches" if len(missing) == len(files) else f"missing {', '.join(missing)}"
+        expected = "data_batch_1..5, test_batch and batches.meta" if files == CIFAR10_FILES else " and ".join(files)
         raise UserError(
-            f"cifar10: {what} at {folder} (expected data_batch_1..5, test_batch and batches.meta); "
+            f"cifar10: {what} at {folder} (expected {expected}); "
             f"download cifar-10-python.tar.gz from {CIFAR10_SOURCE} and extract it into {root}"
         )
     return folder
@@ -540,6 +597,16 @@ def _load_cifar10(root: Path | None, image_size: int, device: torch.device) -> I
     )
 
 
+def _load_cifar10_test(root: Path | None, image_size: int, device: torch.device) -> TestSplit:
+    """CIFAR-10's 10000 test images alone (``test_batch``), prepared as `_load_cifar10` prepares them."""
+    from torchvision.transforms.v2.functional import resize
+
+    assert root is not None  # load_test_split guarantees it (needs_root)
+    test_x, test_y, classes = _cifar10_split(_cifar10_folder(root, CIFAR10_TEST_FILES), train=False)
+    return TestSplit("cifar10", resize(test_x.to(device), [image_size, image_size], antialias=True),
+                     test_y.to(device), classes)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # imagenette / imagewoof: fast.ai's ImageNet subsets as folder trees
 
@@ -693,17 +760,18 @@ def _decode_folder(
     return outputs, labels, list(dataset.classes)
 
 
-def _image_folder_root(root: Path, *, name: str) -> Path:
+def _image_folder_root(root: Path, *, name: str, splits: tuple[str, ...] = ("train", "val")) -> Path:
     """The folder holding ``train/`` and ``val/``: ``root`` itself, or the archive's folder inside it.
 
     fast.ai's archives extract to ``imagenette2-320/`` (or ``imagenette2/``, ``imagenette2-160/``), so one data
     folder can hold every dataset: ``root`` = data/ finds data/imagenette2-320/ as it finds
-    data/cifar-10-batches-py/. Raises a `UserError` naming what is missing otherwise.
+    data/cifar-10-batches-py/. ``splits``: the folders that must be there (``("val",)`` for the test split
+    alone). Raises a `UserError` naming what is missing otherwise.
     """
     for candidate in (root, *(root / f"{name}2{suffix}" for suffix in ("-320", "", "-160"))):
-        if (candidate / "train").is_dir() and (candidate / "val").is_dir():
+        if all((candidate / split).is_dir() for split in splits):
             return candidate
-    missing = " and ".join(f"{split}/" for split in ("train", "val") if not (root / split).is_dir())
+    missing = " and ".join(f"{split}/" for split in splits if not (root / split).is_dir())
     what = f"no folder {root}" if not root.is_dir() else f"no {missing} in {root}"
     raise UserError(f"{name}: {what} (expected {_FOLDER_LAYOUT}); {_folder_hint(name, root)}")
 
@@ -739,6 +807,22 @@ def _load_image_folders(
     )
 
 
+def _load_image_folder_test(
+    root: Path | None, image_size: int, device: torch.device, *, name: str, class_names: dict[str, str]
+) -> TestSplit:
+    """The ``val/`` tree alone (the test split), prepared as `_load_image_folders` prepares it; ``train/``
+    is neither decoded nor required."""
+    assert root is not None  # load_test_split guarantees it (needs_root)
+    root = _image_folder_root(root, name=name, splits=("val",))
+    (test_x,), test_y, test_classes = _decode_folder(name, root / "val", _TestView(image_size))
+    return TestSplit(name, test_x.to(device), test_y.to(device), tuple(class_names.get(w, w) for w in test_classes))
+
+
+def _load_digits_test(root: Path | None, image_size: int, device: torch.device) -> TestSplit:
+    # The split is drawn over all 1797 images, so the test images come from the whole load (a few ms).
+    return TestSplit.of(_load_digits(root, image_size, device))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The registry
 
@@ -755,6 +839,7 @@ DATASETS: dict[str, DatasetInfo] = {
             channels=1,
             description="handwritten digits, 8x8 upsampled to 16x16; ships with scikit-learn (the quickstart's data)",
             load=_load_digits,
+            load_test=_load_digits_test,
             default_image_size=16,
             # 1/8 of the side, as for CIFAR-10; a mirrored digit is another symbol (or none)
             augmentation=PaddedCrop(padding=2, flip=False),
@@ -766,6 +851,7 @@ DATASETS: dict[str, DatasetInfo] = {
             train_examples=50000,
             description="CIFAR-10, 32x32 colour images in 10 classes; reads cifar-10-batches-py in the data root",
             load=_load_cifar10,
+            load_test=_load_cifar10_test,
             default_image_size=32,
             augmentation=PaddedCrop(padding=4, flip=True),  # the paper's code: RandomCrop(32, padding=4) + flip
             needs_root=True,
@@ -777,6 +863,7 @@ DATASETS: dict[str, DatasetInfo] = {
             train_examples=9469,
             description="Imagenette, 10 easy ImageNet classes at 224x224; reads the train/ and val/ folder tree",
             load=partial(_load_image_folders, name="imagenette", class_names=IMAGENETTE_CLASSES),
+            load_test=partial(_load_image_folder_test, name="imagenette", class_names=IMAGENETTE_CLASSES),
             default_image_size=224,
             augmentation=RandomResizedCrop(),  # the paper's code: RandomResizedCrop(224) + flip
             needs_root=True,
@@ -788,6 +875,7 @@ DATASETS: dict[str, DatasetInfo] = {
             train_examples=9025,
             description="Imagewoof, 10 ImageNet dog breeds at 224x224; reads the train/ and val/ folder tree",
             load=partial(_load_image_folders, name="imagewoof", class_names=IMAGEWOOF_CLASSES),
+            load_test=partial(_load_image_folder_test, name="imagewoof", class_names=IMAGEWOOF_CLASSES),
             default_image_size=224,
             augmentation=RandomResizedCrop(),
             needs_root=True,
@@ -831,14 +919,32 @@ def load_dataset(
     Raises:
         UserError: unknown name, bad image size, missing root or missing/corrupted files.
     """
+    info, path, size = _checked(name, root, image_size)
+    return info.load(path, size, torch.device(device))
+
+
+def load_test_split(
+    name: str,
+    *,
+    root: str | Path | None = None,
+    image_size: int | None = None,
+    device: torch.device | str = "cpu",
+) -> TestSplit:
+    """Load the test split of dataset `name` alone onto `device`: the same images as `load_dataset`'s
+    ``test_images``, without reading (or needing) the training files. Arguments and errors as `load_dataset`."""
+    info, path, size = _checked(name, root, image_size)
+    return info.load_test(path, size, torch.device(device))
+
+
+def _checked(name: str, root: str | Path | None, image_size: int | None) -> tuple[DatasetInfo, Path | None, int]:
+    """The registry entry, the expanded root and the image size, after the checks every loader shares."""
     info = get_dataset_info(name)
     size = info.default_image_size if image_size is None else image_size
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise UserError(f"{name}: image_size must be a positive integer, got {size!r}")
     if info.needs_root and root is None:
         raise UserError(f"{name}: no data root given; point it at the folder holding the files from {info.source}")
-    path = None if root is None else Path(root).expanduser()
-    return info.load(path, size, torch.device(device))
+    return info, None if root is None else Path(root).expanduser(), size
 
 
 def check_dataset(name: str, root: str | Path | None) -> None:

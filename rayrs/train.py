@@ -13,7 +13,6 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from functools import partial
 from typing import Any
 
 import torch
@@ -23,12 +22,12 @@ from torch import nn
 from rayrs import checkpoint
 from rayrs import storage as layout
 from rayrs.catalog import read_trial_record
-from rayrs.attacks import THREAT_MODELS
 from rayrs.config import TrainConfig, TrialConfig, TrialSpec
 from rayrs.data import DATASETS, ImageDataset, load_dataset, to_float
 from rayrs.errors import UserError
 from rayrs.methods import METHODS, Attack, TrainingMethod
-from rayrs.models import MODELS, build_model, comparable_layers
+from rayrs.models import MODELS, comparable_layers
+from rayrs.sources import build_for, fixed_subset, make_attack
 from rayrs.storage import Storage
 
 
@@ -54,21 +53,6 @@ def learning_rate(schedule: str, base_lr: float, progress: float) -> float:
     return base_lr
 
 
-def make_attack(config: TrialConfig, phase: str, generator: torch.Generator) -> Attack:
-    """The trial's ``phase`` ("train" or "eval") attack, drawing random starts from ``generator``."""
-    eps, steps, step_size = config.attack_schedule(phase)
-    settings = config.train.attack if phase == "train" else config.eval.attack
-    return partial(
-        THREAT_MODELS[config.train.threat_model].perturb,
-        eps=eps,
-        steps=steps,
-        step_size=step_size,
-        random_start=settings.random_start,
-        generator=generator,
-        bn_eval=settings.bn_eval,
-    )
-
-
 def autocast(device: torch.device, precision: str):
     """bf16 autocast on CUDA (``auto`` or ``bf16``); plain fp32 elsewhere."""
     if device.type == "cuda" and precision in ("auto", "bf16"):
@@ -79,12 +63,6 @@ def autocast(device: torch.device, precision: str):
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
     """The random stream of one epoch: the same for a resumed trial as for an uninterrupted one."""
     return torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
-
-
-def fixed_subset(size: int, population: int, device: torch.device) -> torch.Tensor:
-    """The same ``size`` example indices for every trial and epoch, so evaluations are comparable."""
-    order = torch.randperm(population, generator=torch.Generator().manual_seed(0))
-    return order[: min(size, population)].to(device)
 
 
 def train_epoch(
@@ -202,25 +180,9 @@ def frozen_prefix(model: nn.Module, example: torch.Tensor, through: str) -> list
     return list({id(m): m for m in (modules[layer.module_name] for layer in layers[: matches[-1] + 1])}.values())
 
 
-def build_for(config: TrialConfig, data: ImageDataset, device: torch.device | str) -> nn.Module:
-    """The trial's freshly initialised model (seeded), on ``device``."""
-    device = torch.device(device)
-    torch.manual_seed(config.train.seed)
-    model = build_model(
-        config.model.arch,
-        num_classes=data.num_classes,
-        in_channels=data.in_channels,
-        depth=config.model.depth,
-        width=config.model.width,
-        normalize=config.model.normalize,
-    )
-    model = model.to(device)
-    if device.type == "cuda":  # tensor cores prefer NHWC; padded_crop yields it, the first conv converts the rest
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
 def load_trial_data(config: TrialConfig, device: torch.device) -> ImageDataset:
+    """The trial's dataset, both splits, on ``device`` (comparisons read the test split alone:
+    `rayrs.sources.load_probe_data`)."""
     return load_dataset(config.data.dataset, root=config.data.root, image_size=config.data.image_size, device=device)
 
 

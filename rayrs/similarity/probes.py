@@ -2,7 +2,7 @@
 
 Every probe of an experiment holds the same ``size`` test images in the same order (`probe_indices`), so the
 i-th input of every probe is the same example, as CKA needs. An adversarial probe is crafted once per
-(checkpoint, threat model, eps, attack steps) with that trial's evaluation attack (`rayrs.train.make_attack`:
+(checkpoint, threat model, eps, attack steps) with that trial's evaluation attack (`rayrs.sources.probe_attack`:
 PGD-20 in its own threat model at its evaluation eps, in the paper's settings) and cached at
 ``probes/<probe id>.safetensors`` (`rayrs.storage.probe`), which every later job reads instead of attacking
 again. The probe id (`rayrs.schema`) is ``adversarial:<trial>@<epoch>:<threat_model>:<eps>:<steps>``.
@@ -32,9 +32,9 @@ from torch import nn
 
 from rayrs import storage as layout
 from rayrs.config import TrialConfig
-from rayrs.data import ImageDataset, to_float
+from rayrs.data import to_float
+from rayrs.sources import TestImages, probe_attack, probe_indices
 from rayrs.storage import Storage
-from rayrs.train import fixed_subset, make_attack
 
 BENIGN = "benign"
 ADVERSARIAL = "adversarial"
@@ -81,17 +81,12 @@ class AdversarialProbe:
         }
 
 
-def probe_indices(data: ImageDataset, size: int) -> torch.Tensor:
-    """(n,) int64 indices of the probe's test images, n = min(size, test set): the same for every model."""
-    return fixed_subset(size, data.test_images.shape[0], data.test_images.device)
-
-
-def benign_probe(data: ImageDataset, size: int) -> torch.Tensor:
+def benign_probe(data: TestImages, size: int) -> torch.Tensor:
     """The benign probe: (n, C, H, W) uint8 test images on the data's device."""
     return data.test_images[probe_indices(data, size)]
 
 
-def craft(probe: AdversarialProbe, model: nn.Module, config: TrialConfig, data: ImageDataset) -> torch.Tensor:
+def craft(probe: AdversarialProbe, model: nn.Module, config: TrialConfig, data: TestImages) -> torch.Tensor:
     """Attack the probe's test images on ``model`` (the checkpoint ``probe`` names, in eval mode).
 
     Returns (n, C, H, W) float32 in [0, 1] on the data's device. Random starts come from a generator seeded
@@ -100,7 +95,7 @@ def craft(probe: AdversarialProbe, model: nn.Module, config: TrialConfig, data: 
     device = data.test_images.device
     indices = probe_indices(data, probe.size)
     seed = int.from_bytes(hashlib.sha256(probe.id.encode()).digest()[:7], "little")
-    attack = make_attack(config, "eval", torch.Generator(device=device).manual_seed(seed))
+    attack = probe_attack(config, torch.Generator(device=device).manual_seed(seed))
     batches = [
         attack(model, to_float(data.test_images[batch]), data.test_labels[batch])
         for batch in indices.split(config.eval.batch_size)
@@ -111,7 +106,7 @@ def craft(probe: AdversarialProbe, model: nn.Module, config: TrialConfig, data: 
 def adversarial_probe(
     probe: AdversarialProbe,
     storage: Storage,
-    data: ImageDataset,
+    data: TestImages,
     config: TrialConfig,
     load_model: Callable[[], nn.Module],
 ) -> tuple[torch.Tensor, bool]:

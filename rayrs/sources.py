@@ -1,0 +1,291 @@
+"""Sources: the networks a stage runs and the images it feeds them.
+
+Training (`rayrs.train`) and the similarity stage (`rayrs.similarity`) both stand on this floor; neither imports
+the other. Two kinds of source feed a comparison:
+
+- a **model source** yields a network in eval mode for an epoch, with its compared layers (`model_layers`)
+  and the input normalisation it applies to its [0, 1] pixels. `TrialModel` is a trial's checkpoints: the
+  architecture from the trial's configuration (`build_for`, the very network training builds) and the weights
+  of an epoch from storage (`rayrs.checkpoint`). A user's network is another model source with the same three
+  answers: `WeightsFileModel` (``torchvision:<name>`` or a rayrs architecture, and a safetensors or
+  weights-only PyTorch file per epoch, `rayrs.weights`).
+- a **probe source** holds the probe: the same test images, in the same order, for every compared model
+  (`ProbeSource`: the TEST split alone, `rayrs.data.load_test_split`, so a comparison never reads or holds the
+  training split), and the attack that crafts adversarial probes on a checkpoint (`probe_attack`: the source
+  trial's evaluation attack, i.e. its threat model at its evaluation eps and steps; PGD-20 in the paper).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cached_property, partial
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from rayrs import checkpoint
+from rayrs.attacks import THREAT_MODELS
+from rayrs.config import TrialConfig
+from rayrs.data import ImageDataset, TestSplit, load_test_split, to_float
+from rayrs.errors import UserError
+from rayrs.methods import Attack
+from rayrs.models import (
+    MODELS,
+    NORMALIZATIONS,
+    PAPER_LAYER_TYPES,
+    Layer,
+    Normalize,
+    build_model,
+    comparable_layers,
+    imagenet_stats,
+    layer_types,
+    model_layers,
+)
+from rayrs.storage import Storage
+from rayrs.weights import load_weights_into, read_weights
+
+# Either a whole dataset or its test split alone: whatever has ``test_images`` (N, C, H, W) uint8,
+# ``test_labels`` (N,) int64, ``num_classes`` and ``in_channels``.
+TestImages = ImageDataset | TestSplit
+
+
+# -- the pieces training and comparisons share ------------------------------------------------------------
+def build_for(config: TrialConfig, data: Any, device: torch.device | str) -> nn.Module:
+    """The trial's freshly initialised model (seeded by ``train.seed``), on ``device``.
+
+    ``data``: the dataset it is trained or probed on (an `ImageDataset` or `TestSplit`), which gives the
+    classifier's width (``num_classes``) and the input channels (``in_channels``).
+    """
+    device = torch.device(device)
+    torch.manual_seed(config.train.seed)
+    model = build_model(
+        config.model.arch,
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+        depth=config.model.depth,
+        width=config.model.width,
+        normalize=config.model.normalize,
+    )
+    model = model.to(device)
+    if device.type == "cuda":  # tensor cores prefer NHWC; padded_crop yields it, the first conv converts the rest
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def make_attack(config: TrialConfig, phase: str, generator: torch.Generator) -> Attack:
+    """The trial's ``phase`` ("train" or "eval") attack, drawing random starts from ``generator``."""
+    eps, steps, step_size = config.attack_schedule(phase)
+    settings = config.train.attack if phase == "train" else config.eval.attack
+    return partial(
+        THREAT_MODELS[config.train.threat_model].perturb,
+        eps=eps,
+        steps=steps,
+        step_size=step_size,
+        random_start=settings.random_start,
+        generator=generator,
+        bn_eval=settings.bn_eval,
+    )
+
+
+def fixed_subset(size: int, population: int, device: torch.device) -> torch.Tensor:
+    """The same ``size`` example indices for every trial and epoch, so evaluations are comparable."""
+    order = torch.randperm(population, generator=torch.Generator().manual_seed(0))
+    return order[: min(size, population)].to(device)
+
+
+# -- model sources ------------------------------------------------------------------------------------------
+class ModelSource(Protocol):
+    """A network to compare: its layers, what it does to its pixels, and its weights after an epoch."""
+
+    normalize: str  # `rayrs.models.NORMALIZATIONS`: applied inside the model to its [0, 1] pixel inputs
+
+    def layers(self, types: Any = PAPER_LAYER_TYPES) -> list[Layer]:
+        """The compared layers of ``types``, in execution order (`rayrs.models.comparable_layers`)."""
+        ...
+
+    def load(self, epoch: int) -> nn.Module:
+        """The network with its weights after ``epoch``, in eval mode, on the source's device."""
+        ...
+
+
+@dataclass(frozen=True, eq=False)
+class TrialModel:
+    """A trained trial's checkpoints as a model source.
+
+    ``data`` is what the trial is probed on (its test split suffices): it sizes the classifier and the input
+    channels exactly as at training time, and its device is where models are loaded.
+    """
+
+    storage: Storage
+    trial: str
+    config: TrialConfig
+    data: TestImages
+
+    @property
+    def normalize(self) -> str:
+        return self.config.model.normalize
+
+    def layers(self, types: Any = PAPER_LAYER_TYPES) -> list[Layer]:
+        return model_layers(self.config, types)
+
+    def load(self, epoch: int) -> nn.Module:
+        model = build_for(self.config, self.data, self.data.test_images.device)
+        checkpoint.load_model_weights(self.storage, self.trial, epoch, model)
+        return model.eval()
+
+
+def _torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    """torchvision's classification model ``name`` (``torchvision.models.get_model``), randomly initialised."""
+    import torchvision
+
+    import rayrs.resnets  # noqa: F401  (its BasicBlock / Bottleneck outputs become `block` layers)
+
+    if in_channels != 3:
+        raise UserError(f"torchvision:{name}: torchvision's models take 3 input channels, not {in_channels}")
+    try:
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    except ValueError:
+        names = ", ".join(torchvision.models.list_models(module=torchvision.models))
+        raise UserError(f"unknown torchvision model {name!r}: choose one of {names}") from None
+
+
+# Architecture families a weights file can name as ``<family>:<name>``; a bare name is one of rayrs's own
+# (`rayrs.models.MODELS`: wrn with its depth and width, the ResNets).
+ARCHITECTURE_FAMILIES: dict[str, Callable[[str, int, int], nn.Module]] = {"torchvision": _torchvision_model}
+
+
+def build_architecture(arch: str, *, num_classes: int, in_channels: int = 3, depth: int | None = None,
+                       width: int | None = None, normalize: str = "none") -> nn.Module:
+    """A freshly initialised network of ``arch`` taking [0, 1] pixels: ``torchvision:<name>`` or a rayrs
+    architecture (`rayrs.models.build_model`). ``normalize`` (`rayrs.models.NORMALIZATIONS`) is applied to
+    the pixels first, without changing the state dict's names (a non-persistent buffer in a pre-hook)."""
+    family, _, name = arch.partition(":")
+    if not name:
+        return build_model(arch, num_classes=num_classes, in_channels=in_channels, depth=depth, width=width,
+                           normalize=normalize)
+    if family not in ARCHITECTURE_FAMILIES:
+        raise UserError(f"unknown architecture family {family!r} in {arch!r}: write "
+                        f"{' or '.join(f'{f}:<name>' for f in ARCHITECTURE_FAMILIES)}, or one of {', '.join(MODELS)}")
+    if depth is not None or width is not None:
+        raise UserError(f"{arch}: depth and width apply to rayrs's wrn only; leave them unset")
+    if normalize not in NORMALIZATIONS:
+        raise UserError(f"unknown normalize {normalize!r}: choose one of {', '.join(NORMALIZATIONS)}")
+    model = ARCHITECTURE_FAMILIES[family](name, num_classes, in_channels)
+    if normalize == "imagenet":
+        model.add_module("normalize", Normalize(*imagenet_stats(in_channels)))
+        model.register_forward_pre_hook(lambda module, args: (module.normalize(args[0]), *args[1:]))
+    return model
+
+
+@dataclass(frozen=True, eq=False)
+class WeightsFileModel:
+    """A user's network as a model source: an architecture (`build_architecture`) and its weights files.
+
+    ``weights``: epoch -> weights file (safetensors, or a PyTorch state dict read with ``weights_only=True``;
+    `rayrs.weights`); a single file is epoch 0. ``image_size`` sizes the layer listing's example input.
+    Models load on ``device``.
+    """
+
+    arch: str
+    weights: Mapping[int, str | Path]
+    num_classes: int
+    image_size: int
+    in_channels: int = 3
+    normalize: str = "none"
+    depth: int | None = None
+    width: int | None = None
+    device: torch.device | str = "cpu"
+
+    @classmethod
+    def of(cls, arch: str, path: str | Path, **settings: Any) -> WeightsFileModel:
+        """One weights file, as epoch 0."""
+        return cls(arch, {0: path}, **settings)
+
+    def _build(self) -> nn.Module:
+        return build_architecture(self.arch, num_classes=self.num_classes, in_channels=self.in_channels,
+                                  depth=self.depth, width=self.width, normalize=self.normalize)
+
+    def layers(self, types: Any = PAPER_LAYER_TYPES) -> list[Layer]:
+        with torch.device("meta"):
+            model = self._build()
+        example = torch.empty(1, self.in_channels, self.image_size, self.image_size, device="meta")
+        return comparable_layers(model, example, layer_types(types))
+
+    def load(self, epoch: int = 0) -> nn.Module:
+        if epoch not in self.weights:
+            raise UserError(f"{self.arch}: no weights file for epoch {epoch} (have {sorted(self.weights)})")
+        path = Path(self.weights[epoch]).expanduser()
+        model = load_weights_into(self._build(), read_weights(path), str(path))
+        return model.to(self.device).eval()
+
+
+# -- probe sources ------------------------------------------------------------------------------------------
+def load_probe_data(config: TrialConfig, device: torch.device | str) -> TestSplit:
+    """The test split of the dataset a trial is probed on (`rayrs.config.probe_dataset`), alone: the
+    training split is neither read nor held."""
+    return load_test_split(config.data.dataset, root=config.data.root, image_size=config.data.image_size, device=device)
+
+
+def probe_indices(data: Any, size: int) -> torch.Tensor:
+    """(n,) int64 indices of the probe's test images, n = min(size, test set): the same for every model."""
+    return fixed_subset(size, data.test_images.shape[0], data.test_images.device)
+
+
+def probe_attack(config: TrialConfig, generator: torch.Generator) -> Attack:
+    """The attack that crafts a trial's adversarial probes: its evaluation attack (threat model, eval eps and
+    steps; PGD-20 at the training eps in the paper's settings), random starts drawn from ``generator``."""
+    return make_attack(config, "eval", generator)
+
+
+@dataclass(frozen=True, eq=False)
+class ProbeSource:
+    """The benign probe: ``size`` test images of ``data``, the same ones in the same order for every model.
+
+    ``data``: an `ImageDataset` or a `TestSplit` (what `load_probe_data` returns); its device is the probe's.
+    """
+
+    data: TestImages
+    size: int
+
+    @classmethod
+    def of(cls, config: TrialConfig, size: int, device: torch.device | str) -> ProbeSource:
+        """The probe of a trial's probe dataset, loaded from its test split alone."""
+        return cls(load_probe_data(config, device), size)
+
+    @cached_property
+    def indices(self) -> torch.Tensor:
+        """(n,) int64 positions of the probe's images in the test split."""
+        return probe_indices(self.data, self.size)
+
+    @property
+    def count(self) -> int:
+        return min(self.size, self.data.test_images.shape[0])
+
+    @cached_property
+    def labels(self) -> torch.Tensor:
+        """(n,) int64 true labels of the probe's images."""
+        return self.data.test_labels[self.indices]
+
+    def benign(self, positions: torch.Tensor) -> torch.Tensor:
+        """(b, C, H, W) float32 in [0, 1]: the probe's images at ``positions`` (b,) of the probe, on its device."""
+        return to_float(self.data.test_images[self.indices[positions.to(self.data.test_images.device)]])
+
+
+__all__ = [
+    "ARCHITECTURE_FAMILIES",
+    "ModelSource",
+    "ProbeSource",
+    "TestImages",
+    "TrialModel",
+    "WeightsFileModel",
+    "build_architecture",
+    "build_for",
+    "fixed_subset",
+    "load_probe_data",
+    "make_attack",
+    "probe_attack",
+    "probe_indices",
+]
