@@ -17,6 +17,7 @@ from altair.utils.schemapi import debug_mode
 
 from rayrs.errors import UserError
 from rayrs.schema import JACKKNIFE_FIELD, METRICS_SCHEMA, SECONDS_FIELD, SIMILARITY_SCHEMA, STD_ERROR_FIELD, TRIAL_COLUMNS
+from rayrs.schema import OPTIONAL_EPOCH_COLUMNS
 from rayrs.storage import METRICS, SIMILARITY_DIR, Storage
 
 # Display names of training methods and threat models, in the paper's words; unknown ones are shown as written.
@@ -39,7 +40,10 @@ class NoData(ValueError):
 
 
 def read_metrics(storage: Storage) -> pl.DataFrame:
-    """``metrics.parquet`` as a frame with `METRICS_SCHEMA`'s columns: one row per trial x epoch (empty if absent)."""
+    """``metrics.parquet`` as a frame with `METRICS_SCHEMA`'s columns: one row per trial x epoch (empty if absent).
+
+    Files written before rayrs counted the evaluated examples get null ``train_examples`` / ``test_examples``
+    (`rayrs.schema.OPTIONAL_EPOCH_COLUMNS`): their accuracies are shown without an interval."""
     if not storage.exists(METRICS):
         return _empty(METRICS_SCHEMA)
     return pl.from_arrow(_conform(storage, METRICS, METRICS_SCHEMA))
@@ -211,10 +215,10 @@ def _empty(schema: pa.Schema) -> pl.DataFrame:
 def _conform(storage: Storage, rel: str, schema: pa.Schema, table: pa.Table | None = None) -> pa.Table:
     """The table at ``rel``, reduced to ``schema``'s columns and types; a missing column is the user's to fix.
 
-    Optional columns (`OPTIONAL_SIMILARITY_COLUMNS`) that the file lacks are added as nulls.
+    Optional columns (`OPTIONAL_SIMILARITY_COLUMNS`, `OPTIONAL_EPOCH_COLUMNS`) that the file lacks are added as nulls.
     """
     table = storage.read_table(rel) if table is None else table
-    for name in OPTIONAL_SIMILARITY_COLUMNS:
+    for name in (*OPTIONAL_SIMILARITY_COLUMNS, *OPTIONAL_EPOCH_COLUMNS):
         if name in schema.names and name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
     missing = [name for name in schema.names if name not in table.column_names]
