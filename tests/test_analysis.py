@@ -20,7 +20,7 @@ from analysis.heatmaps import (
 )
 from analysis.layers import block_label_expr, block_of, layer_table
 from analysis.load import NoData, format_eps, read_metrics, read_similarity, trial_info, trial_labels
-from analysis.synthetic import similarity_row
+from synthetic import similarity_row
 from rayrs import storage as layout
 from rayrs.errors import UserError
 from rayrs.schema import METRICS_SCHEMA, SIMILARITY_SCHEMA

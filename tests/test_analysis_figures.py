@@ -16,7 +16,7 @@ from analysis.curves import accuracy_curves
 from analysis.dynamics import fig6_convergence, fig25_epoch_heatmaps
 from analysis.load import NoData
 from analysis.measures import appb1_agreement, appb1_cost
-from analysis.synthetic import similarity_row
+from synthetic import similarity_row
 from analysis.table1 import table1, table1_frame, table1_html
 from rayrs.schema import SIMILARITY_SCHEMA
 

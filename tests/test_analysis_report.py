@@ -1,5 +1,5 @@
 """The report end to end: a synthetic, schema-valid results tree with every comparison kind
-(`analysis.synthetic`) renders every figure to PNG, SVG and one offline page; re-rendering skips what did not
+(`tests/synthetic.py`) renders every figure to PNG, SVG and one offline page; re-rendering skips what did not
 change; a figure without rows is listed with the reason instead of drawn."""
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ import shutil
 import struct
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from test_analysis import write_golden
 
-from analysis import synthetic
+import synthetic
 from analysis.report import FIGURES, MANIFEST, render_report
 from analysis.summary import SUMMARY, SUMMARY_SCHEMA
 from rayrs import storage as layout

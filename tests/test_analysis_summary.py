@@ -18,7 +18,7 @@ from analysis.summary import (
     summary_html,
     write_summary,
 )
-from analysis.synthetic import similarity_row
+from synthetic import similarity_row
 from rayrs.storage import Storage
 
 NET4 = [("conv1", "conv"), ("block1.0.conv1", "conv"), ("block2.0.bn1", "bn"), ("fc", "linear")]
