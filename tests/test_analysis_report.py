@@ -70,7 +70,7 @@ def test_the_page_embeds_each_figure_once_offline_with_what_the_paper_and_this_r
         page,
     )
     assert "robust → non-robust transfers least, as in the paper" in page
-    assert "early layers converge first, as in the paper" in page
+    assert "early layers converge first (strictly, beyond the ranges), as in the paper" in page
     # The summary's tables and Table 1 as HTML, before the first chart.
     first_chart = page.index('<div class="chart"')
     assert -1 < page.index("Block-structure score: mean CKA of neighbouring layers") < first_chart
@@ -85,9 +85,15 @@ def test_summary_parquet_is_written_next_to_the_report(rendered):
     assert report.summary == results.full_path(SUMMARY)
     assert table.schema == SUMMARY_SCHEMA
     statistics = set(table.column("statistic").to_pylist())
-    assert statistics == {"block_structure", "cka_neighbours", "cka_far", "convergence_epoch"}
-    scores = table.filter(pa.compute.equal(table["statistic"], "block_structure"))
-    assert scores.num_rows == len(synthetic.NAMES)  # every trial has a cross_layer comparison
+    assert statistics == {
+        "block_structure", "cka_neighbours", "cka_far", "convergence_epoch", "best_last_gap", "transfer_accuracy"
+    }
+    scores = pl.from_arrow(table).filter(statistic="block_structure")
+    assert scores.filter(scope="trial").height == len(synthetic.NAMES)  # every trial has a cross_layer comparison
+    # One row per configuration too: the mean over its seeds, with an interval (every synthetic value has one).
+    configs = scores.filter(scope="config")
+    assert configs.height == scores.filter(scope="trial")["config"].n_unique()
+    assert (configs["lower"] <= configs["value"]).all() and (configs["value"] <= configs["upper"]).all()
 
 
 def test_rerendering_unchanged_results_redraws_nothing(rendered):
