@@ -1,8 +1,8 @@
 """rayrs's all-pairs linear CKA against the public CKA libraries, side by side in one run.
 
 Usage (from the repository root):
-    uv run --group bench python benchmarks/cka.py --quick                  # < 10 min on 2 CPU cores
-    uv run --group bench python benchmarks/cka.py                          # WRN-16-2, n = 1024, CPU
+    uv run --group bench python benchmarks/cka.py --quick                  # ~10 min on 2 idle CPU cores
+    uv run --group bench python benchmarks/cka.py                          # WRN-16-2, n = 1024, CPU (~1 hour)
     uv run --group bench python benchmarks/cka.py --device cuda --depth 28 --width 10 [--bf16]
 
 What is measured (same model, same probe inputs, same device; every measurement runs in its own subprocess,
@@ -11,14 +11,17 @@ started as `benchmarks/cka.py --measure NAME --config JSON`, so its peak memory 
   profile              the forward pass alone; forward + a bare float32 X X^T per layer (no centring, no
                        HSIC: the float32 floor); the pieces of one rayrs Gram and of one MinibatchCKA.update
   floor                forward + rayrs's Grams: `layer_grams` (centring, Gram, U-centring in hooks), no HSIC
-  rayrs                `layer_grams` + `MinibatchCKA.update(g, g)` + `compute`: the cross_layer CKA
+  rayrs                `layer_grams` + `MinibatchCKA(groups=JACKKNIFE_GROUPS).update(g, g, group_of)` +
+                       `compute` + `std_error`: the cross_layer CKA with every value's standard error, as a
+                       comparison job computes it (group_of: each example's position in the probe modulo G)
   pytorch_cka          pytorch-cka `compute_cka(model, model, loader)`: vectorised, keeps every activation
   torch_cka            torch-cka `CKA(model, model).compare(loader)`: a loop over layer pairs
   reference            float64 activations, float64 Grams and the unbiased HSIC written out term by term
                        (Song et al. 2012, eq. 5), the biased HSIC (Gretton et al. 2005) for contrast, and each
                        peer's own HSIC code fed the float64 Grams
   rayrs_cross_epoch    10 checkpoints, every epoch pair i < j, every layer pair: Grams once per checkpoint
-                       per minibatch, then one `MinibatchCKA.update(grams_i, grams_j)` per epoch pair
+                       per minibatch, then one `MinibatchCKA.update(grams_i, grams_j, group_of)` per epoch pair
+                       (with the jackknife, as above)
   pytorch_cka_cross_epoch   the same workload, one `compute_cka(ckpt_i, ckpt_j, loader)` per epoch pair
 
 On a CPU every measurement's process first runs `rayrs.similarity.grams.reuse_freed_memory` (glibc keeps
@@ -28,6 +31,17 @@ separates the contenders.
 The model is a seeded random-init network in eval mode; the probe is seeded uniform [0, 1] pixels (n, 3, 32, 32).
 Checkpoints for the cross_epoch workload are a seeded random walk from that model: checkpoint e adds e steps of
 Gaussian noise, each step 5% of every weight tensor's standard deviation, so nearby epochs are similar.
+
+Rounds (`benchmarks/timing.py`). The contenders run in `--rounds` rounds (default 3), each once a round, in the
+order of `ROUND_ORDER` and reversed every other round, each in its own process as above, so that every
+headline ratio is a ratio of two measurements taken in the same round, next to each other (or one apart, see
+ROUND_ORDER), under the same load; the headline keys are medians of those per-round ratios, and every timed
+figure is reported as {median, min, max, repeats}. A one-call contender times one call after one untimed
+warm-up call in its process. torch-cka's layer grid (~10 min on 2 cores) and pytorch-cka's cross_epoch workload
+(~25 min) are too slow to run whole every round: each round times a sample of rows / epoch pairs (all of them
+once over the rounds by default; `--torch-cka-rows` / `--pytorch-cka-epoch-pairs` per round on request) and
+scales it to the whole grid (`timing.round_sample`); that round's estimate is what is paired with rayrs's
+time of the same round. The float64 `reference` runs once, after the rounds (it is an accuracy check).
 
 The LAST line printed is one JSON object (see `summarise`); above it a table of times and peak memory.
 """
@@ -45,12 +59,27 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from timing import (
+    MIN_ROUNDS,
+    ORDER_NOTE,
+    Ratio,
+    check_rounds,
+    describe,
+    emit,
+    figure_spreads,
+    headlines,
+    machine,
+    round_sample,
+    run_rounds,
+)
+
 RESULT_MARK = "@@cka-bench-result "
 CHECKPOINTS = 10
 CHECKPOINT_STEP = 0.05  # each random-walk step: this fraction of a weight tensor's std
 QUICK_TORCH_CKA_ROWS = 2
 QUICK_WORKLOAD_N = 512
 QUICK_PYTORCH_CKA_EPOCH_PAIRS = 3
+JACKKNIFE_REPEATS = 5  # updates with and without the jackknife timed to tell what it adds (`jackknife_seconds`)
 GOALS = {  # name: (goal, "ge" | "le")
     "speedup_vs_torch_cka": (50.0, "ge"),
     "time_over_forward_gram": (1.1, "le"),
@@ -100,7 +129,7 @@ class Bench:
         self.peer_layers = list(last_call.values())
         self.peer_names = [layer.module_name for layer in self.peer_layers]
         self.peer_index = [layer.index for layer in self.peer_layers]
-        self.cpu_seconds: float | None = None  # CPU time (all threads) of the best call of the last `timed`
+        self.cpu_seconds: float | None = None  # CPU time (all threads) of the last `timed` call
 
     def autocast(self):
         return self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=self.cfg["bf16"])
@@ -121,19 +150,26 @@ class Bench:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
-    def timed(self, fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-        """Best wall time of `repeats` calls of fn (device synchronised), and the last call's result."""
-        best, result = math.inf, None
-        for _ in range(repeats):
-            result = None  # free the previous result before the next call, so peaks do not stack
-            self.sync()
-            start, cpu_start = time.perf_counter(), time.process_time()
-            result = fn()
-            self.sync()
-            elapsed = time.perf_counter() - start
-            if elapsed < best:
-                best, self.cpu_seconds = elapsed, time.process_time() - cpu_start
-        return best, result
+    def timed(self, fn: Callable[[], Any], warmup: int = 0) -> tuple[float, Any]:
+        """Wall seconds of one call of fn after `warmup` untimed calls (device synchronised), and its result.
+
+        One timed call per process: the repeats are the rounds (module docstring). The call's CPU seconds (all
+        threads) go to self.cpu_seconds.
+        """
+        for _ in range(warmup):
+            fn()  # its result is dropped before the timed call, so peaks do not stack
+        self.sync()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        result = fn()
+        self.sync()
+        self.cpu_seconds = time.process_time() - cpu_start
+        return time.perf_counter() - start, result
+
+    def group_of(self, groups: int) -> list[Any]:
+        """Each minibatch's (n,) int64 jackknife group labels: the example's position in the probe modulo G,
+        as a comparison job labels them."""
+        torch = self.torch
+        return [(torch.arange(len(x), device=self.device) + k * self.n) % groups for k, x in enumerate(self.probe)]
 
     def loader(self, batches: list[Any]):
         """A DataLoader yielding (x,) for each prepared minibatch, on the device, without re-collating."""
@@ -206,45 +242,80 @@ def measure_floor(b: Bench) -> dict[str, Any]:
             for x in b.probe:
                 layer_grams(b.model, b.layers, x)
 
-    seconds, _ = b.timed(run, b.cfg["repeats"])
+    seconds, _ = b.timed(run, warmup=1)
     return {"seconds": seconds}
 
 
 def measure_rayrs(b: Bench) -> dict[str, Any]:
-    """The cross_layer comparison: `layer_grams` once per minibatch, all L x L pairs in one GEMM."""
+    """The cross_layer comparison as a job computes it: `layer_grams` once per minibatch, all L x L pairs in one
+    GEMM, and every value's jackknife standard error (`MinibatchCKA(groups=JACKKNIFE_GROUPS)`)."""
     from rayrs.similarity import MinibatchCKA, layer_grams
+    from rayrs.similarity.cka import JACKKNIFE_GROUPS
 
-    parts = {"grams": 0.0, "hsic": 0.0}
+    group_of = b.group_of(JACKKNIFE_GROUPS)
+    parts: dict[str, float] = {}
 
     def run():
-        cka = MinibatchCKA(len(b.layers), len(b.layers), device=b.device)
-        for x in b.probe:
+        parts.update(grams=0.0, hsic=0.0)
+        cka = MinibatchCKA(len(b.layers), len(b.layers), device=b.device, groups=JACKKNIFE_GROUPS)
+        for x, groups in zip(b.probe, group_of):
             start = time.perf_counter()
             with b.autocast():
                 grams = layer_grams(b.model, b.layers, x)
             b.sync()
             middle = time.perf_counter()
-            cka.update(grams, grams)
+            cka.update(grams, grams, groups)  # HSIC sums and their leave-one-group-out sums
             b.sync()
             parts["grams"] += middle - start
             parts["hsic"] += time.perf_counter() - middle
-        return cka.compute()
+        start = time.perf_counter()
+        values, errors = cka.compute(), cka.std_error()
+        b.sync()
+        parts["finish"] = time.perf_counter() - start
+        return values, errors
 
-    parts_best = {"grams": math.inf, "hsic": math.inf}
-    seconds, cpu, result = math.inf, None, None
-    for _ in range(b.cfg["repeats"]):
-        parts.update(grams=0.0, hsic=0.0)
-        result = None
-        elapsed, result = b.timed(run, 1)
-        if elapsed < seconds:
-            seconds, cpu, parts_best = elapsed, b.cpu_seconds, dict(parts)
-    return {"seconds": seconds, "cpu_seconds": cpu, "cka": result.cpu().tolist(), "parts": parts_best}
+    seconds, (values, errors) = b.timed(run, warmup=1)  # parts: the timed call's (run resets them)
+    cpu = b.cpu_seconds
+    return {"seconds": seconds, "cpu_seconds": cpu, "cka": values.cpu().tolist(),
+            "std_error_max": float(errors.max()), "std_error_median": float(errors.median()), "parts": dict(parts),
+            "jackknife_seconds": jackknife_seconds(b, same=True, pairs=1)}
+
+
+def jackknife_seconds(b: Bench, *, same: bool, pairs: int) -> float:
+    """What the jackknife adds to a run, measured in this process after the timed call: one minibatch's
+    `MinibatchCKA.update` with groups minus the same update without (each the mean of JACKKNIFE_REPEATS,
+    alternated so that a burst of load falls on both), times the updates in a run (minibatches x epoch pairs).
+    same: one model's Grams on both sides (cross_layer); else two checkpoints' (cross_epoch). The Grams are
+    computed again here, after the timed call, so they add nothing to its peak memory."""
+    from rayrs.similarity import MinibatchCKA, layer_grams
+    from rayrs.similarity.cka import JACKKNIFE_GROUPS
+
+    models = [b.model] if same else b.checkpoints()[:2]
+    with b.autocast():
+        grams = [layer_grams(model, b.layers, b.probe[0]) for model in models]
+    grams_b = grams[0] if same else grams[1]
+    group_of = b.group_of(JACKKNIFE_GROUPS)[0]
+    L = len(b.layers)
+
+    def plain() -> None:
+        MinibatchCKA(L, L, device=b.device).update(grams[0], grams_b)
+
+    def with_groups() -> None:
+        MinibatchCKA(L, L, device=b.device, groups=JACKKNIFE_GROUPS).update(grams[0], grams_b, group_of)
+
+    plain(), with_groups()  # warm-up
+    added = 0.0
+    for _ in range(JACKKNIFE_REPEATS):
+        added += b.timed(with_groups)[0] - b.timed(plain)[0]
+    return added / JACKKNIFE_REPEATS * len(b.probe) * pairs
 
 
 def measure_torch_cka(b: Bench) -> dict[str, Any]:
-    """torch-cka on `rows` rows of the layer grid (all rows unless told), extrapolated to the full grid.
+    """torch-cka on this round's rows of the layer grid, extrapolated to the full grid.
 
-    torch-cka's pair loop costs the same for every row (each row recomputes all L column Grams), so
+    The rows: `timing.round_sample` (by default every row once over the rounds, a strided third of them a round
+    with 3 rounds; `torch_cka_rows` a round on request). torch-cka's pair loop costs the same for every row (each
+    row recomputes all L column Grams and three n x n x n HSIC products per pair), so
     full = fixed + (time(rows) - fixed) * L / rows, with `fixed` what a call costs with no rows: its two
     forward passes, keeping every column layer's activation, timed on a copy of the model (its hooks cannot
     be removed, so the copies are kept apart). (Timing the forward passes alone, without keeping the
@@ -258,10 +329,7 @@ def measure_torch_cka(b: Bench) -> dict[str, Any]:
     warnings.filterwarnings("ignore")
     torch = b.torch
     n_peer = len(b.peer_names)
-    wanted = b.cfg["torch_cka_rows"]
-    rows = list(range(n_peer))
-    if wanted is not None and wanted < n_peer:  # evenly spread rows, first and last included
-        rows = sorted({round(i * (n_peer - 1) / max(wanted - 1, 1)) for i in range(wanted)})
+    rows = round_sample(n_peer, b.cfg["torch_cka_rows"], b.cfg["round"], b.cfg["rounds"])
     loader = b.loader(b.probe)
     device = str(b.device)
 
@@ -275,7 +343,7 @@ def measure_torch_cka(b: Bench) -> dict[str, Any]:
             with torch.no_grad(), b.autocast():
                 bare_cka.compare(loader)
 
-        seconds, _ = b.timed(run_bare, 1)
+        seconds, _ = b.timed(run_bare)
         return seconds, b.cpu_seconds
 
     fixed_seconds = fixed_cpu = None
@@ -296,7 +364,7 @@ def measure_torch_cka(b: Bench) -> dict[str, Any]:
                 error = f"AssertionError after the whole computation: {exc}"
         return cka.hsic_matrix  # the CKA matrix, NaNs included, either way
 
-    seconds, matrix = b.timed(run, 1)
+    seconds, matrix = b.timed(run)
     matrix = matrix.float().cpu().tolist()
     full, full_cpu = seconds, b.cpu_seconds
     if fixed_seconds is not None:
@@ -317,7 +385,7 @@ def measure_pytorch_cka(b: Bench) -> dict[str, Any]:
         with b.autocast():
             return compute_cka(b.model, b.model, loader, layers=b.peer_names, device=b.device, progress=False)[0]
 
-    seconds, result = b.timed(run, b.cfg["repeats"])
+    seconds, result = b.timed(run, warmup=1)
     return {"seconds": seconds, "cka": result.float().cpu().tolist(), "dtype": str(result.dtype).replace("torch.", "")}
 
 
@@ -325,39 +393,45 @@ def epoch_pairs() -> list[tuple[int, int]]:
     return [(i, j) for i in range(CHECKPOINTS) for j in range(i + 1, CHECKPOINTS)]
 
 
-def sampled_epoch_pairs(count: int | None) -> list[tuple[int, int]]:
-    """`count` epoch pairs spread evenly over all of them (all when count is None)."""
+def round_epoch_pairs(cfg: dict[str, Any]) -> list[tuple[int, int]]:
+    """The epoch pairs pytorch-cka's workload times in this round (`timing.round_sample`: by default every pair
+    once over the rounds; `pytorch_cka_epoch_pairs` a round on request)."""
     pairs = epoch_pairs()
-    if count is None or count >= len(pairs):
-        return pairs
-    step = (len(pairs) - 1) / max(count - 1, 1)
-    return [pairs[round(k * step)] for k in range(count)]
+    return [pairs[k] for k in round_sample(len(pairs), cfg["pytorch_cka_epoch_pairs"], cfg["round"], cfg["rounds"])]
 
 
 def measure_rayrs_cross_epoch(b: Bench) -> dict[str, Any]:
-    """Every epoch pair, every layer pair: each checkpoint's Grams once per minibatch, one GEMM per pair."""
+    """Every epoch pair, every layer pair: each checkpoint's Grams once per minibatch, one GEMM per pair, and
+    every value's jackknife standard error, as a cross_epoch job computes them."""
     from rayrs.similarity import MinibatchCKA, layer_grams
+    from rayrs.similarity.cka import JACKKNIFE_GROUPS
 
     models = b.checkpoints()
     b.sync()
     pairs = epoch_pairs()
     L = len(b.layers)
+    group_of = b.group_of(JACKKNIFE_GROUPS)
 
     def run():
-        ckas = {pair: MinibatchCKA(L, L, device=b.device) for pair in pairs}
-        for x in b.probe:
+        ckas = {pair: MinibatchCKA(L, L, device=b.device, groups=JACKKNIFE_GROUPS) for pair in pairs}
+        for x, groups in zip(b.probe, group_of):
             with b.autocast():
                 grams = [layer_grams(model, b.layers, x) for model in models]
             for i, j in pairs:
-                ckas[(i, j)].update(grams[i], grams[j])
+                ckas[(i, j)].update(grams[i], grams[j], groups)
             del grams
-        return {pair: cka.compute() for pair, cka in ckas.items()}
+        return {pair: (cka.compute(), cka.std_error()) for pair, cka in ckas.items()}
 
-    seconds, result = b.timed(run, 1)
-    checked = sampled_epoch_pairs(b.cfg["pytorch_cka_epoch_pairs"])
+    seconds, outcome = b.timed(run)
+    cpu = b.cpu_seconds
+    result = {pair: values for pair, (values, _) in outcome.items()}
+    outcome = None
+    checked = round_epoch_pairs(b.cfg)  # the pairs pytorch-cka times in this round
     grid = b.peer_index
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu,
+        "jackknife_seconds": jackknife_seconds(b, same=False, pairs=len(pairs)),
         "pairs": len(pairs),
         "checked": {f"{i},{j}": result[(i, j)][grid][:, grid].cpu().tolist() for i, j in checked},
         "mean_diagonal": {f"{i},{j}": float(result[(i, j)].diagonal().mean()) for i, j in pairs},
@@ -367,15 +441,15 @@ def measure_rayrs_cross_epoch(b: Bench) -> dict[str, Any]:
 def measure_pytorch_cka_cross_epoch(b: Bench) -> dict[str, Any]:
     """The same workload with pytorch-cka: one `compute_cka(ckpt_i, ckpt_j, loader)` per epoch pair.
 
-    With --quick only a spread sample of epoch pairs is timed and the time scaled by the pair count (every
-    call does the same work: two forward passes and 2L Grams per minibatch).
+    Each round times its sample of epoch pairs (`round_epoch_pairs`) and scales the time by the pair count
+    (every call does the same work: two forward passes and 2L Grams per minibatch).
     """
     from cka import compute_cka
 
     models = b.checkpoints()
     b.sync()
     loader = b.loader(b.probe)
-    pairs = sampled_epoch_pairs(b.cfg["pytorch_cka_epoch_pairs"])
+    pairs = round_epoch_pairs(b.cfg)
 
     def run():
         out = {}
@@ -385,7 +459,7 @@ def measure_pytorch_cka_cross_epoch(b: Bench) -> dict[str, Any]:
                                           progress=False)[0]
         return out
 
-    seconds, result = b.timed(run, 1)
+    seconds, result = b.timed(run)
     total = len(epoch_pairs())
     return {
         "seconds": seconds * total / len(pairs),
@@ -492,11 +566,14 @@ def measure_reference(b: Bench) -> dict[str, Any]:
 
 def measure_profile(b: Bench) -> dict[str, Any]:
     """Where rayrs's time goes: the forward pass alone, forward + a bare X X^T per layer (the float32 floor:
-    no centring, no U-centring, no HSIC), and the pieces of one rayrs Gram on the widest layer, timed alone.
+    no centring, no U-centring, no HSIC), the pieces of one rayrs Gram on the widest layer, and one
+    `MinibatchCKA.update` with and without the jackknife (same Grams both sides, as cross_layer; two models'
+    Grams, as cross_epoch), each timed alone after one untimed call.
     """
     torch = b.torch
     from rayrs.similarity import MinibatchCKA
     from rayrs.similarity.cka import (
+        JACKKNIFE_GROUPS,
         Int8Scratch,
         _takes_int8_route,
         centered_gram,
@@ -507,14 +584,12 @@ def measure_profile(b: Bench) -> dict[str, Any]:
     )
     from rayrs.similarity.grams import channels_last
 
-    repeats = b.cfg["repeats"]
-
     def forward() -> None:  # in the channels-last layout rayrs's probing forward pass uses
         with torch.no_grad(), b.autocast():
             for x in b.probe:
                 b.model(channels_last(x))
 
-    t_forward, _ = b.timed(forward, repeats)
+    t_forward, _ = b.timed(forward, warmup=1)
 
     grams = torch.empty(len(b.layers), b.n, b.n, dtype=torch.float32, device=b.device)
 
@@ -524,7 +599,7 @@ def measure_profile(b: Bench) -> dict[str, Any]:
             torch.mm(features, features.T, out=grams[slot])
 
     handles = hook_layers(b.model, b.layers, raw)
-    t_raw_gram, _ = b.timed(forward, repeats)
+    t_raw_gram, _ = b.timed(forward, warmup=1)
     cpu_raw_gram = b.cpu_seconds
     for handle in handles:
         handle.remove()
@@ -543,7 +618,6 @@ def measure_profile(b: Bench) -> dict[str, Any]:
     for handle in handles:
         handle.remove()
     act = widest.pop("act")
-    micro = max(repeats, 2)
 
     def raw_one():
         f = flatten_examples(act).float()
@@ -557,24 +631,31 @@ def measure_profile(b: Bench) -> dict[str, Any]:
         return f
 
     scratch = Int8Scratch()  # as GramRecorder keeps one
-    t_raw, _ = b.timed(raw_one, micro)
-    t_centre, _ = b.timed(centre_only, micro)
-    t_float32_route, _ = b.timed(lambda: centered_gram_float32(flatten_examples(act)), micro)
-    t_centred_gram, gram = b.timed(lambda: centered_gram(act, scratch), micro)
-    t_u, _ = b.timed(lambda: u_center(gram), micro)
+    t_raw, _ = b.timed(raw_one, warmup=1)
+    t_centre, _ = b.timed(centre_only, warmup=1)
+    t_float32_route, _ = b.timed(lambda: centered_gram_float32(flatten_examples(act)), warmup=1)
+    t_centred_gram, gram = b.timed(lambda: centered_gram(act, scratch), warmup=1)
+    t_u, _ = b.timed(lambda: u_center(gram), warmup=1)
+    route = "int8" if _takes_int8_route(flatten_examples(act)) else "float32"
+    act = gram = None  # freed before the (L, n, n) stacks below
     L = len(b.layers)
     stack = torch.randn(L, b.n, b.n, device=b.device)
+    other = torch.randn(L, b.n, b.n, device=b.device)
+    group_of = b.group_of(JACKKNIFE_GROUPS)[0]
 
-    def update_same():
-        MinibatchCKA(L, L, device=b.device).update(stack, stack)
+    def update(grams_b, groups: int):
+        MinibatchCKA(L, L, device=b.device, groups=groups).update(stack, grams_b, group_of if groups else None)
 
     def gemm_only():
         flat = stack.reshape(L, -1)
         with exact_float32(b.device):
             return flat @ flat.T
 
-    t_update, _ = b.timed(update_same, micro)
-    t_gemm, _ = b.timed(gemm_only, micro)
+    t_update, _ = b.timed(lambda: update(stack, 0), warmup=1)
+    t_update_jackknife, _ = b.timed(lambda: update(stack, JACKKNIFE_GROUPS), warmup=1)
+    t_update_other, _ = b.timed(lambda: update(other, 0), warmup=1)
+    t_update_other_jackknife, _ = b.timed(lambda: update(other, JACKKNIFE_GROUPS), warmup=1)
+    t_gemm, _ = b.timed(gemm_only, warmup=1)
     return {
         "seconds": t_raw_gram,
         "cpu_seconds": cpu_raw_gram,
@@ -585,11 +666,15 @@ def measure_profile(b: Bench) -> dict[str, Any]:
         "widest_raw_gram": t_raw,
         "widest_centre_features": t_centre,
         "widest_centered_gram": t_centred_gram,
-        "widest_route": "int8" if _takes_int8_route(flatten_examples(act)) else "float32",
+        "widest_route": route,
         "widest_float32_route": t_float32_route,
         "widest_u_center": t_u,
         "hsic_update_same": t_update,
+        "hsic_update_same_jackknife": t_update_jackknife,
+        "hsic_update_two_models": t_update_other,
+        "hsic_update_two_models_jackknife": t_update_other_jackknife,
         "hsic_gemm": t_gemm,
+        "jackknife_groups": JACKKNIFE_GROUPS,
     }
 
 
@@ -681,91 +766,177 @@ def sub_grid(m: list[list[float]], rows: list[int], cols: list[int]) -> list[lis
     return [[m[i][j] for j in cols] for i in rows]
 
 
-def ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)) or b == 0:
-        return None
-    return a / b
-
-
 def fmt(x: float | None, spec: str = ".3g") -> str:
     return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
-def summarise(cfg: dict[str, Any], res: dict[str, dict[str, Any]], wall: float) -> dict[str, Any]:
+# The order of a round (the next round runs it reversed, `timing.round_order`). Neighbours run back to back, so
+# the sides of time_over_forward_gram (floor, rayrs), speedup_vs_pytorch_cka (rayrs, pytorch_cka) and
+# speedup_vs_pytorch_cka_cross_epoch are measured next to each other in every round. rayrs has three partners
+# and a line gives it two neighbours: torch_cka is one apart, behind pytorch_cka (a ~10-30 s child), which
+# matters least for the contender that itself runs for minutes, so its load is averaged over a longer stretch
+# anyway. profile (the stage-by-stage split) sits next to floor.
+ROUND_ORDER = ["profile", "floor", "rayrs", "pytorch_cka", "torch_cka", "pytorch_cka_cross_epoch", "rayrs_cross_epoch"]
+# Headline ratios, each a median over the rounds of a ratio of two figures of the same round (`round_figures`).
+RATIOS = {
+    "speedup_vs_torch_cka": Ratio("torch_cka", "rayrs"),
+    "time_over_forward_gram": Ratio("rayrs", "floor"),
+    "time_over_forward_gram_in_run": Ratio("rayrs.in_run", "rayrs.grams"),
+    "time_over_forward_gram_without_jackknife": Ratio("rayrs.without_jackknife", "floor"),
+    "jackknife_share_of_rayrs_time": Ratio("rayrs.jackknife", "rayrs"),
+    "jackknife_share_of_rayrs_cross_epoch_time": Ratio("rayrs_cross_epoch.jackknife", "rayrs_cross_epoch"),
+    "time_over_forward_raw_gram": Ratio("rayrs", "profile.raw_gram"),
+    "forward_share_of_rayrs_time": Ratio("profile.forward", "rayrs"),
+    "speedup_vs_pytorch_cka": Ratio("pytorch_cka", "rayrs"),
+    "speedup_vs_pytorch_cka_cross_epoch": Ratio("pytorch_cka_cross_epoch", "rayrs_cross_epoch"),
+    "peak_rss_ratio_vs_pytorch_cka": Ratio("rayrs.rss", "pytorch_cka.rss"),
+}
+CPU_RATIOS = {  # the same ratios from CPU seconds (all threads): less moved by other processes' load
+    key: Ratio(RATIOS[key].numerator + ".cpu", RATIOS[key].denominator + ".cpu")
+    for key in ("speedup_vs_torch_cka", "time_over_forward_gram", "speedup_vs_pytorch_cka",
+                "speedup_vs_pytorch_cka_cross_epoch")
+}
+PROFILE_FIGURES = ["forward", "raw_gram", "widest_raw_gram", "widest_centre_features", "widest_centered_gram",
+                   "widest_float32_route", "widest_u_center", "hsic_update_same", "hsic_update_same_jackknife",
+                   "hsic_update_two_models", "hsic_update_two_models_jackknife", "hsic_gemm"]
+
+
+def round_figures(res: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """One round's figures, flat: `name` wall seconds, `name.cpu` CPU seconds, `name.rss` peak RSS (MB),
+    `name.cuda` peak CUDA memory (MB), `profile.*` the profile's pieces, `rayrs.*` the split of rayrs's own run."""
+    figures: dict[str, float | None] = {}
+    for name, r in res.items():
+        figures[name] = r.get("seconds")
+        figures[f"{name}.cpu"] = r.get("cpu_seconds")
+        figures[f"{name}.rss"] = r.get("peak_rss_mb")
+        figures[f"{name}.cuda"] = r.get("peak_cuda_mb")
+    prof = res.get("profile", {})
+    figures.update({f"profile.{key}": prof.get(key) for key in PROFILE_FIGURES if key in prof})
+    for name in ("rayrs", "rayrs_cross_epoch"):  # what the jackknife adds to the run (`jackknife_seconds`)
+        jackknife = res.get(name, {}).get("jackknife_seconds")
+        if jackknife is not None and figures.get(name) is not None:
+            figures[f"{name}.jackknife"] = jackknife
+            figures[f"{name}.without_jackknife"] = figures[name] - jackknife
+    parts = res.get("rayrs", {}).get("parts")
+    if parts:
+        figures.update({f"rayrs.{key}": value for key, value in parts.items()})
+        figures["rayrs.in_run"] = sum(parts.values())
+    return figures
+
+
+def summarise(cfg: dict[str, Any], rounds: list[dict[str, dict[str, Any]]], ref: dict[str, Any],
+              wall: float) -> dict[str, Any]:
     """Print the table, the accuracy and the goals; return the final JSON object."""
-    sec = {name: r.get("seconds") for name, r in res.items()}
-    rss = {name: r.get("peak_rss_mb") for name, r in res.items()}
-    ref = res.get("reference", {})
-    layers = next((r["layers"] for r in res.values() if "layers" in r), None)
-    peer_index = next((r["peer_index"] for r in res.values() if "peer_index" in r), None)
-    names = next((r["layer_names"] for r in res.values() if "layer_names" in r), [])
+    per_round = [round_figures(res) for res in rounds]
+    figures = figure_spreads(per_round)
+    values, spreads = headlines(per_round, RATIOS)
+    cpu_values, cpu_spreads = headlines(per_round, CPU_RATIOS)
+    names = [name for name in ROUND_ORDER if any(name in res for res in rounds)]
+    ok = {name: [res[name] for res in rounds if name in res and "seconds" in res[name]] for name in names}
+    first = {name: (ok[name][0] if ok[name] else {}) for name in names}  # deterministic outputs: any round's
+    every = [r for res in rounds for r in res.values()] + ([ref] if ref else [])
+    layers = next((r["layers"] for r in every if "layers" in r), None)
+    peer_index = next((r["peer_index"] for r in every if "peer_index" in r), None)
+    layer_names = next((r["layer_names"] for r in every if "layer_names" in r), [])
+    R = len(rounds)
 
     notes = {
         "profile": "forward + bare float32 X X^T per layer",
         "floor": "forward + layer_grams (centre, Gram, U-centre)",
-        "rayrs": "layer_grams + MinibatchCKA, all L x L pairs",
+        "rayrs": "layer_grams + MinibatchCKA with jackknife, all L x L pairs",
         "pytorch_cka": "compute_cka(model, model), one call",
         "torch_cka": "CKA(model, model).compare, pair loop",
-        "rayrs_cross_epoch": f"{CHECKPOINTS} ckpts, {CHECKPOINTS * (CHECKPOINTS - 1) // 2} epoch pairs",
+        "rayrs_cross_epoch": f"{CHECKPOINTS} ckpts, {CHECKPOINTS * (CHECKPOINTS - 1) // 2} epoch pairs, jackknife",
         "pytorch_cka_cross_epoch": "one compute_cka per epoch pair",
-        "reference": "float64, explicit HSIC (not a contender)",
     }
-    tc = res.get("torch_cka", {})
-    if tc.get("fixed_seconds") is not None:
-        notes["torch_cka"] += (f"; TIMED ON {len(tc['rows'])} OF {len(peer_index)} ROWS "
-                               f"({fmt(tc['seconds_measured'])} s, {fmt(tc['fixed_seconds'])} s of it with no "
-                               "rows), scaled by pairs")
-    pe = res.get("pytorch_cka_cross_epoch", {})
-    if pe.get("pairs_timed") and pe["pairs_timed"] < pe["pairs"]:
-        notes["pytorch_cka_cross_epoch"] += (f"; TIMED ON {pe['pairs_timed']} OF {pe['pairs']} PAIRS "
-                                             f"({fmt(pe['seconds_measured'])} s), scaled")
+    tc_rounds = ok.get("torch_cka", [])
+    if tc_rounds and tc_rounds[0].get("fixed_seconds") is not None:
+        timed_rows = sorted({row for r in tc_rounds for row in r["rows"]})
+        measured = figure_spreads([{"m": r["seconds_measured"], "f": r["fixed_seconds"]} for r in tc_rounds])
+        notes["torch_cka"] += (f"; TIMED ON {len(tc_rounds[0]['rows'])} OF {len(peer_index)} ROWS A ROUND "
+                               f"({len(timed_rows)} rows over the rounds; {fmt(measured['m']['median'])} s, "
+                               f"{fmt(measured['f']['median'])} s of it with no rows), scaled by pairs")
+    pe_rounds = ok.get("pytorch_cka_cross_epoch", [])
+    if pe_rounds and pe_rounds[0]["pairs_timed"] < pe_rounds[0]["pairs"]:
+        covered = sum(r["pairs_timed"] for r in pe_rounds)
+        measured = figure_spreads([{"m": r["seconds_measured"]} for r in pe_rounds])["m"]
+        notes["pytorch_cka_cross_epoch"] += (f"; TIMED ON {pe_rounds[0]['pairs_timed']} OF {pe_rounds[0]['pairs']} "
+                                             f"PAIRS A ROUND ({covered} over the rounds; "
+                                             f"{fmt(measured['median'])} s), scaled")
     cuda = cfg["device"] == "cuda"
-    print()
-    header = f"{'measurement':<25} {'n':>5} {'time_s':>9} {'cpu_s':>8} {'peak_rss_MB':>11} {'setup_MB':>9}"
+    print(f"\nmedians over {R} rounds, [min-max] of the wall time ({ORDER_NOTE}: {', '.join(names)})")
+    header = (f"{'measurement':<25} {'n':>5} {'time_s':>9} {'[min-max]':>17} {'cpu_s':>8} {'peak_rss_MB':>11} "
+              f"{'setup_MB':>9}")
     header += f" {'peak_cuda_MB':>12}" if cuda else ""
     print(header + "  note")
-    for name, r in res.items():
-        if "seconds" not in r:
-            print(f"{name:<25} FAILED: {r['error']}")
+
+    def row(name: str, n: Any, time_s: dict[str, Any] | None, cpu: Any, rss: Any, setup: Any, cuda_mb: Any) -> str:
+        span = f"[{fmt(time_s['min'], '.3f')}-{fmt(time_s['max'], '.3f')}]" if time_s else ""
+        line = (f"{name:<25} {n:>5} {fmt(time_s and time_s['median'], '.3f'):>9} {span:>17} {fmt(cpu, '.1f'):>8} "
+                f"{fmt(rss, '.0f'):>11} {fmt(setup, '.0f'):>9}")
+        return line + (f" {fmt(cuda_mb, '.0f'):>12}" if cuda else "")
+
+    def median(key: str) -> float | None:
+        return figures[key]["median"] if figures.get(key) else None
+
+    for name in names:
+        errors = [res[name]["error"] for res in rounds if name in res and "seconds" not in res[name]]
+        if not ok[name]:
+            print(f"{name:<25} FAILED: {errors[0] if errors else 'not run'}")
             continue
         if name == "profile":
-            print(f"{'forward':<25} {r.get('n', ''):>5} {fmt(r.get('forward'), '.3f'):>9} {'':>8} "
-                  f"{'(same process)':>21}"
-                  "  forward pass alone, no hooks")
-        line = (f"{name:<25} {r.get('n', ''):>5} {fmt(r.get('seconds'), '.3f'):>9}"
-                f" {fmt(r.get('cpu_seconds'), '.1f'):>8}"
-                f" {fmt(r.get('peak_rss_mb'), '.0f'):>11}"
-                f" {fmt(r.get('setup_rss_mb'), '.0f'):>9}")
-        line += f" {fmt(r.get('peak_cuda_mb'), '.0f'):>12}" if cuda else ""
-        print(line + "  " + notes.get(name, "") + (f" [error: {r['error']}]" if r.get("error") else ""))
+            print(row("forward", first[name].get("n", ""), figures.get("profile.forward"), None, None, None, None)
+                  + "  forward pass alone, no hooks (same process as profile)")
+        peer_error = next((r["error"] for r in ok[name] if r.get("error")), None)
+        print(row(name, first[name].get("n", ""), figures.get(name), median(f"{name}.cpu"), median(f"{name}.rss"),
+                  figure_spreads([{"s": r.get("setup_rss_mb")} for r in ok[name]])["s"]["median"]
+                  if first[name].get("setup_rss_mb") is not None else None, median(f"{name}.cuda"))
+              + "  " + notes.get(name, "") + (f" [error: {peer_error}]" if peer_error else "")
+              + (f" [{len(errors)} round(s) FAILED: {errors[0]}]" if errors else ""))
+    if ref.get("seconds") is not None:
+        print(row("reference", ref.get("n", ""), {"median": ref["seconds"], "min": ref["seconds"],
+                                                  "max": ref["seconds"]},
+                  ref.get("cpu_seconds"), ref.get("peak_rss_mb"), ref.get("setup_rss_mb"), ref.get("peak_cuda_mb"))
+              + "  float64, explicit HSIC (run once, after the rounds: an accuracy check, not a contender)")
+    elif ref:
+        print(f"{'reference':<25} FAILED: {ref.get('error')}")
 
-    print("  time_s: wall seconds, best of the repeats (minibatches summed); cpu_s: CPU seconds of all the process's "
-          "threads in that call (cpu_s well below threads x time_s means other processes held the cores); "
-          "peak_rss_MB: ru_maxrss of the measurement's own process; setup_MB: its RSS before the measurement "
-          "(torch, model, probe)")
+    print("  time_s: wall seconds of one timed call (minibatches summed), median over the rounds; cpu_s: CPU seconds "
+          "of all the process's threads in that call (well below threads x time_s: other processes held the "
+          "cores); peak_rss_MB: ru_maxrss of the measurement's own process; setup_MB: its RSS before the "
+          "measurement (torch, model, probe)")
 
-    # Where rayrs's time goes (differences of the staged measurements above).
-    prof = res.get("profile", {})
-    f, g, fl, ry = prof.get("forward"), prof.get("raw_gram"), sec.get("floor"), sec.get("rayrs")
-    parts = res.get("rayrs", {}).get("parts", {})
+    # Where rayrs's time goes (differences of the staged measurements above, medians over the rounds).
+    f, g, fl, ry = median("profile.forward"), median("profile.raw_gram"), median("floor"), median("rayrs")
     if None not in (f, g, fl, ry):
-        print(f"\nrayrs time, stage by stage (separate processes): forward {f:.3f} s | + bare float32 X X^T "
-              f"{g - f:+.3f} s | rayrs's centred, U-centred Grams in hooks instead {fl - g:+.3f} s | + HSIC "
-              f"(MinibatchCKA) {ry - fl:+.3f} s = {ry:.3f} s")
-    if parts:
-        print(f"  inside the rayrs run itself: layer_grams {parts['grams']:.3f} s + MinibatchCKA.update "
-              f"{parts['hsic']:.3f} s (ratio {(parts['grams'] + parts['hsic']) / parts['grams']:.3f}, free of "
-              "run-to-run noise)")
+        print(f"\nrayrs time, stage by stage (separate processes, medians): forward {f:.3f} s | + bare float32 X X^T "
+              f"{g - f:+.3f} s | rayrs's centred, U-centred Grams in hooks instead {fl - g:+.3f} s | + HSIC with "
+              f"jackknife (MinibatchCKA) {ry - fl:+.3f} s = {ry:.3f} s")
+    if figures.get("rayrs.grams"):
+        print(f"  inside the rayrs run itself: layer_grams {median('rayrs.grams'):.3f} s + MinibatchCKA.update "
+              f"{median('rayrs.hsic'):.3f} s + compute and std_error {median('rayrs.finish'):.4f} s (ratio "
+              f"{describe(spreads['time_over_forward_gram_in_run'], '.3f')}, free of run-to-run noise)")
+    prof = first.get("profile", {})
     if "widest_layer" in prof:
         print(f"  widest layer {prof['widest_layer']} ({prof['features']} features x n = {cfg['n']}): bare float32 "
-              f"X X^T {prof['widest_raw_gram']:.4f} s; rayrs's centred_gram ({prof['widest_route']} route) "
-              f"{prof['widest_centered_gram']:.4f} s; its float32 route {prof['widest_float32_route']:.4f} s, of "
-              f"which centring the features {prof['widest_centre_features']:.4f} s; u_center "
-              f"{prof['widest_u_center']:.4f} s")
-        print(f"  one MinibatchCKA.update({layers} layers, same Grams both sides) {prof['hsic_update_same']:.4f} s: "
-              f"the L x L GEMM {prof['hsic_gemm']:.4f} s (the self terms are its diagonal)")
+              f"X X^T {median('profile.widest_raw_gram'):.4f} s; rayrs's centred_gram ({prof['widest_route']} route) "
+              f"{median('profile.widest_centered_gram'):.4f} s; its float32 route "
+              f"{median('profile.widest_float32_route'):.4f} s, of which centring the features "
+              f"{median('profile.widest_centre_features'):.4f} s; u_center {median('profile.widest_u_center'):.4f} s")
+        print(f"  one MinibatchCKA.update({layers} layers, same Grams both sides) {median('profile.hsic_update_same'):.4f} s: "
+              f"the L x L GEMM {median('profile.hsic_gemm'):.4f} s (the self terms are its diagonal); with the "
+              f"jackknife ({prof.get('jackknife_groups')} groups) {median('profile.hsic_update_same_jackknife'):.4f} s; two models' "
+              f"Grams (cross_epoch) {median('profile.hsic_update_two_models'):.4f} s, with the jackknife "
+              f"{median('profile.hsic_update_two_models_jackknife'):.4f} s")
+    if figures.get("rayrs.jackknife"):
+        print(f"  the jackknife (every value's standard error) adds {describe(figures['rayrs.jackknife'], '.3f')} s to "
+              f"a rayrs run, {describe(spreads['jackknife_share_of_rayrs_time'], '.3f')} of its time; without it "
+              f"time_over_forward_gram would read {describe(spreads['time_over_forward_gram_without_jackknife'], '.3f')}")
+    if figures.get("rayrs_cross_epoch.jackknife"):
+        print(f"  ... and {describe(figures['rayrs_cross_epoch.jackknife'], '.3f')} s to the cross_epoch workload, "
+              f"{describe(spreads['jackknife_share_of_rayrs_cross_epoch_time'], '.3f')} of its time")
 
-    # Accuracy against the float64 reference.
+    # Accuracy against the float64 reference (deterministic outputs: taken from any round, peers' from every round).
     acc: dict[str, Any] = {}
     peer_diff: dict[str, Any] = {}
     peer_bad: dict[str, Any] = {}
@@ -774,28 +945,37 @@ def summarise(cfg: dict[str, Any], res: dict[str, dict[str, Any]], wall: float) 
         print(f"\naccuracy vs the float64 reference (unbiased HSIC, Song et al. 2012), on {layers} layers:")
         print(f"  reference itself: {bad_values(ref_u)['outside_0_1']} values below 0 or above 1 "
               f"(the unbiased estimate may dip below 0 for unrelated layers)")
-        if "cka" in res.get("rayrs", {}):
-            acc["rayrs"] = max_abs_diff(res["rayrs"]["cka"], ref_u)
+        if "cka" in first.get("rayrs", {}):
+            ry_res = first["rayrs"]
+            acc["rayrs"] = max_abs_diff(ry_res["cka"], ref_u)
             print(f"  rayrs        max |diff| {acc['rayrs']:.2e} over all {layers}x{layers} pairs; "
-                  f"{bad_values(res['rayrs']['cka'])}")
-        if res.get("torch_cka", {}).get("cka") is not None:
-            rows = tc["rows"]
-            grid = sub_grid(ref_u, [peer_index[i] for i in rows], peer_index)
-            peer_diff["torch_cka"] = max_abs_diff(tc["cka"], grid)
-            bad = bad_values(tc["cka"])
-            peer_bad["torch_cka"] = bad["nan"] + bad["outside_0_1"]
+                  f"{bad_values(ry_res['cka'])}; jackknife standard error median {ry_res['std_error_median']:.1e}, "
+                  f"max {ry_res['std_error_max']:.1e}")
+        tc_with = [r for r in tc_rounds if r.get("cka") is not None]
+        if tc_with:
+            diffs, bad_total, rows_seen = [], 0, set()
+            for r in tc_with:
+                grid = sub_grid(ref_u, [peer_index[i] for i in r["rows"]], peer_index)
+                diffs.append(max_abs_diff(r["cka"], grid))
+                bad = bad_values(r["cka"])
+                bad_total += bad["nan"] + bad["outside_0_1"]
+                rows_seen.update(r["rows"])
+            finite = [d for d in diffs if math.isfinite(d)]
+            peer_diff["torch_cka"] = max(finite) if finite else math.nan
+            peer_bad["torch_cka"] = bad_total
             print(f"  torch-cka    max |diff| {peer_diff['torch_cka']:.2e} vs unbiased (its estimator: Song et al. "
-                  f"eq. 5, uncentred features) on {len(rows)}x{len(peer_index)} pairs; {bad}")
-        elif "torch_cka" in res:
+                  f"eq. 5, uncentred features) on the {len(rows_seen)}x{len(peer_index)} pairs timed over the rounds; "
+                  f"{bad_total} values NaN or outside [0, 1] (summed over the rounds)")
+        elif "torch_cka" in names:
             peer_diff["torch_cka"], peer_bad["torch_cka"] = None, None
-            print(f"  torch-cka    no matrix: {tc.get('error')}")
-        pc = res.get("pytorch_cka", {})
+            print(f"  torch-cka    no matrix: {next((r.get('error') for r in tc_rounds), 'failed')}")
+        pc = first.get("pytorch_cka", {})
         if "cka" in pc:
             grid_u = sub_grid(ref_u, peer_index, peer_index)
             grid_b = sub_grid(ref_b, peer_index, peer_index)
             peer_diff["pytorch_cka"] = max_abs_diff(pc["cka"], grid_u)
             vs_biased = max_abs_diff(pc["cka"], grid_b)
-            clamped = [[min(max(x, 0.0), 1.0) for x in row] for row in grid_u]
+            clamped = [[min(max(x, 0.0), 1.0) for x in row_] for row_ in grid_u]
             vs_clamped = max_abs_diff(pc["cka"], clamped)
             bad = bad_values(pc["cka"])
             peer_bad["pytorch_cka"] = bad["nan"] + bad["outside_0_1"]
@@ -815,59 +995,72 @@ def summarise(cfg: dict[str, Any], res: dict[str, dict[str, Any]], wall: float) 
         if layers is not None and len(peer_index) != layers:
             print(f"  peers see {len(peer_index)} layers (one per module, its last call); rayrs sees {layers}")
         else:
-            print(f"  peers were given the same {layers} layers (module paths: {names[0]} ... {names[-1]})")
-    re, pe_ = res.get("rayrs_cross_epoch", {}), res.get("pytorch_cka_cross_epoch", {})
-    cross_diff = None
-    if "checked" in re and "checked" in pe_:
-        def clamp(m):
-            return [[min(max(x, 0.0), 1.0) for x in row] for row in m]
+            print(f"  peers were given the same {layers} layers (module paths: {layer_names[0]} ... {layer_names[-1]})")
+    cross_diffs, checked_pairs = [], 0
+    for res in rounds:  # each round's pytorch-cka epoch pairs against rayrs's values for the same pairs
+        re, pe_ = res.get("rayrs_cross_epoch", {}), res.get("pytorch_cka_cross_epoch", {})
+        if "checked" in re and "checked" in pe_:
+            def clamp(m):
+                return [[min(max(x, 0.0), 1.0) for x in row_] for row_ in m]
 
-        cross_diff = max(max_abs_diff(clamp(re["checked"][k]), pe_["checked"][k]) for k in pe_["checked"])
+            cross_diffs += [max_abs_diff(clamp(re["checked"][k]), pe_["checked"][k]) for k in pe_["checked"]]
+            checked_pairs += len(pe_["checked"])
+    cross_diff = max(cross_diffs) if cross_diffs else None
+    if cross_diff is not None:
         print(f"  cross_epoch: pytorch-cka vs rayrs (clamped to [0, 1] as pytorch-cka clamps) max |diff| "
-              f"{cross_diff:.2e} on {len(pe_['checked'])} epoch pairs, n = {re.get('n')}")
-    if "mean_diagonal" in re:
-        md = re["mean_diagonal"]
+              f"{cross_diff:.2e} on {checked_pairs} epoch pairs over the rounds, n = {cfg['workload_n']}")
+    md = first.get("rayrs_cross_epoch", {}).get("mean_diagonal")
+    if md:
         print("  cross_epoch mean same-layer CKA, epoch 0 vs 1..9: "
               + " ".join(f"{md[f'0,{j}']:.3f}" for j in range(1, CHECKPOINTS)))
 
-    summary = {
-        "speedup_vs_torch_cka": ratio(sec.get("torch_cka"), sec.get("rayrs")),
-        "time_over_forward_gram": ratio(sec.get("rayrs"), sec.get("floor")),
-        "time_over_forward_gram_in_run": (parts["grams"] + parts["hsic"]) / parts["grams"] if parts else None,
-        "time_over_forward_raw_gram": ratio(sec.get("rayrs"), prof.get("raw_gram")),
-        "forward_share_of_rayrs_time": ratio(prof.get("forward"), sec.get("rayrs")),
-        "speedup_vs_pytorch_cka": ratio(sec.get("pytorch_cka"), sec.get("rayrs")),
-        "speedup_vs_pytorch_cka_cross_epoch": ratio(sec.get("pytorch_cka_cross_epoch"), sec.get("rayrs_cross_epoch")),
-        "peak_rss_ratio_vs_pytorch_cka": ratio(rss.get("rayrs"), rss.get("pytorch_cka")),
+    summary: dict[str, Any] = {
+        **values,
         "max_abs_diff_vs_reference": acc.get("rayrs"),
         "peer_max_abs_diff": peer_diff,
         "peer_nan": peer_bad,
         "peer_code_in_float64_max_abs_diff": acc.get("peer_code_in_float64"),
-    }
-    cpu = {name: r.get("cpu_seconds") for name, r in res.items()}
-    summary["cpu_time_ratios"] = {  # the same ratios from CPU seconds: less moved by other processes' load
-        "speedup_vs_torch_cka": ratio(cpu.get("torch_cka"), cpu.get("rayrs")),
-        "time_over_forward_gram": ratio(cpu.get("rayrs"), cpu.get("floor")),
-        "speedup_vs_pytorch_cka": ratio(cpu.get("pytorch_cka"), cpu.get("rayrs")),
-        "speedup_vs_pytorch_cka_cross_epoch": ratio(cpu.get("pytorch_cka_cross_epoch"), cpu.get("rayrs_cross_epoch")),
+        "spread": spreads,
+        "cpu_time_ratios": cpu_values,
+        "cpu_time_ratios_spread": cpu_spreads,
     }
     if cuda:
-        summary["peak_cuda_ratio_vs_pytorch_cka"] = ratio(res.get("rayrs", {}).get("peak_cuda_mb"),
-                                                          res.get("pytorch_cka", {}).get("peak_cuda_mb"))
-    print("\ngoals:")
+        cuda_values, cuda_spreads = headlines(per_round, {"peak_cuda_ratio_vs_pytorch_cka":
+                                                          Ratio("rayrs.cuda", "pytorch_cka.cuda")})
+        summary.update(cuda_values)
+        summary["spread"].update(cuda_spreads)
+    print(f"\ngoals (median of the per-round paired ratios [min-max over the {R} rounds]):")
     for key, (goal, sense) in GOALS.items():
         value = summary.get(key)
         met = None if value is None else (value >= goal if sense == "ge" else value <= goal)
         verdict = {None: "not measured", True: "met", False: "MISSED"}[met]
-        by_cpu = summary["cpu_time_ratios"].get(key)
-        by_cpu = f"  (from CPU seconds: {fmt(by_cpu, '.4g')})" if by_cpu is not None and not cuda else ""
+        s = spreads.get(key)
+        if s is not None:
+            inside = [s["min"], s["max"]]
+            rounds_met = sum(x >= goal if sense == "ge" else x <= goal for x in inside)
+            verdict += (" in every round" if rounds_met in (0, 2) else
+                        " by the median, not in every round" if met else " by the median, met in some rounds")
+        shown = describe(s, ".4g") if s is not None else fmt(value, ".4g")
+        by_cpu = cpu_spreads.get(key)
+        by_cpu = f"  (from CPU seconds: {describe(by_cpu, '.4g')})" if by_cpu is not None and not cuda else ""
         sign = ">=" if sense == "ge" else "<="
-        print(f"  {key:<38} {fmt(value, '.4g'):>10}  goal {sign} {goal:g}  {verdict}{by_cpu}")
+        print(f"  {key:<36} {shown:>34}  goal {sign} {goal:g}  {verdict}{by_cpu}")
+
+    def group(suffix: str) -> dict[str, Any]:
+        return {name: figures.get(f"{name}{suffix}") for name in names}
+
     summary.update(
         cross_epoch_max_abs_diff_rayrs_vs_pytorch_cka=cross_diff,
-        seconds={k: v for k, v in sec.items()},
-        cpu_seconds={k: r.get("cpu_seconds") for k, r in res.items()},
-        peak_rss_mb={k: v for k, v in rss.items()},
+        seconds=group(""),
+        cpu_seconds=group(".cpu"),
+        peak_rss_mb=group(".rss"),
+        profile={key: figures[f"profile.{key}"] for key in PROFILE_FIGURES if f"profile.{key}" in figures},
+        jackknife_seconds={name: figures.get(f"{name}.jackknife") for name in ("rayrs", "rayrs_cross_epoch")},
+        rayrs_parts={key: figures[f"rayrs.{key}"] for key in ("grams", "hsic", "finish", "in_run")
+                     if f"rayrs.{key}" in figures},
+        reference_seconds_once=ref.get("seconds"),
+        rounds=R,
+        order=f"{ORDER_NOTE}: {', '.join(names)}",
         device=cfg["device"],
         arch=f"{cfg['arch']}-{cfg['depth']}-{cfg['width']}" if cfg["arch"] == "wrn" else cfg["arch"],
         layers=layers,
@@ -877,12 +1070,13 @@ def summarise(cfg: dict[str, Any], res: dict[str, dict[str, Any]], wall: float) 
         workload_n=cfg["workload_n"],
         bf16=cfg["bf16"],
         quick=cfg["quick"],
-        torch_cka_rows_timed=len(tc["rows"]) if "rows" in tc else None,
-        pytorch_cka_epoch_pairs_timed=pe.get("pairs_timed"),
+        torch_cka_rows_timed_per_round=len(tc_rounds[0]["rows"]) if tc_rounds else None,
+        pytorch_cka_epoch_pairs_timed_per_round=pe_rounds[0]["pairs_timed"] if pe_rounds else None,
         wall_seconds=wall,
+        machine=machine(),
     )
     if cuda:
-        summary["peak_cuda_mb"] = {k: r.get("peak_cuda_mb") for k, r in res.items()}
+        summary["peak_cuda_mb"] = group(".cuda")
     return summary
 
 
@@ -898,18 +1092,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true", help="forward under bf16 autocast (rayrs Grams stay float32)")
     p.add_argument("--quick", action="store_true",
                    help=f"one minibatch, workload at n = {QUICK_WORKLOAD_N}, torch-cka timed on "
-                        f"{QUICK_TORCH_CKA_ROWS} rows, pytorch-cka workload on {QUICK_PYTORCH_CKA_EPOCH_PAIRS} "
-                        "epoch pairs (both scaled by pair count), best of 2 for the one-call timings")
-    p.add_argument("--repeats", type=int, default=None, help="best of R for the one-call timings (default 3; 2 quick)")
+                        f"{QUICK_TORCH_CKA_ROWS} rows a round, pytorch-cka's workload on "
+                        f"{QUICK_PYTORCH_CKA_EPOCH_PAIRS} epoch pairs a round (both scaled by pair count)")
+    p.add_argument("--rounds", type=int, default=MIN_ROUNDS,
+                   help=f"rounds of interleaved measurements (default and minimum {MIN_ROUNDS})")
     p.add_argument("--torch-cka-rows", type=int, default=None,
-                   help=f"time torch-cka on this many rows of the layer grid (default all; "
-                        f"{QUICK_TORCH_CKA_ROWS} quick)")
+                   help=f"time torch-cka on this many rows of the layer grid a round (default: every row once over "
+                        f"the rounds; {QUICK_TORCH_CKA_ROWS} quick)")
     p.add_argument("--pytorch-cka-epoch-pairs", type=int, default=None,
-                   help=f"time pytorch-cka's workload on this many epoch pairs (default all 45; "
-                        f"{QUICK_PYTORCH_CKA_EPOCH_PAIRS} quick)")
+                   help=f"time pytorch-cka's workload on this many epoch pairs a round (default: all 45 once over "
+                        f"the rounds; {QUICK_PYTORCH_CKA_EPOCH_PAIRS} quick)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", nargs="+", choices=list(MEASUREMENTS), metavar="NAME",
                    help="run only these measurements: " + ", ".join(MEASUREMENTS))
+    p.add_argument("--json", metavar="PATH", help="also write the final JSON object to PATH")
     p.add_argument("--measure", choices=list(MEASUREMENTS), help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -926,11 +1122,11 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "device": args.device, "arch": args.arch, "depth": depth, "width": width, "n": args.n, "batches": batches,
         "bf16": args.bf16, "quick": args.quick, "seed": args.seed,
-        # Best of 2 even when quick: single runs of the one-call timings move by 10% on a shared 2-core machine.
-        "repeats": args.repeats if args.repeats is not None else (2 if args.quick else 3),
+        "rounds": args.rounds,
+        "round": 0,  # set for each child: which round it belongs to (torch-cka's rows, pytorch-cka's pairs)
         "workload_n": min(args.n, QUICK_WORKLOAD_N) if args.quick else args.n,
         "workload_batches": batches,
-        "torch_cka_rows": rows_wanted,  # None: every row
+        "torch_cka_rows": rows_wanted,  # per round; None: every row once over the rounds
         "pytorch_cka_epoch_pairs": (args.pytorch_cka_epoch_pairs if args.pytorch_cka_epoch_pairs is not None
                                     else (QUICK_PYTORCH_CKA_EPOCH_PAIRS if args.quick else None)),
     }
@@ -943,38 +1139,56 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.n < 4:
         raise SystemExit(f"--n {args.n}: the unbiased HSIC needs minibatches of at least 4 examples (paper: 1024)")
+    check_rounds(args.rounds)
     cfg = resolve_config(args)
     started = time.perf_counter()
-    order = ["profile", "floor", "rayrs", "pytorch_cka", "reference", "torch_cka", "rayrs_cross_epoch",
-             "pytorch_cka_cross_epoch"]
-    if args.only:
-        order = [name for name in order if name in args.only]
+    order = [name for name in ROUND_ORDER if not args.only or name in args.only]
+    with_reference = not args.only or "reference" in args.only
+    R = cfg["rounds"]
     print(f"benchmarks/cka.py: {cfg['arch']} depth={cfg['depth']} width={cfg['width']} on {cfg['device']}, "
           f"n={cfg['n']} x {cfg['batches']} minibatch(es), workload n={cfg['workload_n']}, bf16={cfg['bf16']}, "
-          f"quick={cfg['quick']}, best of {cfg['repeats']} for one-call timings; "
-          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+          f"quick={cfg['quick']}; {R} rounds of {', '.join(order)} ({ORDER_NOTE}), one process each; "
+          f"{machine()['cpu']}, load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
     if cfg["bf16"]:
         print("  --bf16: every contender's forward (and the peers' Grams, which they form in the forward's dtype) "
               "runs under bf16 autocast; rayrs forms its Grams in float32", flush=True)
-    results: dict[str, dict[str, Any]] = {}
-    for k, name in enumerate(order, 1):
-        if name == "torch_cka" and cfg["torch_cka_rows"] is not None:
-            print(f"  torch-cka: timing {cfg['torch_cka_rows']} rows of the layer grid only (evenly spread), "
-                  "scaled by the number of pairs", flush=True)
-        if name == "pytorch_cka_cross_epoch" and cfg["pytorch_cka_epoch_pairs"] is not None:
-            print(f"  pytorch-cka cross_epoch: timing {cfg['pytorch_cka_epoch_pairs']} of "
-                  f"{len(epoch_pairs())} epoch pairs, scaled by the number of pairs", flush=True)
-        t0 = time.perf_counter()
-        results[name] = run_child(name, cfg)
-        r = results[name]
-        status = f"{r['seconds']:.3f} s" if "seconds" in r and r["seconds"] is not None else f"FAILED {r.get('error')}"
-        print(f"[{k}/{len(order)}] {name:<24} {status}  (child wall {time.perf_counter() - t0:.1f} s)", flush=True)
-        if k == 1 and "seconds" not in r:  # the first measurement is rayrs alone: a set-up error, not a peer's
-            raise SystemExit(f"benchmarks/cka.py: {name} failed, the rest would too: {r.get('error')}")
-    summary = summarise(cfg, results, time.perf_counter() - started)
+    if "torch_cka" in order:
+        per = cfg["torch_cka_rows"]
+        print(f"  torch-cka: timing {'a strided 1/%d of the rows' % R if per is None else f'{per} rows'} of the "
+              "layer grid a round, scaled by the number of pairs", flush=True)
+    if "pytorch_cka_cross_epoch" in order:
+        per = cfg["pytorch_cka_epoch_pairs"]
+        print(f"  pytorch-cka cross_epoch: timing {'a strided 1/%d' % R if per is None else per} of the "
+              f"{len(epoch_pairs())} epoch pairs a round, scaled by the number of pairs", flush=True)
+
+    def contender(name: str) -> Callable[[int], dict[str, Any]]:
+        def run(round_index: int) -> dict[str, Any]:
+            t0 = time.perf_counter()
+            result = run_child(name, dict(cfg, round=round_index))
+            result["child_wall"] = time.perf_counter() - t0
+            return result
+
+        return run
+
+    def progress(r: int, position: int, name: str, result: dict[str, Any]) -> None:
+        ok = "seconds" in result and result["seconds"] is not None
+        status = f"{result['seconds']:.3f} s" if ok else f"FAILED {result.get('error')}"
+        print(f"[round {r + 1}/{R}, {position + 1}/{len(order)}] {name:<24} {status}  "
+              f"(child wall {result['child_wall']:.1f} s)", flush=True)
+        if r == 0 and position == 0 and not ok:  # round 1 starts with rayrs alone: a set-up error, not a peer's
+            raise SystemExit(f"benchmarks/cka.py: {name} failed, the rest would too: {result.get('error')}")
+
+    rounds = run_rounds({name: contender(name) for name in order}, R, on_result=progress)
+    ref: dict[str, Any] = {}
+    if with_reference:
+        ref = contender("reference")(0)
+        status = f"{ref['seconds']:.3f} s" if "seconds" in ref else f"FAILED {ref.get('error')}"
+        print(f"[once] reference                {status}  (child wall {ref['child_wall']:.1f} s)", flush=True)
+    summary = summarise(cfg, rounds, ref, time.perf_counter() - started)
     print(f"\ntotal wall time {summary['wall_seconds']:.1f} s; load average now {os.getloadavg()[0]:.2f} on "
-          f"{os.cpu_count()} CPUs (other processes' load slows every measurement alike, but not evenly)")
-    print(json.dumps(summary), flush=True)
+          f"{os.cpu_count()} CPUs (load slows the two sides of a paired ratio alike only as far as it is steady "
+          "over their back-to-back measurements: see the spread)")
+    emit(summary, args.json)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from rayrs.attacks import THREAT_MODELS, attack_schedule, default_eps
 from rayrs.data import DATASETS
 from rayrs.errors import UserError
 from rayrs.methods import METHODS
-from rayrs.models import MODELS, build_model, model_layers
+from rayrs.models import MODELS, NORMALIZATIONS, build_model, model_layers
 
 
 # Bounds past which a value can only be a mistake, and would cost minutes or overflow before a trial starts:
@@ -130,24 +130,32 @@ class ModelConfig(Section):
     arch: str = "wrn"
     depth: Int | None = Field(default=None, ge=1, le=MAX_DEPTH)  # None: the architecture's default (WRN: 28)
     width: Int | None = Field(default=None, ge=1, le=MAX_WIDTH)  # WRN widening factor k; None: default (WRN: 10)
+    # What the model does to its [0, 1] pixels first (rayrs.models.NORMALIZATIONS): none (the paper's code) or
+    # imagenet (ResNets only). Left out of the trial fingerprint when none: trials from before it keep theirs.
+    normalize: str = "none"
 
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, value: str) -> str:
         return _check_name(value, MODELS, "model")
 
+    @field_validator("normalize")
+    @classmethod
+    def _known_normalization(cls, value: str) -> str:
+        return _check_name(value, NORMALIZATIONS, "normalize")
+
     @model_validator(mode="after")
     def _buildable(self) -> ModelConfig:
-        _check_architecture(self.arch, self.depth, self.width)
+        _check_architecture(self.arch, self.depth, self.width, self.normalize)
         return self
 
 
 @functools.lru_cache(maxsize=256)
-def _check_architecture(arch: str, depth: int | None, width: int | None) -> None:
+def _check_architecture(arch: str, depth: int | None, width: int | None, normalize: str = "none") -> None:
     """Build the model on the meta device (no memory, no weights): a bad depth/width fails here, not on a GPU node."""
     try:
         with torch.device("meta"):
-            build_model(arch, num_classes=10, in_channels=3, depth=depth, width=width)
+            build_model(arch, num_classes=10, in_channels=3, depth=depth, width=width, normalize=normalize)
     except UserError as error:
         raise ValueError(str(error)) from None
 
@@ -284,8 +292,12 @@ class TrialConfig(Section):
         """Short content hash: two trials with the same fingerprint produce the same checkpoints.
 
         Where the dataset's files live (``data.root``) is not part of it: moving the data keeps the results.
+        Nor is ``model.normalize`` at its default (none), so the trials of sweeps from before it keep theirs.
         """
-        canonical = json.dumps(self.model_dump(mode="json", exclude={"data": {"root"}}), sort_keys=True)
+        exclude: dict[str, set[str]] = {"data": {"root"}}
+        if self.model.normalize == "none":
+            exclude["model"] = {"normalize"}
+        canonical = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     def attack_schedule(self, phase: Literal["train", "eval"]) -> tuple[float, int, float]:

@@ -1,16 +1,27 @@
-"""Image datasets by name, held as uint8 tensors on one device, and batched on-device augmentation.
+"""Image datasets by name, held as uint8 tensors on one device, each with its training augmentation.
 
 The registry `DATASETS` maps a name (what a sweep file says) to a `DatasetInfo`: a one-line description
-for ``--help``, a loader, and the per-dataset facts the training loop needs (default image size, crop
-padding, whether horizontal flips are label-preserving). `load_dataset` is the one entry point::
+for ``--help``, a loader, and the per-dataset facts the training loop needs (default image size, and the
+training augmentation, an entry called on a minibatch's indices). `load_dataset` is the one entry point::
 
     ds = load_dataset("cifar10", root="~/data", device="cuda")
-    x = augment(to_float(ds.train_images[idx]), generator=g, crop_padding=4, flip=True)
+    x = DATASETS["cifar10"].augmentation(ds, idx, g)  # (B, 3, 32, 32) float in [0, 1], augmented on the device
 
 Every loader returns the whole train and test split at once as ``(N, C, H, W)`` uint8 tensors on the
 requested device: these datasets are small enough to keep on the accelerator for the whole run, so the
 training loop never goes back to the disk or the CPU (airbench's habit), and augmentation is a few
-batched tensor ops there (`augment`).
+batched tensor ops there (`rayrs.augment`).
+
+Each dataset is prepared as the paper's code (inspire-group/robust_representation_similarity, ``data.py``)
+prepares it:
+
+- ``cifar10``: test images as they are; training: ``RandomCrop(32, padding=4)`` (zero padding) +
+  ``RandomHorizontalFlip()`` (`PaddedCrop`).
+- ``imagenette``, ``imagewoof``: test images ``Resize(int(1.14 * s)) + CenterCrop(s)`` (decoded once, by
+  torchvision on PIL images, exactly the reference's transform); training: ``RandomResizedCrop(s) +
+  RandomHorizontalFlip()`` (`RandomResizedCrop`), drawn per minibatch on the device from the training images
+  stored once, whole, in an `ImageCanvas`.
+- ``digits`` (not in the paper; the quickstart's data): the CIFAR-10 transform scaled to 16 pixels, no flip.
 
 Datasets are never downloaded: loaders read the standard on-disk formats and, when files are missing,
 raise a one-line `UserError` saying which path was searched, what was expected and where to get it.
@@ -34,22 +45,68 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rayrs.augment import padded_crop, random_resized_crop_boxes, resized_crops
 from rayrs.errors import UserError
 
 __all__ = [
     "DATASETS",
     "DatasetInfo",
+    "ImageCanvas",
     "ImageDataset",
-    "augment",
+    "PaddedCrop",
+    "RandomResizedCrop",
+    "canvas_shape",
     "get_dataset_info",
     "load_dataset",
     "to_float",
 ]
+
+
+# eq=False: the fields are tensors, whose `==` is elementwise, so a generated __eq__ would be meaningless.
+@dataclass(frozen=True, eq=False)
+class ImageCanvas:
+    """Images of different shapes kept whole in one uint8 tensor, so that a crop may take any part of one.
+
+    Image i, resized so that its short side is ``S`` unless its long side would then pass ``L`` (torchvision's
+    ``Resize(S, max_size=L)``), lies at the top left of canvas i in landscape: a portrait image is stored
+    transposed (``transposed[i]``), so one ``(S, L)`` canvas holds either orientation without the quarter of
+    padding a square one would waste. The rest of the canvas repeats the image's last column, then its last row
+    (edge padding), so a filter tap just past the border reads the border pixel rather than black.
+
+    Attributes:
+        pixels: ``(N, C, S, L)`` uint8.
+        sizes: ``(N, 2)`` int64 ``(height, width)`` of each stored image in its own orientation; in the canvas
+            it covers ``[:height, :width]``, or ``[:width, :height]`` where transposed.
+        source_sizes: ``(N, 2)`` int64 ``(height, width)`` of the decoded file: crop boxes are drawn in these
+            pixels, as torchvision draws them on the file, then scaled onto the stored copy.
+        transposed: ``(N,)`` bool.
+    """
+
+    pixels: torch.Tensor
+    sizes: torch.Tensor
+    source_sizes: torch.Tensor
+    transposed: torch.Tensor
+
+    def __post_init__(self) -> None:
+        n = self.pixels.shape[0]
+        if self.pixels.dtype != torch.uint8 or self.pixels.ndim != 4 or self.pixels.shape[-2] > self.pixels.shape[-1]:
+            raise ValueError(f"canvas pixels must be (N, C, S, L) uint8 with S <= L, got {tuple(self.pixels.shape)}")
+        for field, shape, dtype in (("sizes", (n, 2), torch.int64), ("source_sizes", (n, 2), torch.int64),
+                                    ("transposed", (n,), torch.bool)):
+            tensor: torch.Tensor = getattr(self, field)
+            if tensor.shape != shape or tensor.dtype != dtype or tensor.device != self.pixels.device:
+                raise ValueError(f"canvas {field} must be {shape} {dtype} on {self.pixels.device}, got "
+                                 f"{tuple(tensor.shape)} {tensor.dtype} on {tensor.device}")
+
+    def to(self, device: torch.device) -> ImageCanvas:
+        """The same canvas on `device`."""
+        return ImageCanvas(*(getattr(self, f).to(device) for f in ("pixels", "sizes", "source_sizes", "transposed")))
 
 
 # eq=False: the fields are tensors, whose `==` is elementwise, so a generated __eq__ would be meaningless.
@@ -59,11 +116,14 @@ class ImageDataset:
 
     Attributes:
         name: registry name, e.g. ``"cifar10"``.
-        train_images: ``(N, C, H, W)`` uint8 in 0..255, with ``H == W``.
+        train_images: ``(N, C, H, W)`` uint8 in 0..255, with ``H == W``: the training images prepared as the
+            test images are (what evaluation on the training split and training without augmentation see).
         train_labels: ``(N,)`` int64 class indices into `classes`, same device.
         test_images: ``(M, C, H, W)`` uint8, same device.
         test_labels: ``(M,)`` int64, same device.
         classes: human-readable class names, index i names label i.
+        train_canvas: the training images again, kept whole, for augmentations that crop from the whole image
+            (`RandomResizedCrop`); None for datasets whose augmentation works on `train_images`.
     """
 
     name: str
@@ -72,6 +132,7 @@ class ImageDataset:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     classes: tuple[str, ...]
+    train_canvas: ImageCanvas | None = None
 
     def __post_init__(self) -> None:
         # A malformed dataset here is a bug in a loader (or a test), so it raises ValueError, not UserError.
@@ -91,6 +152,14 @@ class ImageDataset:
                 raise ValueError(f"{self.name}: all tensors must be on one device")
         if self.train_images.shape[1:] != self.test_images.shape[1:]:
             raise ValueError(f"{self.name}: train and test images differ in shape")
+        canvas = self.train_canvas
+        if canvas is not None and (
+            canvas.pixels.shape[:2] != self.train_images.shape[:2] or canvas.pixels.device != self.train_images.device
+        ):
+            raise ValueError(
+                f"{self.name}: train_canvas must hold the {self.train_images.shape[0]} training images with "
+                f"{self.in_channels} channels on {self.train_images.device}, got {tuple(canvas.pixels.shape)}"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -108,6 +177,10 @@ class ImageDataset:
         return self.train_images.shape[-1]
 
 
+# A dataset's training augmentation: (dataset, minibatch indices (B,), generator) -> (B, C, s, s) float in [0, 1].
+Augmentation = Callable[[ImageDataset, torch.Tensor, torch.Generator], torch.Tensor]
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """One registry entry: how to load a dataset and how to augment it.
@@ -117,8 +190,8 @@ class DatasetInfo:
         description: one line, listed in ``rayrs sweep --help``.
         load: ``(root, image_size, device) -> ImageDataset``; `load_dataset` checks the arguments first.
         default_image_size: side length used when a sweep does not set one.
-        crop_padding: zero padding, in pixels, of the random-crop augmentation at the default size.
-        flip: whether random horizontal flips preserve the label.
+        augmentation: the training transform of one minibatch (`PaddedCrop`, `RandomResizedCrop`), run on the
+            data's device when ``train.augment`` is on; without it training sees `ImageDataset.train_images`.
         needs_root: whether the files must be found under a user-given folder.
         source: where a user gets the files (quoted in the "missing dataset" error).
         check: ``(root) -> None``, a cheap look for the files (no decoding) that raises the "missing dataset"
@@ -131,13 +204,84 @@ class DatasetInfo:
     description: str
     load: Callable[[Path | None, int, torch.device], ImageDataset]
     default_image_size: int
-    crop_padding: int
-    flip: bool
+    augmentation: Augmentation
     needs_root: bool
     source: str
     check: Callable[[Path], object] = lambda root: None
     train_examples: int = 0  # size of the training split (for cost estimates before anything is loaded)
     channels: int = 3  # image channels C (for checks and cost estimates before anything is loaded)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batch preparation on the device: the registry's training augmentations
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images ``(B, C, H, W)`` in 0..255 -> float32 ``(B, C, H, W)`` in [0, 1], same device and layout."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"to_float expects uint8 images, got {images.dtype}")
+    return images.float().div_(255.0)
+
+
+@dataclass(frozen=True)
+class PaddedCrop:
+    """torchvision's ``RandomCrop(s, padding) + RandomHorizontalFlip()`` on `ImageDataset.train_images`.
+
+    The paper's CIFAR-10 transform (padding 4, zero fill: torchvision's default ``padding_mode="constant"``),
+    one batched gather (`rayrs.augment.padded_crop`). The padding is in pixels whatever the image size.
+    """
+
+    padding: int
+    flip: bool  # whether a mirrored image keeps its label
+
+    def __call__(self, data: ImageDataset, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Minibatch `indices` ``(B,)``, augmented: ``(B, C, s, s)`` float in [0, 1] (channels_last)."""
+        return padded_crop(to_float(data.train_images[indices]), generator=generator, padding=self.padding, flip=self.flip)
+
+
+@dataclass(frozen=True)
+class RandomResizedCrop:
+    """torchvision's ``RandomResizedCrop(s) + RandomHorizontalFlip()``, drawn from `ImageDataset.train_canvas`.
+
+    The paper's Imagenette / Imagewoof transform, for a whole minibatch at once on its device: boxes by
+    torchvision's rule in the decoded file's pixels (`rayrs.augment.random_resized_crop_boxes`: area in
+    `scale` of the image's, aspect ratio in `ratio`, 10 tries, then the centre-crop fallback), scaled onto the
+    stored copy, resampled to ``s x s`` with PIL's bilinear filter (`rayrs.augment.resized_crops`), and
+    mirrored with probability 1/2.
+
+    Where it departs from torchvision's PIL transform, and why that is acceptable:
+
+    - Pixels: PIL rounds to uint8 after each of its two resampling passes; here the crops stay float32, within
+      1/255 of PIL's (tests/test_data.py): the size of PIL's own rounding, and what ToTensor's 1/255 steps are.
+    - Source: the crop samples the canvas, which is the file itself where its short side is already the
+      canvas's (imagenette2-320's files for 224-pixel training: the very pixels the reference crops) and a
+      resized copy otherwise (the full-size archives, images wider than 3:2); the box is then scaled onto the
+      copy and covers the same part of the scene (tests/test_data.py), from fewer pixels than the file has, so
+      small crops of a large file come out a little softer than torchvision's.
+    - Random stream: the same distribution of boxes and flips, drawn from the epoch's generator (every try up
+      front, a fixed count per minibatch) rather than torch's global one.
+    """
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+
+    def __call__(self, data: ImageDataset, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Minibatch `indices` ``(B,)``, augmented: ``(B, C, s, s)`` float in [0, 1], ``s = data.image_size``."""
+        canvas = data.train_canvas
+        if canvas is None:  # a registry entry paired with a loader that keeps no canvas: a bug, not a user error
+            raise ValueError(f"{data.name}: RandomResizedCrop needs the dataset's train_canvas")
+        source = canvas.source_sizes[indices]
+        boxes = random_resized_crop_boxes(source, generator=generator, scale=self.scale, ratio=self.ratio)
+        mirror = torch.rand(indices.shape[0], generator=generator, device=indices.device) < 0.5 if self.flip else None
+        stored_per_source = (canvas.sizes[indices].double() / source).repeat(1, 2)  # (B, 4): y, x, y, x factors
+        return resized_crops(
+            canvas.pixels[indices],
+            boxes * stored_per_source,
+            data.image_size,
+            transposed=canvas.transposed[indices],
+            mirror=mirror,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -440,21 +584,91 @@ def _folder_hint(name: str, root: Path) -> str:
     )
 
 
-def _decode_folder(name: str, folder: Path, image_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Decode every image under ``folder/<class>/`` with torchvision's ImageFolder.
+# The paper's code evaluates on Resize(int(1.14 * s)) + CenterCrop(s): 255 then 224 for 224-pixel images.
+TEST_RESIZE = 1.14
+# The training canvas: short side 320 for 224-pixel training, scaled with the image size. 320 is
+# imagenette2-320's own short side, so for those files the canvas holds the decoded file itself and the
+# crops sample the very pixels the reference's RandomResizedCrop samples; the long side holds 3:2 images
+# (most of ImageNet's are 4:3 or 3:2) whole, and wider ones are shrunk to fit it.
+CANVAS_SHORT_AT_224 = 320
+CANVAS_ASPECT = 3 / 2
 
-    Each image is converted to RGB, its short side resized to `image_size` (antialiased), then centre-cropped
-    to a square, as in the standard ImageNet evaluation transform.
+
+def canvas_shape(image_size: int) -> tuple[int, int]:
+    """``(S, L)``: short and long side of the training canvas for `image_size`-pixel training.
+
+    At 224: (320, 480), 3 x 320 x 480 bytes = 461 KB per image, 4.4 GB for Imagenette's 9469.
+    """
+    short = round(image_size * CANVAS_SHORT_AT_224 / 224)
+    return short, max(round(short * CANVAS_ASPECT), short + 1)  # torchvision's max_size must exceed the size
+
+
+@dataclass(frozen=True)
+class _TestView:
+    """The reference's test transform of one PIL image: ``Resize(int(1.14 s)) + CenterCrop(s)``.
+
+    A picklable callable (DataLoader workers receive it). Returns a 1-tuple, ``(3, s, s)`` uint8, so that
+    `_decode_folder` treats every transform alike.
+    """
+
+    size: int
+
+    def __call__(self, image: Any) -> tuple[torch.Tensor]:
+        from torchvision.transforms.v2 import functional as TF
+
+        resized = TF.resize(image, [int(TEST_RESIZE * self.size)])  # PIL's bilinear filter, as the reference
+        return (TF.pil_to_tensor(TF.center_crop(resized, [self.size])),)
+
+
+@dataclass(frozen=True)
+class _TrainViews:
+    """A training image, decoded once, in both forms kept: the test view and its `ImageCanvas` entry.
+
+    Returns ``(test view (3, s, s), canvas (3, S, L), stored (height, width), file (height, width),
+    transposed)`` for one PIL image; see `ImageCanvas` for the canvas layout.
+    """
+
+    size: int
+
+    def __call__(self, image: Any) -> tuple[torch.Tensor, ...]:
+        from torchvision.transforms.v2 import functional as TF
+
+        (test_view,) = _TestView(self.size)(image)
+        short, long = canvas_shape(self.size)
+        stored = TF.pil_to_tensor(TF.resize(image, [short], max_size=long))  # (3, h, w)
+        height, width = stored.shape[1:]
+        transposed = height > width
+        if transposed:
+            stored = stored.mT
+        rows, cols = stored.shape[1:]
+        canvas = torch.empty((stored.shape[0], short, long), dtype=torch.uint8)
+        canvas[:, :rows, :cols] = stored
+        canvas[:, :rows, cols:] = stored[:, :, cols - 1 :]  # edge padding: the last column, then the last row
+        canvas[:, rows:, :] = canvas[:, rows - 1 : rows, :]
+        return (
+            test_view,
+            canvas,
+            torch.tensor([height, width]),
+            torch.tensor([image.height, image.width]),
+            torch.tensor(transposed),
+        )
+
+
+def _decode_folder(
+    name: str, folder: Path, transform: Callable[[Any], tuple[torch.Tensor, ...]]
+) -> tuple[list[torch.Tensor], torch.Tensor, list[str]]:
+    """Decode every image under ``folder/<class>/`` with torchvision's ImageFolder (RGB), through `transform`.
+
+    `transform` maps one PIL image to a tuple of tensors (`_TestView`, `_TrainViews`); each is stacked over the
+    images into one tensor allocated once (no concatenation: the canvas alone is 4.4 GB for Imagenette).
 
     Returns:
-        images ``(N, 3, image_size, image_size)`` uint8 on the CPU, labels ``(N,)`` int64 (class folders in
+        one ``(N, ...)`` tensor per transform output on the CPU, labels ``(N,)`` int64 (class folders in
         sorted order, as ImageFolder numbers them), and the class folder names.
     """
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
-    from torchvision.transforms import v2
 
-    transform = v2.Compose([v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size), v2.PILToTensor()])
     try:
         dataset = ImageFolder(str(folder), transform=transform)
     except FileNotFoundError as err:  # no class folders, or a class folder without images
@@ -466,11 +680,17 @@ def _decode_folder(name: str, folder: Path, image_size: int) -> tuple[torch.Tens
     # the workers costs more than it saves.
     workers = min(8, os.cpu_count() or 1) if len(dataset) >= 512 else 0
     loader = DataLoader(dataset, batch_size=128, shuffle=False, num_workers=workers)
-    images, labels = [], []
-    for batch_images, batch_labels in loader:
-        images.append(batch_images)
-        labels.append(batch_labels)
-    return torch.cat(images), torch.cat(labels).long(), list(dataset.classes)
+    outputs: list[torch.Tensor] = []
+    labels = torch.empty(len(dataset), dtype=torch.int64)
+    done = 0
+    for views, batch_labels in loader:
+        if not outputs:
+            outputs = [torch.empty((len(dataset), *view.shape[1:]), dtype=view.dtype) for view in views]
+        for output, view in zip(outputs, views, strict=True):
+            output[done : done + len(batch_labels)] = view
+        labels[done : done + len(batch_labels)] = batch_labels
+        done += len(batch_labels)
+    return outputs, labels, list(dataset.classes)
 
 
 def _image_folder_root(root: Path, *, name: str) -> Path:
@@ -493,17 +713,21 @@ def _load_image_folders(
 ) -> ImageDataset:
     """Load an Imagenette-style tree ``root/{train,val}/<wnid>/*.JPEG`` (val is the test split).
 
-    Class names are the readable ImageNet names of known wnids, else the folder names.
+    As the paper's code prepares them: test images (and `ImageDataset.train_images`) ``Resize(int(1.14 *
+    image_size)) + CenterCrop(image_size)``; the training images also whole in an `ImageCanvas` of
+    `canvas_shape` for `RandomResizedCrop`. Class names are the readable ImageNet names of known wnids, else
+    the folder names.
     """
     assert root is not None  # load_dataset guarantees it (needs_root)
     root = _image_folder_root(root, name=name)
-    train_x, train_y, train_classes = _decode_folder(name, root / "train", image_size)
-    test_x, test_y, test_classes = _decode_folder(name, root / "val", image_size)
+    train_views, train_y, train_classes = _decode_folder(name, root / "train", _TrainViews(image_size))
+    (test_x,), test_y, test_classes = _decode_folder(name, root / "val", _TestView(image_size))
     if train_classes != test_classes:
         raise UserError(
             f"{name}: train/ and val/ under {root} hold different class folders "
             f"({len(train_classes)} vs {len(test_classes)}); re-extract the archive from {IMAGENETTE_SOURCE}"
         )
+    train_x, *canvas = train_views
     return ImageDataset(
         name=name,
         train_images=train_x.to(device),
@@ -511,6 +735,7 @@ def _load_image_folders(
         test_images=test_x.to(device),
         test_labels=test_y.to(device),
         classes=tuple(class_names.get(wnid, wnid) for wnid in train_classes),
+        train_canvas=ImageCanvas(*canvas).to(device),
     )
 
 
@@ -531,8 +756,8 @@ DATASETS: dict[str, DatasetInfo] = {
             description="handwritten digits, 8x8 upsampled to 16x16; ships with scikit-learn (the quickstart's data)",
             load=_load_digits,
             default_image_size=16,
-            crop_padding=2,  # 1/8 of the side, as for CIFAR-10
-            flip=False,  # a mirrored digit is another symbol (or none)
+            # 1/8 of the side, as for CIFAR-10; a mirrored digit is another symbol (or none)
+            augmentation=PaddedCrop(padding=2, flip=False),
             needs_root=False,
             source=DIGITS_SOURCE,
         ),
@@ -542,8 +767,7 @@ DATASETS: dict[str, DatasetInfo] = {
             description="CIFAR-10, 32x32 colour images in 10 classes; reads cifar-10-batches-py in the data root",
             load=_load_cifar10,
             default_image_size=32,
-            crop_padding=4,
-            flip=True,
+            augmentation=PaddedCrop(padding=4, flip=True),  # the paper's code: RandomCrop(32, padding=4) + flip
             needs_root=True,
             source=f"{CIFAR10_SOURCE} (cifar-10-python.tar.gz)",
             check=_cifar10_folder,
@@ -554,8 +778,7 @@ DATASETS: dict[str, DatasetInfo] = {
             description="Imagenette, 10 easy ImageNet classes at 224x224; reads the train/ and val/ folder tree",
             load=partial(_load_image_folders, name="imagenette", class_names=IMAGENETTE_CLASSES),
             default_image_size=224,
-            crop_padding=28,  # 1/8 of the side, as for CIFAR-10
-            flip=True,
+            augmentation=RandomResizedCrop(),  # the paper's code: RandomResizedCrop(224) + flip
             needs_root=True,
             source=f"{IMAGENETTE_SOURCE} (imagenette2-320.tgz)",
             check=partial(_image_folder_root, name="imagenette"),
@@ -566,8 +789,7 @@ DATASETS: dict[str, DatasetInfo] = {
             description="Imagewoof, 10 ImageNet dog breeds at 224x224; reads the train/ and val/ folder tree",
             load=partial(_load_image_folders, name="imagewoof", class_names=IMAGEWOOF_CLASSES),
             default_image_size=224,
-            crop_padding=28,
-            flip=True,
+            augmentation=RandomResizedCrop(),
             needs_root=True,
             source=f"{IMAGENETTE_SOURCE} (imagewoof2-320.tgz)",
             check=partial(_image_folder_root, name="imagewoof"),
@@ -627,54 +849,3 @@ def check_dataset(name: str, root: str | Path | None) -> None:
     if root is None:
         raise UserError(f"{name}: no data root given (data.root); point it at the folder holding the files from {info.source}")
     info.check(Path(root).expanduser())
-
-
-# ---------------------------------------------------------------------------------------------------------
-# On-device batch preparation
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images ``(B, C, H, W)`` in 0..255 -> float32 ``(B, C, H, W)`` in [0, 1], same device and layout."""
-    if images.dtype != torch.uint8:
-        raise TypeError(f"to_float expects uint8 images, got {images.dtype}")
-    return images.float().div_(255.0)
-
-
-def augment(images: torch.Tensor, *, generator: torch.Generator, crop_padding: int, flip: bool) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip, for a whole batch at once on its device.
-
-    Each image gets its own crop offset ``(dy, dx)``, uniform in ``0..2 * crop_padding``, and, if `flip`, a
-    fair coin for mirroring. Output pixel ``(y, x)`` of image b is padded pixel ``(y + dy_b, x' + dx_b)`` with
-    ``x' = x`` or ``W - 1 - x`` (mirrored): one gather does crop and flip together, no loop over images.
-
-    Args:
-        images: float ``(B, C, H, W)``.
-        generator: the only source of randomness; must live on ``images.device``.
-        crop_padding: zero padding in pixels on each side; 0 disables cropping.
-        flip: whether to mirror a random half of the images.
-
-    Returns:
-        ``(B, C, H, W)``, same dtype and device, in channels_last memory layout (what the gather yields,
-        and what conv nets on GPUs prefer). With ``crop_padding=0`` and ``flip=False``, `images` itself.
-    """
-    if images.ndim != 4:
-        raise ValueError(f"augment expects (B, C, H, W) images, got shape {tuple(images.shape)}")
-    if crop_padding < 0:
-        raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
-    if crop_padding == 0 and not flip:
-        return images
-    b, _, h, w = images.shape
-    device = images.device
-    p = crop_padding
-    padded = F.pad(images, (p, p, p, p))  # (B, C, H + 2p, W + 2p), zeros outside
-    dy = torch.randint(0, 2 * p + 1, (b, 1), generator=generator, device=device)
-    dx = torch.randint(0, 2 * p + 1, (b, 1), generator=generator, device=device)
-    rows = dy + torch.arange(h, device=device)  # (B, H) source rows in `padded`
-    cols = dx + torch.arange(w, device=device)  # (B, W) source columns
-    if flip:
-        mirrored = torch.randint(0, 2, (b, 1), generator=generator, device=device).bool()
-        cols = torch.where(mirrored, cols.flip(1), cols)
-    batch = torch.arange(b, device=device)[:, None, None]
-    # Advanced indices on dims 0, 2, 3 around a slice: the result is (B, H, W, C).
-    out = padded[batch, :, rows[:, :, None], cols[:, None, :]]
-    return out.permute(0, 3, 1, 2)

@@ -5,7 +5,8 @@ Imagenette / Imagewoof (paper §2, "Models and datasets"), and compare "all laye
 pooling, activation, and batch-normalization layers" (§2, "Representation similarity").
 
 - ``MODELS`` / ``build_model``: a registry from architecture name to constructor. Every model takes images
-  with pixels in [0, 1]: attacks work in pixel space, so any normalisation lives inside the model.
+  with pixels in [0, 1]: attacks work in pixel space, so any normalisation lives inside the model
+  (``NORMALIZATIONS``; by default none, as in the paper's code).
 - ``comparable_layers``: the ordered list of compared layers of a built model, found by tracing one forward
   pass; a module that runs twice (torchvision's ``BasicBlock.relu``) is two layers. By default the paper's
   types (`PAPER_LAYER_TYPES`); ``block``, each residual block's output, is a type of its own to ask for.
@@ -127,9 +128,18 @@ def _init_wrn(model: nn.Module) -> None:
 
 
 def build_wrn(
-    *, num_classes: int, in_channels: int = 3, depth: int | None = None, width: int | None = None
+    *, num_classes: int, in_channels: int = 3, depth: int | None = None, width: int | None = None,
+    normalize: str = "none",
 ) -> WideResNet:
-    """WRN-depth-width (default WRN-28-10); depth must be 6n + 4 (n >= 1) and width a positive integer."""
+    """WRN-depth-width (default WRN-28-10); depth must be 6n + 4 (n >= 1) and width a positive integer.
+
+    It takes [0, 1] pixels as they are (the paper's WRN does): ``normalize`` other than "none" is a UserError.
+    """
+    if normalize != "none":
+        raise UserError(
+            f"normalize {normalize!r} is not available for wrn, which takes [0, 1] pixels as the paper's WRN does; "
+            "leave it unset (none), or use it with resnet18, resnet34 or resnet50"
+        )
     depth = WRN_DEFAULT_DEPTH if depth is None else depth
     width = WRN_DEFAULT_WIDTH if width is None else width
     wrn_blocks_per_group(depth)  # validate before allocating anything
@@ -144,6 +154,15 @@ def build_wrn(
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# What a model does to its [0, 1] pixels before its first layer (``model.normalize``). The paper's code feeds
+# [0, 1] pixels straight to torchvision's resnet18 / resnet50: its data.py ends every transform in ToTensor()
+# with no Normalize, and cka.py asserts inputs in [0, 1] and calls the models on them. So "none" is the
+# default, and the usual torchvision preprocessing is the separately named "imagenet".
+NORMALIZATIONS: dict[str, str] = {
+    "none": "[0, 1] pixels straight into the first layer, as the paper's code feeds its ResNets",
+    "imagenet": "(x - ImageNet mean) / ImageNet std inside the model first (torchvision's usual preprocessing)",
+}
 
 
 class Normalize(nn.Module):
@@ -178,16 +197,17 @@ def _resnet_builder(fixed_depth: int) -> Callable[..., nn.Module]:
     """
 
     def build(
-        *, num_classes: int, in_channels: int = 3, depth: int | None = None, width: int | None = None
+        *, num_classes: int, in_channels: int = 3, depth: int | None = None, width: int | None = None,
+        normalize: str = "none",
     ) -> nn.Module:
         arch = f"resnet{fixed_depth}"
         if depth not in (None, fixed_depth):
             raise UserError(f"depth {depth} is not valid for {arch}: its depth is fixed; leave depth unset")
         if width is not None:
             raise UserError(f"width {width} is not valid for {arch}: it has no width factor; leave width unset")
-        from rayrs.resnets import normalized_resnet
+        from rayrs.resnets import pixel_resnet
 
-        return normalized_resnet(fixed_depth, num_classes=num_classes, in_channels=in_channels)
+        return pixel_resnet(fixed_depth, num_classes=num_classes, in_channels=in_channels, normalize=normalize)
 
     return build
 
@@ -203,7 +223,7 @@ class ModelInfo:
 
     name: str
     description: str  # one line, shown in `rayrs sweep --help`
-    build: Callable[..., nn.Module]  # build(num_classes=, in_channels=, depth=, width=)
+    build: Callable[..., nn.Module]  # build(num_classes=, in_channels=, depth=, width=, normalize=)
     default_depth: int | None
     default_width: int | None
 
@@ -229,23 +249,29 @@ MODELS: dict[str, ModelInfo] = {
 
 
 def build_model(
-    arch: str, *, num_classes: int, in_channels: int = 3, depth: int | None = None, width: int | None = None
+    arch: str, *, num_classes: int, in_channels: int = 3, depth: int | None = None, width: int | None = None,
+    normalize: str = "none",
 ) -> nn.Module:
     """A freshly initialised model (deterministic under ``torch.manual_seed``) taking [0, 1] pixels.
 
     ``depth`` / ``width`` default to the architecture's ``default_depth`` / ``default_width``. The ResNets have
-    a fixed depth and no width: ``depth`` must be None or their own depth, ``width`` None. An unknown ``arch``
-    or an invalid depth/width raises a ``UserError`` naming the valid values. Validation happens before any
-    allocation; to validate without the cost of initialising, build under ``torch.device("meta")``.
+    a fixed depth and no width: ``depth`` must be None or their own depth, ``width`` None. ``normalize`` names
+    what the model does to its pixels first (`NORMALIZATIONS`; the ResNets only take "imagenet"). An unknown
+    ``arch`` or normalisation, or an invalid depth/width, raises a ``UserError`` naming the valid values.
+    Validation happens before any allocation; to validate without the cost of initialising, build under
+    ``torch.device("meta")``.
     """
     info = MODELS.get(arch)
     if info is None:
         raise UserError(f"unknown architecture {arch!r}: choose one of {', '.join(MODELS)}")
+    if normalize not in NORMALIZATIONS:
+        raise UserError(f"unknown normalize {normalize!r}: choose one of {', '.join(NORMALIZATIONS)}")
     return info.build(
         num_classes=num_classes,
         in_channels=in_channels,
         depth=info.default_depth if depth is None else depth,
         width=info.default_width if width is None else width,
+        normalize=normalize,
     )
 
 

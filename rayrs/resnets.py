@@ -16,9 +16,12 @@ register_residual_block(BasicBlock)
 register_residual_block(Bottleneck)
 
 
-class NormalizedResNet(ResNet):
-    """torchvision's ``ResNet`` behind a fixed ImageNet normalisation, so it takes [0, 1] pixels.
+class PixelResNet(ResNet):
+    """torchvision's ``ResNet`` on [0, 1] pixels: as they are (the paper's code), or ImageNet-normalised first.
 
+    The paper's code calls torchvision's ``resnet18`` / ``resnet50`` on [0, 1] pixels with no normalisation
+    (``normalize="none"``, the default); ``normalize="imagenet"`` puts a fixed ``(x - mean) / std`` with
+    ImageNet's statistics in front (a non-persistent buffer: the state dict is torchvision's either way).
     Subclassing (rather than wrapping) keeps torchvision's module names (``layer1.0.relu``) and state dict.
     With ``in_channels != 3`` the 7x7 stem conv is replaced by one with that many input channels.
 
@@ -26,16 +29,22 @@ class NormalizedResNet(ResNet):
     """
 
     def __init__(
-        self, block: type[BasicBlock | Bottleneck], layers: list[int], *, num_classes: int, in_channels: int = 3
+        self,
+        block: type[BasicBlock | Bottleneck],
+        layers: list[int],
+        *,
+        num_classes: int,
+        in_channels: int = 3,
+        normalize: str = "none",
     ) -> None:
         super().__init__(block, layers, num_classes=num_classes)
         if in_channels != 3:
             self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
             nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
-        self.normalize = Normalize(*imagenet_stats(in_channels))
+        self.normalize = Normalize(*imagenet_stats(in_channels)) if normalize == "imagenet" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.normalize(x))
+        return super().forward(x if self.normalize is None else self.normalize(x))
 
 
 # The block types and stage sizes of torchvision's resnet18 / resnet34 / resnet50 (He et al. 2016, Table 1).
@@ -46,7 +55,7 @@ RESNET_LAYOUTS: dict[int, tuple[type[BasicBlock | Bottleneck], list[int]]] = {
 }
 
 
-def normalized_resnet(depth: int, *, num_classes: int, in_channels: int = 3) -> NormalizedResNet:
-    """A freshly initialised ResNet-``depth`` (18, 34 or 50) with a fixed ImageNet normalisation in front."""
+def pixel_resnet(depth: int, *, num_classes: int, in_channels: int = 3, normalize: str = "none") -> PixelResNet:
+    """A freshly initialised ResNet-``depth`` (18, 34 or 50) on [0, 1] pixels; ``normalize``: "none" or "imagenet"."""
     block, layers = RESNET_LAYOUTS[depth]
-    return NormalizedResNet(block, layers, num_classes=num_classes, in_channels=in_channels)
+    return PixelResNet(block, layers, num_classes=num_classes, in_channels=in_channels, normalize=normalize)

@@ -24,7 +24,7 @@ from rayrs import checkpoint
 from rayrs import storage as layout
 from rayrs.attacks import THREAT_MODELS
 from rayrs.config import TrainConfig, TrialConfig, TrialSpec
-from rayrs.data import DATASETS, ImageDataset, augment, load_dataset, to_float
+from rayrs.data import DATASETS, ImageDataset, load_dataset, to_float
 from rayrs.errors import UserError
 from rayrs.methods import METHODS, Attack, TrainingMethod
 from rayrs.models import MODELS, build_model, comparable_layers
@@ -115,9 +115,8 @@ def train_epoch(
     for step, batch in enumerate(batches):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(settings.schedule, settings.lr, (epoch - 1 + step / len(batches)) / settings.epochs)
-        images = to_float(data.train_images[batch])
-        if settings.augment:
-            images = augment(images, generator=generator, crop_padding=dataset.crop_padding, flip=dataset.flip)
+        # The dataset's own training transform (rayrs.data registry), batched on the device.
+        images = dataset.augmentation(data, batch, generator) if settings.augment else to_float(data.train_images[batch])
         loss = train_step(model, optimizer, images, data.train_labels[batch], method, attack, settings)
         objective += loss * batch.numel()  # no .item(): the GPU never waits for the host here
     return objective.item() / sum(b.numel() for b in batches)
@@ -214,9 +213,10 @@ def build_for(config: TrialConfig, data: ImageDataset, device: torch.device | st
         in_channels=data.in_channels,
         depth=config.model.depth,
         width=config.model.width,
+        normalize=config.model.normalize,
     )
     model = model.to(device)
-    if device.type == "cuda":  # tensor cores prefer NHWC; the on-device augmentation already yields it
+    if device.type == "cuda":  # tensor cores prefer NHWC; padded_crop yields it, the first conv converts the rest
         model = model.to(memory_format=torch.channels_last)
     return model
 

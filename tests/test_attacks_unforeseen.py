@@ -151,6 +151,27 @@ def test_jpeg_pads_odd_sizes_and_refuses_other_channel_counts():
                      step_size=1)
 
 
+
+def test_jpeg_blurs_the_benign_colour_and_jpeg_unblurred_does_not():
+    # Nothing moves (no random start, steps of 0): jpeg, as the paper's code, still returns the 4:2:0 round trip
+    # of the benign image; jpeg_unblurred returns the benign image. Greyscale has no chroma: both return it.
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    blurred = jpeg.chroma_subsampled(images)
+    assert (blurred - images).abs().max() > 0.1
+    for name, expected in (("jpeg", blurred.clamp(0, 1)), ("jpeg_unblurred", images)):
+        still = THREAT_MODELS[name].perturb(small_net(3), images, torch.arange(2), eps=25.0, steps=2, step_size=0.0,
+                                            random_start=False)
+        torch.testing.assert_close(still, expected)
+        grey = images[:, :1]
+        still_grey = THREAT_MODELS[name].perturb(small_net(1), grey, torch.arange(2), eps=25.0, steps=2,
+                                                 step_size=0.0, random_start=False)
+        torch.testing.assert_close(still_grey, grey)
+    # The blur is the chroma's alone: each 2x2 square keeps its luminance, and its chroma is the square's mean.
+    to_ycbcr = torch.tensor(jpeg.RGB_TO_YCBCR)
+    y, y_blurred = (torch.einsum("cr,brhw->bchw", to_ycbcr, x) for x in (images, blurred))
+    torch.testing.assert_close(y_blurred[:, 0], y[:, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(y_blurred[:, 1:, ::2, ::2], nn.functional.avg_pool2d(y[:, 1:], 2), atol=1e-5, rtol=0)
+
 # -- the attack leaves the model as it found it, and is reproducible ------------------------------------------
 @pytest.mark.parametrize("name", UNFORESEEN + EARLIER)
 def test_the_attack_is_deterministic_and_touches_no_parameter_gradient(batch, name):

@@ -100,6 +100,8 @@ BAD_FILES = {
     "comparison past the last epoch": ("train: {epochs: 3}\ncompare: [{kind: cross_layer, epochs: [5]}]\n", "cross_layer epoch 5 is past trial 'trial''s 3 epochs"),
     "bad WRN depth": ("model: {arch: wrn, depth: 27}\n", "model: depth 27 is not valid for wrn: use depth = 6n + 4"),
     "width on a ResNet": ("model: {arch: resnet18, width: 4}\n", "model: "),
+    "unknown normalisation": ("model: {arch: resnet18, normalize: cifar}\n", "model.normalize: unknown normalize 'cifar'; choose one of: none, imagenet"),
+    "normalisation on a WRN": ("model: {normalize: imagenet}\n", "model: normalize 'imagenet' is not available for wrn"),
     "bad experiment name": ("name: 'my sweep!'\n", "name: String should match pattern"),
     "top level not a mapping": ("- a\n- b\n", "expected a mapping of settings at the top level, got list"),
     "unreadable YAML": ("train: {eps: [0.1\n", "not valid YAML (line 2)"),
@@ -225,3 +227,21 @@ def test_huge_sweep_files_are_refused_before_anything_is_expanded(tmp_path, case
     # Refusing costs what validating a small sweep costs (milliseconds of CPU; 10 s leaves room for a loaded
     # 2-core machine), where expanding 10^6 trials or 10^6 aliased values took minutes and gigabytes.
     assert seconds < 10 and peak < 50 * 2**20, (seconds, peak)
+
+
+def test_model_normalize_at_its_default_leaves_the_fingerprint_as_it_was():
+    # The fingerprint hashes the config without data.root; model.normalize came later and is left out at its
+    # default, so every trial run before it keeps its fingerprint (and its checkpoints).
+    import hashlib
+    import json
+
+    from rayrs.config import TrialConfig
+
+    for model in ({"arch": "wrn"}, {"arch": "resnet18"}):
+        config = TrialConfig.model_validate({"model": model})
+        before = config.model_dump(mode="json", exclude={"data": {"root"}})
+        del before["model"]["normalize"]
+        assert config.fingerprint() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
+    plain = TrialConfig.model_validate({"model": {"arch": "resnet18"}})
+    normalised = TrialConfig.model_validate({"model": {"arch": "resnet18", "normalize": "imagenet"}})
+    assert normalised.fingerprint() != plain.fingerprint()

@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rayrs.data import DATASETS, ImageDataset, augment, load_dataset, to_float
+from rayrs.augment import padded_crop, random_resized_crop_boxes, resized_crops
+from rayrs.data import DATASETS, ImageDataset, PaddedCrop, RandomResizedCrop, load_dataset, to_float
 from rayrs.errors import UserError
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -36,9 +37,18 @@ def test_registry_entries_are_complete_and_one_line() -> None:
     for key, info in DATASETS.items():
         assert info.name == key
         assert info.description and "\n" not in info.description
-        assert info.source and info.default_image_size > 0 and info.crop_padding >= 0
-    assert not DATASETS["digits"].flip and not DATASETS["digits"].needs_root
-    assert all(DATASETS[n].flip and DATASETS[n].needs_root for n in ("cifar10", "imagenette", "imagewoof"))
+        assert info.source and info.default_image_size > 0
+    assert not DATASETS["digits"].needs_root
+    assert all(DATASETS[n].needs_root for n in ("cifar10", "imagenette", "imagewoof"))
+
+
+def test_each_dataset_trains_with_the_papers_augmentation() -> None:
+    # The paper's data.py: CIFAR-10 RandomCrop(32, padding=4) (zero fill) + RandomHorizontalFlip();
+    # Imagenette / Imagewoof RandomResizedCrop(size) with torchvision's defaults + RandomHorizontalFlip().
+    assert DATASETS["cifar10"].augmentation == PaddedCrop(padding=4, flip=True)
+    assert DATASETS["imagenette"].augmentation == RandomResizedCrop(scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip=True)
+    assert DATASETS["imagewoof"].augmentation == DATASETS["imagenette"].augmentation
+    assert DATASETS["digits"].augmentation == PaddedCrop(padding=2, flip=False)  # a mirrored digit is another symbol
 
 
 def test_unknown_dataset_lists_the_valid_names() -> None:
@@ -394,7 +404,117 @@ def test_imagenette_split_folders_without_classes_is_a_user_error(tmp_path: Path
 
 
 # ---------------------------------------------------------------------------------------------------------
-# to_float and augment
+# imagenette / imagewoof as the paper's code prepares them: test Resize(int(1.14 s)) + CenterCrop(s),
+# training RandomResizedCrop(s) + flip from the whole images kept in a canvas
+
+
+def photo(index: int = 0) -> Image.Image:
+    """A real photograph (427 x 640 RGB) that ships with scikit-learn: 0 is china.jpg, 1 is flower.jpg."""
+    from sklearn.datasets import load_sample_images
+
+    return Image.fromarray(load_sample_images().images[index])
+
+
+def write_tree(root: Path, images: dict[str, Image.Image]) -> list[Path]:
+    """Save each image as a JPEG at ``root/train/<path>`` and ``root/val/<path>``; returns the train files in
+    ImageFolder's order (class folders sorted, then file names)."""
+    for split in ("train", "val"):
+        for path, image in images.items():
+            (root / split / path).parent.mkdir(parents=True, exist_ok=True)
+            image.save(root / split / path, format="JPEG", quality=90)
+    return sorted(root / "train" / path for path in images)
+
+
+def decoded(path: Path) -> Image.Image:
+    """The file as torchvision's ImageFolder decodes it (its default loader: PIL, converted to RGB)."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def as_tensor(image: Image.Image) -> torch.Tensor:
+    """(3, H, W) uint8 of a PIL RGB image."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("size", [224, 100])  # int(1.14 * 100) is 113 in floating point, as in the reference
+def test_imagenette_test_split_is_the_papers_resize_and_centre_crop(tmp_path: Path, size: int) -> None:
+    from torchvision import transforms
+
+    files = write_tree(tmp_path, {
+        "n01440764/landscape.JPEG": photo(0),
+        "n01440764/portrait.JPEG": photo(1).transpose(Image.Transpose.TRANSPOSE),
+        "n02102040/small_grey.JPEG": photo(1).resize((90, 70)).convert("L"),
+    })
+    # The paper's code's test transform, written as it writes it (torchvision's v1 API on PIL images).
+    reference = transforms.Compose([transforms.Resize(int(1.14 * size)), transforms.CenterCrop(size), transforms.PILToTensor()])
+    ds = load_dataset("imagenette", root=tmp_path, image_size=size)
+    for i, path in enumerate(files):
+        expected = reference(decoded(path))
+        # The same PIL operations on the same decoded file: equal to the last bit, no tolerance.
+        assert torch.equal(ds.test_images[i], expected), path.name
+        assert torch.equal(ds.train_images[i], expected), path.name  # evaluation on the training split sees the same
+
+
+def test_imagenette_canvas_holds_each_training_image_whole(tmp_path: Path) -> None:
+    from torchvision.transforms.v2 import functional as TF
+
+    files = write_tree(tmp_path, {
+        "a/landscape.JPEG": photo(0).resize((480, 320)),  # imagenette2-320's shape: kept as decoded
+        "a/portrait.JPEG": photo(1).resize((320, 480)),  # kept as decoded, stored transposed
+        "b/square.JPEG": photo(0).resize((400, 400)),  # short side resized to 320
+        "b/wide.JPEG": photo(1).resize((800, 320)),  # wider than 3:2: long side shrunk to the canvas's 480
+    })
+    ds = load_dataset("imagenette", root=tmp_path, image_size=224)
+    canvas = ds.train_canvas
+    assert canvas is not None and canvas.pixels.shape == (4, 3, 320, 480)
+    for i, path in enumerate(files):
+        source = decoded(path)
+        expected = as_tensor(TF.resize(source, [320], max_size=480))  # torchvision's Resize(320, max_size=480)
+        height, width = expected.shape[1:]
+        assert canvas.sizes[i].tolist() == [height, width]
+        assert canvas.source_sizes[i].tolist() == [source.height, source.width]
+        assert bool(canvas.transposed[i]) == (height > width)
+        stored = canvas.pixels[i].mT if canvas.transposed[i] else canvas.pixels[i]  # image orientation
+        assert torch.equal(stored[:, :height, :width], expected), path.name
+        if path.name in ("landscape.JPEG", "portrait.JPEG"):
+            assert torch.equal(expected, as_tensor(source))  # the decoded file itself: no resampling at all
+        # Edge padding: right of the image its last column, below it its last row.
+        rows, cols = (width, height) if canvas.transposed[i] else (height, width)
+        pixels = canvas.pixels[i]
+        assert torch.equal(pixels[:, :rows, cols:], pixels[:, :rows, cols - 1 : cols].expand(-1, -1, 480 - cols))
+        assert torch.equal(pixels[:, rows:, :], pixels[:, rows - 1 : rows, :].expand(-1, 320 - rows, -1))
+    assert canvas.sizes.tolist()[2:] == [[320, 320], [192, 480]]
+
+
+def test_imagenette_training_crops_are_torchvisions_random_resized_crop_and_flip(tmp_path: Path) -> None:
+    import torchvision.transforms.functional as TF
+
+    files = write_tree(tmp_path, {
+        "a/landscape.JPEG": photo(0).resize((480, 320)),
+        "b/portrait.JPEG": photo(1).resize((320, 480)),
+    })
+    ds = load_dataset("imagenette", root=tmp_path, image_size=224)
+    indices = torch.arange(2).repeat(24)
+    generator = generator_on("cpu", 5)
+    # RandomResizedCrop draws the boxes, then the mirror coins: a copy of the generator replays its draws.
+    replay = torch.Generator().set_state(generator.get_state())
+    out = DATASETS["imagenette"].augmentation(ds, indices, generator)
+    boxes = random_resized_crop_boxes(ds.train_canvas.source_sizes[indices], generator=replay)
+    mirror = torch.rand(len(indices), generator=replay) < 0.5
+    assert out.shape == (48, 3, 224, 224) and out.dtype == torch.float32
+    assert 0 < int(mirror.sum()) < 48 and len({tuple(box) for box in boxes.tolist()}) == 48
+
+    sources = [decoded(path) for path in files]
+    for k, (index, box) in enumerate(zip(indices.tolist(), boxes.tolist(), strict=True)):
+        # The paper's transform on the file: F.resized_crop (PIL crop, then PIL's bilinear resize), then hflip.
+        crop = TF.resized_crop(sources[index], *box, [224, 224])
+        expected = as_tensor(TF.hflip(crop) if mirror[k] else crop).float() / 255
+        # PIL rounds to uint8 after each of its two passes (at most 1/2 each); these crops are not rounded.
+        assert (out[k] - expected).abs().max() <= 1.001 / 255, (k, box, bool(mirror[k]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# to_float and padded_crop (CIFAR-10, digits)
 
 
 def test_to_float_scales_to_unit_interval() -> None:
@@ -424,22 +544,22 @@ def generator_on(device: str, seed: int) -> torch.Generator:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_augment_keeps_shape_dtype_and_device(device: str) -> None:
+def test_padded_crop_keeps_shape_dtype_and_device(device: str) -> None:
     images = distinct_images(16, device=device)
-    out = augment(images, generator=generator_on(device, 0), crop_padding=2, flip=True)
+    out = padded_crop(images, generator=generator_on(device, 0), padding=2, flip=True)
     assert out.shape == images.shape and out.dtype == images.dtype and out.device == images.device
 
 
-def test_augment_without_padding_or_flip_is_the_identity() -> None:
+def test_padded_crop_without_padding_or_flip_is_the_identity() -> None:
     images = distinct_images(8)
-    assert torch.equal(augment(images, generator=generator_on("cpu", 0), crop_padding=0, flip=False), images)
+    assert torch.equal(padded_crop(images, generator=generator_on("cpu", 0), padding=0, flip=False), images)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_augment_is_a_per_image_shifted_and_maybe_mirrored_copy(device: str) -> None:
+def test_padded_crop_is_a_per_image_shifted_and_maybe_mirrored_copy(device: str) -> None:
     padding = 2
     images = distinct_images(64, device=device)
-    out = augment(images, generator=generator_on(device, 1), crop_padding=padding, flip=True)
+    out = padded_crop(images, generator=generator_on(device, 1), padding=padding, flip=True)
     found = []
     for image, result in zip(images, out, strict=True):
         matches = [
@@ -457,19 +577,189 @@ def test_augment_is_a_per_image_shifted_and_maybe_mirrored_copy(device: str) -> 
     assert {mirror for _, _, mirror in found} == {False, True}
 
 
-def test_augment_flips_about_half_of_the_images() -> None:
+def test_padded_crop_flips_about_half_of_the_images() -> None:
     images = distinct_images(1000, channels=1, size=4)
-    out = augment(images, generator=generator_on("cpu", 2), crop_padding=0, flip=True)
+    out = padded_crop(images, generator=generator_on("cpu", 2), padding=0, flip=True)
     mirrored = (out == images.flip(-1)).flatten(1).all(dim=1)
     unchanged = (out == images).flatten(1).all(dim=1)
     assert bool((mirrored ^ unchanged).all())  # every image is one or the other
     assert 430 <= int(mirrored.sum()) <= 570  # Binomial(1000, 1/2): mean 500, sd 16
 
 
-def test_augment_is_reproducible_from_the_generator_seed() -> None:
+def test_padded_crop_is_reproducible_from_the_generator_seed() -> None:
     images = distinct_images(32)
-    first = augment(images, generator=generator_on("cpu", 3), crop_padding=4, flip=True)
-    second = augment(images, generator=generator_on("cpu", 3), crop_padding=4, flip=True)
-    other = augment(images, generator=generator_on("cpu", 4), crop_padding=4, flip=True)
+    first = padded_crop(images, generator=generator_on("cpu", 3), padding=4, flip=True)
+    second = padded_crop(images, generator=generator_on("cpu", 3), padding=4, flip=True)
+    other = padded_crop(images, generator=generator_on("cpu", 4), padding=4, flip=True)
     assert torch.equal(first, second)
     assert not torch.equal(first, other)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# random_resized_crop_boxes, resized_crops and RandomResizedCrop (Imagenette, Imagewoof)
+
+
+def torchvision_boxes(height: int, width: int, count: int, seed: int) -> torch.Tensor:
+    """(count, 4) boxes from torchvision's own ``RandomResizedCrop.get_params`` (torch's global generator)."""
+    from torchvision.transforms import RandomResizedCrop as TorchvisionRandomResizedCrop
+
+    image = Image.new("RGB", (width, height))
+    torch.manual_seed(seed)
+    scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
+    return torch.tensor([TorchvisionRandomResizedCrop.get_params(image, scale, ratio) for _ in range(count)])
+
+
+def box_statistics(boxes: torch.Tensor, height: int, width: int) -> dict[str, np.ndarray]:
+    """Area fraction, log aspect ratio and relative centre of (top, left, h, w) boxes in a height x width image."""
+    top, left, h, w = boxes.double().unbind(1)
+    return {
+        "area": (h * w / (height * width)).numpy(),
+        "log_aspect": torch.log(w / h).numpy(),
+        "centre_y": ((top + h / 2) / height).numpy(),
+        "centre_x": ((left + w / 2) / width).numpy(),
+    }
+
+
+# landscape and portrait as imagenette2-320 stores them, a square, and a strip where many tries fail and
+# the centre-crop fallback takes a share of the boxes
+@pytest.mark.parametrize(("height", "width"), [(320, 480), (480, 320), (300, 300), (60, 500)])
+def test_crop_boxes_follow_torchvisions_random_resized_crop_distribution(height: int, width: int) -> None:
+    from scipy.stats import ks_2samp
+
+    n = 10_000
+    ours = random_resized_crop_boxes(torch.tensor([[height, width]] * n), generator=generator_on("cpu", 0))
+    theirs = torchvision_boxes(height, width, n, seed=0)
+    top, left, h, w = ours.unbind(1)
+    assert bool(((top >= 0) & (left >= 0) & (h >= 1) & (w >= 1) & (top + h <= height) & (left + w <= width)).all())
+    # Every placement is reachable: boxes touch all four edges of the image.
+    assert int(top.min()) == 0 and int(left.min()) == 0
+    assert int((top + h).max()) == height and int((left + w).max()) == width
+    ours_stats, theirs_stats = box_statistics(ours, height, width), box_statistics(theirs, height, width)
+    for name in ours_stats:
+        # Two-sample Kolmogorov-Smirnov between samples of one distribution: P(D > d) <= 2 exp(-2 d^2 nm / (n + m))
+        # = 2 exp(-2 * 0.05^2 * 5000) = 3e-11 at d = 0.05, so no seed crosses the bound (ours read 0.010-0.019).
+        # A wrong rule moves D past it: one try instead of ten 0.14-0.36 in every image; three tries 0.26 in
+        # the strip, where the fallback then takes more of the boxes.
+        statistic = ks_2samp(ours_stats[name], theirs_stats[name]).statistic
+        assert statistic < 0.05, (name, statistic)
+
+
+@pytest.mark.parametrize(("height", "width"), [(10, 1000), (1000, 10)])
+def test_crop_boxes_fall_back_to_torchvisions_centre_crop(height: int, width: int) -> None:
+    # No try fits in a 10-pixel strip (the smallest crop, 8% of the area at a ratio within 3/4..4/3, has sides
+    # of 24 pixels or more), so every box is the fallback: the centre crop with the ratio clamped to 4/3.
+    ours = random_resized_crop_boxes(torch.tensor([[height, width]] * 200), generator=generator_on("cpu", 1))
+    (expected,) = torchvision_boxes(height, width, 1, seed=0).tolist()
+    assert all(box == expected for box in ours.tolist())
+    assert expected == ([0, 493, 10, 13] if height == 10 else [493, 0, 13, 10])  # the clamped-ratio centre crop
+
+
+def ramp_dataset(orientations: list[str], size: int = 16) -> ImageDataset:
+    """One image per orientation ("landscape" 40x60 or "portrait" 60x40), whose value grows with its column:
+    pixel (y, x) = 4 x + 10. Canvas (40, 60), portrait images stored transposed, the rest of each canvas 255."""
+    from rayrs.data import ImageCanvas
+
+    n = len(orientations)
+    pixels = torch.full((n, 3, 40, 60), 255, dtype=torch.uint8)
+    sizes, transposed = [], []
+    for i, orientation in enumerate(orientations):
+        height, width = (40, 60) if orientation == "landscape" else (60, 40)
+        image = (torch.arange(width) * 4 + 10).expand(3, height, width).to(torch.uint8)
+        stored = image.mT if orientation == "portrait" else image
+        pixels[i, :, : stored.shape[1], : stored.shape[2]] = stored
+        sizes.append([height, width])
+        transposed.append(orientation == "portrait")
+    canvas = ImageCanvas(
+        pixels=pixels,
+        sizes=torch.tensor(sizes),
+        source_sizes=torch.tensor(sizes) * 5,  # as if stored at 1/5 of the file's size
+        transposed=torch.tensor(transposed),
+    )
+    return ImageDataset(
+        name="ramps",
+        train_images=torch.zeros(n, 3, size, size, dtype=torch.uint8),
+        train_labels=torch.zeros(n, dtype=torch.int64),
+        test_images=torch.zeros(1, 3, size, size, dtype=torch.uint8),
+        test_labels=torch.zeros(1, dtype=torch.int64),
+        classes=("ramp",),
+        train_canvas=canvas,
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_random_resized_crops_come_from_inside_each_image_and_flip_fairly(device: str) -> None:
+    data = ramp_dataset(["landscape", "portrait"])
+    data = ImageDataset(**{**data.__dict__, "train_images": data.train_images.to(device),
+                           "train_labels": data.train_labels.to(device), "test_images": data.test_images.to(device),
+                           "test_labels": data.test_labels.to(device), "train_canvas": data.train_canvas.to(device)})
+    indices = torch.arange(2, device=device).repeat(2000)
+    out = RandomResizedCrop()(data, indices, generator_on(device, 7)).cpu()
+    assert out.shape == (4000, 3, 16, 16)
+    # Inside: every value is one of the ramp's (10..246, never the canvas's 255 around the image).
+    assert float(out.max()) <= 246 / 255 + 1e-6 and float(out.min()) >= 10 / 255 - 1e-6
+    # Crops keep the image's orientation: constant down each column, monotone along each row.
+    assert torch.allclose(out, out[:, :, :1, :].expand_as(out), atol=1e-5)
+    row = out[:, 0, 0, :]
+    steps = row.diff(dim=1)
+    increasing, decreasing = (steps >= -1e-6).all(dim=1), (steps <= 1e-6).all(dim=1)
+    mirrored = decreasing & ~increasing
+    assert bool((increasing ^ decreasing).all())  # each crop is exactly one of the two
+    for orientation in (0, 1):  # landscape, portrait (stored transposed): the flip acts on the image's x
+        share = int(mirrored[orientation::2].sum())
+        assert 800 <= share <= 1200, share  # Binomial(2000, 1/2): mean 1000, sd 22; 9 sd either side
+
+
+def test_random_resized_crops_are_reproducible_from_the_generator_state() -> None:
+    data = ramp_dataset(["landscape", "portrait", "landscape"])
+    indices = torch.tensor([0, 1, 2, 1])
+    first = RandomResizedCrop()(data, indices, generator_on("cpu", 3))
+    second = RandomResizedCrop()(data, indices, generator_on("cpu", 3))
+    other = RandomResizedCrop()(data, indices, generator_on("cpu", 4))
+    assert torch.equal(first, second)
+    assert not torch.equal(first, other)
+
+
+def test_resized_crops_of_a_stored_copy_show_the_files_crop() -> None:
+    # A copy stored at 1/2 and at 3/4 of the file's size: boxes drawn on the file, scaled onto the copy, cover
+    # the same part of the scene. On smooth content (nothing for the smaller copy to lose) the crops match
+    # torchvision's on the file within 1/255 on average; boxes left unscaled miss by 35/255 or more.
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms.v2 import functional as TF2
+
+    y, x = np.mgrid[0:427, 0:640]
+    smooth = np.stack([128 + 100 * np.sin(2 * np.pi * x / 160) * np.cos(2 * np.pi * y / 120),
+                       128 + 100 * np.cos(2 * np.pi * (x + y) / 200), 40 + 200 * x / 640], axis=-1)
+    source = Image.fromarray(smooth.round().astype(np.uint8))
+    boxes = random_resized_crop_boxes(torch.tensor([[427, 640]] * 40), generator=generator_on("cpu", 2))
+    for short in (320, 213):
+        stored = as_tensor(TF2.resize(source, [short]))
+        factors = torch.tensor([stored.shape[1] / 427, stored.shape[2] / 640]).double().repeat(2)
+        out = resized_crops(stored.expand(40, -1, -1, -1), boxes * factors, 64)
+        for k, box in enumerate(boxes.tolist()):
+            expected = as_tensor(TF.resized_crop(source, *box, [64, 64])).float() / 255
+            assert (out[k] - expected).abs().mean() < 1 / 255, (short, box)
+
+
+def test_an_imagenette_trial_resumed_after_a_crash_ends_where_an_uninterrupted_one_does(tmp_path: Path) -> None:
+    # The crops are drawn from the epoch's generator: a resumed trial sees the same ones.
+    from rayrs.checkpoint import load_weights
+    from rayrs.config import TrialConfig, TrialSpec
+    from rayrs.storage import Storage
+    from rayrs.train import train_trial
+
+    write_image_folders(tmp_path / "data")
+    config = TrialConfig.model_validate({
+        "data": {"dataset": "imagenette", "root": str(tmp_path / "data"), "image_size": 16},
+        "model": {"arch": "wrn", "depth": 10, "width": 1},
+        "train": {"method": "standard", "eps": 0, "epochs": 2, "batch_size": 4},
+        "eval": {"eps": 0.01, "train_subset": 4, "test_subset": 2, "attack": {"steps": 1}},
+    })
+    spec = TrialSpec(name="t", experiment="test", config=config, axes={})
+    whole, interrupted = Storage(tmp_path / "whole"), Storage(tmp_path / "interrupted")
+    train_trial(spec, whole, "cpu")
+    train_trial(spec, interrupted, "cpu")
+    (tmp_path / "interrupted" / "trials" / "t" / "epoch_0002" / "meta.json").unlink()  # died before committing
+    assert [m["epoch"] for m in train_trial(spec, interrupted, "cpu")] == [2]
+    expected, got = load_weights(whole, "t", 2), load_weights(interrupted, "t", 2)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name

@@ -39,14 +39,14 @@ train: {epochs: 1, batch_size: 128, attack: {steps: 2}}
 eval: {attack: {steps: 2}, train_subset: 32, test_subset: 32}
 grid:
   - {method: [standard, pgd, trades, fast], threat_model: [linf, l2, jpeg, gabor, snow]}
-  - {method: [pgd], threat_model: [gabor_sparse, snow_projected]}  # rayrs's earlier definitions
+  - {method: [pgd], threat_model: [jpeg_unblurred, gabor_sparse, snow_projected]}  # rayrs's earlier definitions
 compare: []
 """
     )
     experiment = load_experiment(sweep)
     outcome = run_sweep(experiment, SweepOptions(local=True, report=False), results=str(tmp_path / "r"))
     metrics = pl.read_parquet(f"{outcome.storage.root}/metrics.parquet")
-    assert metrics.height == len(outcome.trials) == 22  # each threat model's eps on its own scale (its default)
+    assert metrics.height == len(outcome.trials) == 23  # each threat model's eps on its own scale (its default)
     assert set(metrics["method"]) == set(METHODS) and set(metrics["threat_model"]) == set(THREAT_MODELS)
     assert metrics["test_clean_acc"].is_between(0, 1).all() and metrics["train_objective"].is_finite().all()
 

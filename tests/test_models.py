@@ -101,15 +101,34 @@ def test_building_is_deterministic_under_a_seed(arch: str) -> None:
 
 
 @pytest.mark.parametrize(("arch", "module"), [("resnet18", "resnet18"), ("resnet50", "resnet50")])
-def test_resnet_is_torchvisions_behind_imagenet_normalisation(arch: str, module: str) -> None:
+def test_resnet_is_torchvisions_on_the_pixels_as_in_the_papers_code(arch: str, module: str) -> None:
+    # The paper's code calls torchvision's resnet18 / resnet50 on [0, 1] pixels (data.py ends in ToTensor(),
+    # cka.py asserts [0, 1] and feeds them to the model): no normalisation by default.
     ours = build_model(arch, num_classes=10).eval()
     reference = getattr(torchvision.models, module)(weights=None, num_classes=10).eval()
     reference.load_state_dict(ours.state_dict())  # same keys and shapes, strict
+    pixels = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(pixels), reference(pixels))
+
+
+@pytest.mark.parametrize(("arch", "module"), [("resnet18", "resnet18"), ("resnet50", "resnet50")])
+def test_resnet_with_imagenet_normalisation_is_torchvisions_on_normalised_pixels(arch: str, module: str) -> None:
+    ours = build_model(arch, num_classes=10, normalize="imagenet").eval()
+    reference = getattr(torchvision.models, module)(weights=None, num_classes=10).eval()
+    reference.load_state_dict(ours.state_dict())  # the statistics stay out of the state dict
     pixels = torch.rand(2, 3, 64, 64)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
         torch.testing.assert_close(ours(pixels), reference((pixels - mean) / std))
+
+
+def test_normalisation_is_a_resnet_option_with_known_names() -> None:
+    with pytest.raises(UserError, match="normalize 'imagenet' is not available for wrn.*resnet18"):
+        build_model("wrn", num_classes=10, depth=10, width=1, normalize="imagenet")
+    with pytest.raises(UserError, match="unknown normalize 'cifar10': choose one of none, imagenet"):
+        build_model("resnet18", num_classes=10, normalize="cifar10")
 
 
 @pytest.mark.parametrize("depth", [27, 4, 0, 11])

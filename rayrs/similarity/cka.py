@@ -374,7 +374,7 @@ class MinibatchCKA:
         HSIC_1 = [tr(A B) + (1^T A 1)(1^T B 1) / ((n'-1)(n'-2)) - 2/(n'-2) 1^T A B 1] / (n'(n'-3)),
     with A = U(K)[R, R], B = U(L)[R, R], and each term follows from the full product and S's rows:
     tr(A B) = <U(K), U(L)> - 2 <U(K)[S, :], U(L)[S, :]> + <U(K)[S, S], U(L)[S, S]>; the row sums over R are
-    column sums minus S's rows' sums. Over the G groups that costs one more all-pairs product per minibatch.
+    column sums minus S's rows' sums. All G groups together cost about three more all-pairs products a minibatch.
 
     Attributes:
         hsic_ab: (L_a, L_b) float64, sum over minibatches of HSIC_1(K_a, L_b).
@@ -447,8 +447,11 @@ class MinibatchCKA:
                           self_a: Tensor, self_b: Tensor, same: bool) -> None:
         """Add this minibatch's HSIC_1 without each group's examples to ``left_out_*`` (class docstring).
 
-        Each group's rows are read as one slice: the Grams are put in group order first (a copy) unless the
-        caller already did (jobs.py orders each view's Grams once for all the pairs that read them).
+        Every group at once: the rows' inner products of every layer pair, one (L_a, n) x (n, L_b) product per
+        example in one batched product (as many FLOPs as the all-pairs product itself), summed per group; the
+        groups' diagonal blocks (n^2 / G entries a layer in all) one small product each; the rest is (G, L, n).
+        The groups' rows are read as slices: the Grams are put in group order first (a copy) unless the caller
+        already did (jobs.py feeds each minibatch in group order).
         """
         n = grams_a.shape[-1]
         device = self.hsic_ab.device
@@ -457,54 +460,58 @@ class MinibatchCKA:
             grams_a = grams_a[:, order][:, :, order]
             grams_b = grams_a if same else grams_b[:, order][:, :, order]
             group_of = group_of[order]
-        counts = torch.bincount(group_of, minlength=self.groups).tolist()
-        # Column sums over all n examples: zero in exact arithmetic (U-centred), kept for the rounding.
-        sums_a = grams_a.sum(dim=1).to(device, torch.float64)  # (L_a, n)
-        sums_b = sums_a if same else grams_b.sum(dim=1).to(device, torch.float64)
-        stop = 0
-        for group, m in enumerate(counts):
-            start, stop = stop, stop + m
-            kept = n - m
-            if m == 0:  # nothing of this group here: the minibatch counts whole
-                self.left_out_ab[group] += cross / (n * (n - 3))
-                self.left_out_aa[group] += self_a / (n * (n - 3))
-                self.left_out_bb[group] += self_b / (n * (n - 3))
-                continue
-            if kept < MIN_EXAMPLES:
-                continue  # too few examples left for the unbiased estimator: this minibatch drops out of it
-            rows_a = grams_a[:, start:stop].reshape(self.rows, m * n)  # the group's rows, a view
-            rows_b = rows_a if same else grams_b[:, start:stop].reshape(self.cols, m * n)
-            block_a = grams_a[:, start:stop, start:stop].reshape(self.rows, m * m)  # its m x m block, a copy
-            block_b = block_a if same else grams_b[:, start:stop, start:stop].reshape(self.cols, m * m)
-            with exact_float32(rows_a.device):
-                rows_cross = (rows_a @ rows_b.T).to(device, torch.float64)
-                block_cross = (block_a @ block_b.T).to(device, torch.float64)
-            # Row sums of the kept examples over the kept columns, zero at the group's own positions.
-            kept_a = sums_a - grams_a[:, start:stop].sum(dim=1).to(device, torch.float64)
-            kept_a[:, start:stop] = 0.0
-            if same:
-                kept_b = kept_a
-            else:
-                kept_b = sums_b - grams_b[:, start:stop].sum(dim=1).to(device, torch.float64)
-                kept_b[:, start:stop] = 0.0
-            totals_a, totals_b = kept_a.sum(dim=1), kept_b.sum(dim=1)
+        counts = torch.bincount(group_of, minlength=self.groups)
+        member = torch.nn.functional.one_hot(group_of, self.groups).T.to(grams_a.dtype)  # (G, n)
+        with exact_float32(grams_a.device):
+            # rows[j] = U_a[:, j, :] U_b[:, j, :]^T: each example's row products, (n, L_a, L_b).
+            by_row_a = grams_a.transpose(0, 1)
+            rows = torch.bmm(by_row_a, (by_row_a if same else grams_b.transpose(0, 1)).transpose(1, 2))
+            in_rows = (member @ rows.reshape(n, -1)).reshape(self.groups, self.rows, self.cols)  # (G, L_a, L_b)
+            in_block = torch.zeros_like(in_rows)  # <U_a[S, S], U_b[S, S]> of each group S
+            stop = 0
+            for group, m in enumerate(counts.tolist()):
+                start, stop = stop, stop + m
+                if m:
+                    block_a = grams_a[:, start:stop, start:stop].reshape(self.rows, m * m)
+                    block_b = block_a if same else grams_b[:, start:stop, start:stop].reshape(self.cols, m * m)
+                    in_block[group] = block_a @ block_b.T
+            # Row sums over each group's rows, and over all rows (zero in exact arithmetic: U-centred).
+            group_sums_a = member @ grams_a  # (L_a, G, n)
+            group_sums_b = group_sums_a if same else member @ grams_b
+        outside = (1 - member).to(device, torch.float64)  # (G, n): 1 where an example is not in the group
+        kept_a = (grams_a.sum(dim=1)[:, None, :] - group_sums_a).to(device, torch.float64) * outside
+        kept_b = kept_a if same else (grams_b.sum(dim=1)[:, None, :] - group_sums_b).to(device, torch.float64) * outside
+        totals_a, totals_b = kept_a.sum(dim=-1).T, kept_b.sum(dim=-1).T  # (G, L)
+        middle = torch.bmm(kept_a.transpose(0, 1), kept_b.transpose(0, 1).transpose(1, 2))  # (G, L_a, L_b)
+        trace = cross - 2 * in_rows.to(device, torch.float64) + in_block.to(device, torch.float64)
+        kept = (n - counts).to(device, torch.float64).view(-1, 1, 1)  # examples left, per group
+        usable = kept >= MIN_EXAMPLES  # too few left: the minibatch drops out of that replicate
+        kept = torch.where(usable, kept, torch.full_like(kept, MIN_EXAMPLES))  # (no division by zero)
 
-            def hsic(trace: Tensor, total_x: Tensor, total_y: Tensor, middle: Tensor) -> Tensor:
-                terms = trace + total_x * total_y / ((kept - 1) * (kept - 2)) - 2 * middle / (kept - 2)
-                return terms / (kept * (kept - 3))
+        def hsic(trace: Tensor, total_x: Tensor, total_y: Tensor, middle: Tensor) -> Tensor:
+            terms = trace + total_x * total_y / ((kept - 1) * (kept - 2)) - 2 * middle / (kept - 2)
+            return torch.where(usable, terms / (kept * (kept - 3)), 0.0)
 
-            trace = cross - 2 * rows_cross + block_cross
-            self.left_out_ab[group] += hsic(trace, totals_a[:, None], totals_b[None, :], kept_a @ kept_b.T)
-            if same:
-                diagonal = trace.diagonal()
-                left_out_a = left_out_b = hsic(diagonal, totals_a, totals_a, kept_a.square().sum(dim=1))
-            else:
-                diagonal_a = self_a - 2 * _squared_norms(rows_a).to(device) + _squared_norms(block_a).to(device)
-                diagonal_b = self_b - 2 * _squared_norms(rows_b).to(device) + _squared_norms(block_b).to(device)
-                left_out_a = hsic(diagonal_a, totals_a, totals_a, kept_a.square().sum(dim=1))
-                left_out_b = hsic(diagonal_b, totals_b, totals_b, kept_b.square().sum(dim=1))
-            self.left_out_aa[group] += left_out_a
-            self.left_out_bb[group] += left_out_b
+        self.left_out_ab += hsic(trace, totals_a[:, :, None], totals_b[:, None, :], middle)
+        if same:
+            diagonal = hsic(trace.diagonal(dim1=1, dim2=2)[..., None], totals_a[..., None], totals_a[..., None],
+                            middle.diagonal(dim1=1, dim2=2)[..., None])[..., 0]
+            self.left_out_aa += diagonal
+            self.left_out_bb += diagonal
+            return
+        for grams, sums, total, kept_side, accumulated in (
+            (grams_a, self_a, totals_a, kept_a, self.left_out_aa),
+            (grams_b, self_b, totals_b, kept_b, self.left_out_bb),
+        ):
+            with exact_float32(grams.device):  # squared norms of each group's rows, and of its block: (G, L)
+                row_norms = member @ torch.linalg.vector_norm(grams, dim=-1).square().T
+            blocks = torch.stack([
+                torch.linalg.vector_norm(grams[:, start:stop, start:stop], dim=(1, 2)).square()
+                for start, stop in _bounds(counts.tolist())
+            ])
+            trace_self = sums - 2 * row_norms.to(device, torch.float64) + blocks.to(device, torch.float64)
+            middle_self = kept_side.square().sum(dim=-1).T  # (G, L)
+            accumulated += hsic(trace_self[..., None], total[..., None], total[..., None], middle_self[..., None])[..., 0]
 
     def compute(self) -> Tensor:
         """(L_a, L_b) float64 CKA = hsic_ab / sqrt(hsic_aa hsic_bb) (Nguyen et al. 2021, §3.1).
@@ -533,6 +540,15 @@ class MinibatchCKA:
                 f"MinibatchCKA.compute: no minibatch of at least {MIN_EXAMPLES} examples was added "
                 f"({self.n_skipped} examples were in smaller ones)"
             )
+
+
+def _bounds(counts: list[int]) -> list[tuple[int, int]]:
+    """(start, stop) of each group's slice, from the groups' sizes in order."""
+    bounds, stop = [], 0
+    for count in counts:
+        bounds.append((stop, stop + count))
+        stop += count
+    return bounds
 
 
 def jackknife_std_error(replicates: Tensor) -> Tensor:
