@@ -22,7 +22,18 @@ from rayrs.storage import METRICS, SIMILARITY_DIR, Storage
 
 # Display names of training methods and threat models, in the paper's words; unknown ones are shown as written.
 METHOD_NAMES = {"standard": "standard", "pgd": "PGD-AT", "pgd_at": "PGD-AT", "trades": "TRADES"}
-THREAT_MODEL_NAMES = {"linf": "ℓ∞", "l2": "ℓ2", "l1": "ℓ1", "jpeg": "JPEG", "gabor": "Gabor", "snow": "Snow"}
+THREAT_MODEL_NAMES = {
+    "linf": "ℓ∞",
+    "l2": "ℓ2",
+    "l1": "ℓ1",
+    "jpeg": "JPEG",
+    "gabor": "Gabor",
+    "snow": "Snow",
+    # rayrs's variants of the paper's attacks (rayrs.attacks): named so that a figure never shows them as the paper's.
+    "jpeg_unblurred": "JPEG (unblurred)",
+    "gabor_sparse": "Gabor (sparse grid)",
+    "snow_projected": "Snow (projected)",
+}
 
 BENIGN = "benign"  # the probe of clean test images; every other probe id is adversarial (rayrs.schema)
 

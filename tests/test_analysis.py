@@ -456,3 +456,12 @@ def test_metrics_written_before_rayrs_counted_images_read_as_nulls_and_show_no_i
     assert metrics["train_examples"].to_list() == [None] and metrics["test_examples"].to_list() == [None]
     row = table1_frame(metrics).filter(checkpoint="last").row(0, named=True)
     assert row["robust_test"] == pytest.approx(0.03 + 0.02 * 8) and row["robust_test_lower"] is None
+
+
+def test_every_registered_threat_model_has_a_display_name_and_the_variants_are_told_apart():
+    from analysis.load import THREAT_MODEL_NAMES, threat_model_name
+    from rayrs.attacks import THREAT_MODELS
+
+    assert set(THREAT_MODELS) <= set(THREAT_MODEL_NAMES), set(THREAT_MODELS) - set(THREAT_MODEL_NAMES)
+    names = [threat_model_name(name) for name in THREAT_MODELS]
+    assert len(set(names)) == len(names)  # jpeg vs jpeg_unblurred, gabor vs gabor_sparse, snow vs snow_projected
