@@ -8,6 +8,6 @@
 - `dynamics`: representations over training (Figs 6, 25)
 - `measures`: CKA vs Procrustes vs SVCCA (App. B.1)
 - `summary`: the numbers the paper only shows as pictures (``summary.parquet``)
+- `uncertainty`: the 95% interval of every number, and the rule that turns one into a claim
 - `findings`: what this run shows, in words; `report`: the registry of figures and the offline page
-- `synthetic`: a made-up, schema-valid results tree with every comparison kind (tests, demos)
 """

@@ -15,6 +15,7 @@ import polars as pl
 
 from analysis.layers import layer_axis, layer_table, layer_type_filter, with_layer_dropdown
 from analysis.load import BENIGN, FACET_LABEL, NoData, attach_trials, chart_data, facet_key, last_epoch
+from analysis.uncertainty import over_seeds_frame, with_bounds
 
 LINE_WIDTH, LINE_HEIGHT = 320, 200
 ACCURACY_SCHEME = "viridis"
@@ -24,7 +25,8 @@ TRANSFER_CATEGORIES = ["non-robust → non-robust", "non-robust → robust", "ro
 def fig4_benign_vs_adversarial(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt.TopLevelMixin:
     """Fig 4: CKA between each layer's benign and adversarial representation (the diagonal layer_a ==
     layer_b of ``benign_vs_adversarial`` rows), x = layer in network order, one line per model at its last
-    epoch; colour = trial, dash = non-robust / robust; one panel per dataset."""
+    epoch, in its band (each value's jackknife 95% interval); colour = trial, dash = non-robust / robust; one
+    panel per dataset."""
     rows = similarity.filter(kind="benign_vs_adversarial", measure="cka")
     if rows.is_empty():
         raise NoData(
@@ -37,7 +39,7 @@ def fig4_benign_vs_adversarial(similarity: pl.DataFrame, metrics: pl.DataFrame) 
         raise NoData(
             "Fig 4 needs benign_vs_adversarial rows with probe_a benign and probe_b adversarial, at equal layers"
         )
-    rows = attach_trials(last_epoch(rows), metrics, sides="a")
+    rows = attach_trials(with_bounds(last_epoch(rows)), metrics, sides="a")
     probes_per_trial = pl.col("probe_b").n_unique().over("model_a")
     lines = rows.with_columns(
         line=pl.when(probes_per_trial > 1)
@@ -46,29 +48,40 @@ def fig4_benign_vs_adversarial(similarity: pl.DataFrame, metrics: pl.DataFrame) 
         training=pl.when(pl.col("robust_a")).then(pl.lit("robust")).otherwise(pl.lit("non-robust")),
         panel=facet_key(rows["dataset_a"].fill_null("?"), None),
     ).sort(["order_a", "probe_b", "layer_a"])
-    data = lines.select("panel", "line", "training", "layer_a", "name_a", "type_a", "value", "epoch_a")
+    data = lines.select("panel", "line", "training", "layer_a", "name_a", "type_a", "value", "lower", "upper", "epoch_a")
+    base = alt.Chart().encode(
+        x=alt.X("layer_a:Q", axis=layer_axis(layer_table(data, "a"), quantitative=True), scale=alt.Scale(nice=False)),
+        color=alt.Color(
+            "line:N",
+            title="model",
+            sort=lines["line"].unique(maintain_order=True).to_list(),
+            legend=alt.Legend(labelLimit=300, symbolOpacity=1),
+        ),
+    )
+    y_scale = alt.Scale(domain=[0, 1], clamp=True)
+    band = base.mark_area(opacity=0.15).encode(
+        y=alt.Y("lower:Q", title="CKA(benign, adversarial)", scale=y_scale), y2="upper:Q"
+    )
+    line = base.mark_line().encode(  # no point overlay: it would blank the dash legend's symbols
+        y=alt.Y("value:Q", title="CKA(benign, adversarial)", scale=y_scale),
+        strokeDash=alt.StrokeDash(
+            "training:N",
+            title=None,
+            scale=alt.Scale(domain=["non-robust", "robust"], range=[[6, 3], [1, 0]]),
+            legend=alt.Legend(symbolType="stroke", symbolStrokeColor="#555"),
+        ),
+        tooltip=[
+            "line:N",
+            "name_a:N",
+            "type_a:N",
+            alt.Tooltip("value:Q", format=".3f", title="CKA"),
+            alt.Tooltip("lower:Q", format=".3f", title="95% interval from"),
+            alt.Tooltip("upper:Q", format=".3f", title="95% interval to"),
+            "epoch_a:Q",
+        ],
+    )
     chart = (
-        alt.Chart(chart_data(data))
-        .mark_line()  # no point overlay: it would blank the dash legend's symbols
-        .encode(
-            x=alt.X(
-                "layer_a:Q", axis=layer_axis(layer_table(data, "a"), quantitative=True), scale=alt.Scale(nice=False)
-            ),
-            y=alt.Y("value:Q", title="CKA(benign, adversarial)", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color(
-                "line:N",
-                title="model",
-                sort=lines["line"].unique(maintain_order=True).to_list(),
-                legend=alt.Legend(labelLimit=300),
-            ),
-            strokeDash=alt.StrokeDash(
-                "training:N",
-                title=None,
-                scale=alt.Scale(domain=["non-robust", "robust"], range=[[6, 3], [1, 0]]),
-                legend=alt.Legend(symbolType="stroke", symbolStrokeColor="#555"),
-            ),
-            tooltip=["line:N", "name_a:N", "type_a:N", alt.Tooltip("value:Q", format=".3f"), "epoch_a:Q"],
-        )
+        alt.layer(band, line, data=chart_data(data))
         .transform_filter(layer_type_filter("type_a"))
         .properties(width=LINE_WIDTH, height=LINE_HEIGHT)
     )
@@ -80,21 +93,17 @@ def fig4_benign_vs_adversarial(similarity: pl.DataFrame, metrics: pl.DataFrame) 
 def fig5a_transferability(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt.LayerChart:
     """Fig 5a: the transferability matrix. y = source model, x = target model (configurations, averaged over
     seeds), value = the target's accuracy on the source's adversarial examples (``transfer_accuracy`` rows;
-    the diagonal is the white-box attack), written in each cell. Low accuracy = high transferability."""
+    the diagonal is the white-box attack), written in each cell; the hover shows its 95% interval (Wilson over
+    the probe's images; over the pairs of seeds where there are several). Low accuracy = high transferability."""
     rows = similarity.filter(kind="transfer", measure="transfer_accuracy")
     if rows.is_empty():
         raise NoData(
             "Fig 5a needs a transfer comparison (its transfer_accuracy rows); add `- kind: transfer` to `compare:`"
         )
-    rows = attach_trials(_last_transfer(rows), metrics)
+    rows = attach_trials(with_bounds(_last_transfer(rows)), metrics)
     cells = (
-        rows.group_by(["config_a", "config_b"])
-        .agg(
-            pl.col("value").mean(),
-            pl.len().alias("pairs"),
-            pl.col("config_order_a").first(),
-            pl.col("config_order_b").first(),
-        )
+        over_seeds_frame(rows, ["config_a", "config_b"], bounds=(0.0, 1.0), first=["config_order_a", "config_order_b"])
+        .rename({"seeds": "pairs"})
         .sort(["config_order_a", "config_order_b"])
     )
     order = (
@@ -103,13 +112,15 @@ def fig5a_transferability(similarity: pl.DataFrame, metrics: pl.DataFrame) -> al
         .sort(["o", "c"])["c"]
         .to_list()
     )
-    base = alt.Chart(chart_data(cells.select("config_a", "config_b", "value", "pairs"))).encode(
+    base = alt.Chart(chart_data(cells.select("config_a", "config_b", "value", "lower", "upper", "pairs"))).encode(
         x=alt.X("config_b:N", sort=order, title="target model", axis=alt.Axis(labelAngle=-30, labelLimit=200)),
         y=alt.Y("config_a:N", sort=order, title="source model (adversarial examples)", axis=alt.Axis(labelLimit=200)),
         tooltip=[
             alt.Tooltip("config_a:N", title="source"),
             alt.Tooltip("config_b:N", title="target"),
             alt.Tooltip("value:Q", title="target accuracy", format=".1%"),
+            alt.Tooltip("lower:Q", title="95% interval from", format=".1%"),
+            alt.Tooltip("upper:Q", title="95% interval to", format=".1%"),
             "pairs:Q",
         ],
     )
@@ -128,7 +139,7 @@ def fig5bcd_transfer_cka(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt
     """Fig 5 (b-d): per layer (x, network order), CKA between a source and a different target model, both fed
     the source's adversarial examples (``transfer`` rows, cka, layer_a == layer_b); one panel per kind of
     transfer (non-robust → robust, robust → robust, ...), one line per pair of configurations (mean over
-    seeds)."""
+    seeds) in its band (the 95% interval: the jackknife's for one pair of trials, over seeds for several)."""
     rows = similarity.filter(kind="transfer", measure="cka")
     if rows.is_empty():
         raise NoData("Fig 5b-d needs a transfer comparison; add `- kind: transfer` to `compare:`")
@@ -137,7 +148,7 @@ def fig5bcd_transfer_cka(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt
     )
     if rows.is_empty():
         raise NoData("Fig 5b-d needs transfer comparisons between two different models of the same depth")
-    rows = attach_trials(_last_transfer(rows), metrics).filter(
+    rows = attach_trials(with_bounds(_last_transfer(rows)), metrics).filter(
         pl.col("robust_a").is_not_null() & pl.col("robust_b").is_not_null()
     )
     if rows.is_empty():
@@ -151,32 +162,45 @@ def fig5bcd_transfer_cka(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt
         + pl.col("robust_b").replace_strict(robust, return_dtype=pl.String),
         pair=pl.col("config_a") + " → " + pl.col("config_b"),
     ).sort(["config_order_a", "config_order_b", "layer_a"])
-    data = rows.select(
-        facet_key(rows["category"], TRANSFER_CATEGORIES).alias("panel"),
+    cells = over_seeds_frame(rows, ["category", "pair", "layer_a"], bounds=(-1.0, 1.0), first=["name_a", "type_a"])
+    data = cells.select(
+        facet_key(cells["category"], TRANSFER_CATEGORIES).alias("panel"),
         "pair",
-        "model_a",
-        "model_b",
         "layer_a",
         "name_a",
         "type_a",
         "value",
+        "lower",
+        "upper",
+        "seeds",
+    )
+    base = alt.Chart().encode(
+        x=alt.X("layer_a:Q", axis=layer_axis(layer_table(data, "a"), quantitative=True), scale=alt.Scale(nice=False)),
+        color=alt.Color(
+            "pair:N",
+            title="source → target",
+            sort=rows["pair"].unique(maintain_order=True).to_list(),
+            legend=alt.Legend(labelLimit=400, symbolOpacity=1),
+        ),
+    )
+    y_scale = alt.Scale(domain=[0, 1], clamp=True)
+    band = base.mark_area(opacity=0.15).encode(
+        y=alt.Y("lower:Q", title="CKA(source, target)", scale=y_scale), y2="upper:Q"
+    )
+    line = base.mark_line(point=alt.OverlayMarkDef(size=14, filled=True)).encode(
+        y=alt.Y("value:Q", title="CKA(source, target)", scale=y_scale),
+        tooltip=[
+            "pair:N",
+            "name_a:N",
+            "type_a:N",
+            alt.Tooltip("value:Q", format=".3f", title="CKA (mean over seeds)"),
+            alt.Tooltip("lower:Q", format=".3f", title="95% interval from"),
+            alt.Tooltip("upper:Q", format=".3f", title="95% interval to"),
+            alt.Tooltip("seeds:Q", title="pairs of trials"),
+        ],
     )
     chart = (
-        alt.Chart(chart_data(data))
-        .mark_line(point=alt.OverlayMarkDef(size=14, filled=True))
-        .encode(
-            x=alt.X(
-                "layer_a:Q", axis=layer_axis(layer_table(data, "a"), quantitative=True), scale=alt.Scale(nice=False)
-            ),
-            y=alt.Y("mean(value):Q", title="CKA(source, target)", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color(
-                "pair:N",
-                title="source → target",
-                sort=rows["pair"].unique(maintain_order=True).to_list(),
-                legend=alt.Legend(labelLimit=400),
-            ),
-            tooltip=["pair:N", "name_a:N", "type_a:N", alt.Tooltip("mean(value):Q", format=".3f", title="CKA")],
-        )
+        alt.layer(band, line, data=chart_data(data))
         .transform_filter(layer_type_filter("type_a"))
         .properties(width=LINE_WIDTH * 3 // 4, height=LINE_HEIGHT)
     )

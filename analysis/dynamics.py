@@ -17,6 +17,7 @@ import polars as pl
 
 from analysis.layers import block_of, layer_table
 from analysis.load import BENIGN, FACET_LABEL, NoData, attach_trials, chart_data, facet_key, probe_kind
+from analysis.uncertainty import over_seeds_frame, with_bounds
 
 PANEL_WIDTH, CKA_HEIGHT, LOSS_HEIGHT = 220, 180, 110
 EPOCH_PANEL = 130
@@ -32,8 +33,9 @@ MAX_FIG25_LAYERS = 8  # as many as a cross_epoch comparison computes the matrix 
 def fig6_convergence(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt.VConcatChart:
     """Fig 6: per block, CKA between each epoch's benign block output and the final epoch's (``cross_epoch``
     rows with ``epoch_b`` = the model's final epoch), one panel per configuration (standard / PGD-AT /
-    TRADES ...); the line is the mean over seeds, the band its min-max over seeds. Beneath, on the same epoch
-    axis, the train and validation losses (benign and adversarial), mean over seeds.
+    TRADES ...); the line is the mean over seeds, the band its 95% interval (one seed: the value's jackknife
+    interval; several: `analysis.uncertainty.over_seeds_frame`, which covers the seeds' spread). Beneath, on
+    the same epoch axis, the train and validation losses (benign and adversarial), mean over seeds.
 
     A block is a stage of the network (WRN ``block1``..``block3``, ResNet ``layer1``..``layer4``) and its output
     that of the stage's last residual block (the ``block`` layer ``block1.3`` of a WRN-28), the tensor the
@@ -49,17 +51,22 @@ def fig6_convergence(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt.VCo
             "Fig 6 plots each block's output (layers of type `block`), which the cross_epoch rows lack; keep "
             "`block` in the comparison's `layer_types` (its default) and rerun it"
         )
-    rows = attach_trials(rows, metrics, sides="a")
+    rows = attach_trials(with_bounds(rows), metrics, sides="a")
     order = rows.sort("config_order_a")["config_a"].unique(maintain_order=True).to_list()
     blocks = rows.sort("layer_a")["block_a"].unique(maintain_order=True).to_list()
-    cka = rows.select(
-        facet_key(rows["config_a"], order).alias("panel"),
-        "model_a",
+    cells = over_seeds_frame(
+        rows.sort("config_order_a", "layer_a", "epoch_a"), ["config_a", "block_a", "epoch_a"], bounds=(-1.0, 1.0),
+        first=["name_a"],
+    )
+    cka = cells.select(
+        facet_key(cells["config_a"], order).alias("panel"),
         pl.col("epoch_a").alias("epoch"),
-        "layer_a",
         "name_a",
         "block_a",
         pl.col("value").alias("cka"),
+        "lower",
+        "upper",
+        "seeds",
     )
     epoch_axis = alt.X("epoch:Q", title="epoch", axis=alt.Axis(format="d", tickMinStep=1), scale=alt.Scale(nice=False))
     base = alt.Chart().encode(
@@ -67,17 +74,19 @@ def fig6_convergence(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt.VCo
         color=alt.Color("block_a:N", title="block output", sort=blocks, legend=alt.Legend(symbolOpacity=1)),
     )
     band = base.mark_area(opacity=0.2).encode(
-        y=alt.Y("min(cka):Q", title="CKA to final epoch", scale=alt.Scale(domain=[0, 1])),
-        y2="max(cka):Q",
+        y=alt.Y("lower:Q", title="CKA to final epoch", scale=alt.Scale(domain=[0, 1], clamp=True)),
+        y2="upper:Q",
     )
     line = base.mark_line(point=alt.OverlayMarkDef(size=12, filled=True)).encode(
-        y="mean(cka):Q",
+        y=alt.Y("cka:Q", title="CKA to final epoch", scale=alt.Scale(domain=[0, 1], clamp=True)),
         tooltip=[
             "block_a:N",
             alt.Tooltip("name_a:N", title="layer"),
             "epoch:Q",
-            alt.Tooltip("mean(cka):Q", format=".3f", title="CKA (mean over seeds)"),
-            alt.Tooltip("count():Q", title="seeds"),
+            alt.Tooltip("cka:Q", format=".3f", title="CKA (mean over seeds)"),
+            alt.Tooltip("lower:Q", format=".3f", title="95% interval from"),
+            alt.Tooltip("upper:Q", format=".3f", title="95% interval to"),
+            alt.Tooltip("seeds:Q", title="seeds"),
         ],
     )
     top = (
@@ -170,8 +179,11 @@ def fig25_epoch_heatmaps(
             f"Fig 25: none of the layers {', '.join(chosen)} has an epoch x epoch matrix in the cross_epoch rows"
         )
     cells = (
-        rows.group_by(["config_a", "config_order_a", "probe_a", "layer_a", "name_a", "block_a", "epoch_a", "epoch_b"])
-        .agg(pl.col("value").mean(), pl.len().alias("seeds"))
+        over_seeds_frame(
+            with_bounds(rows),
+            ["config_a", "config_order_a", "probe_a", "layer_a", "name_a", "block_a", "epoch_a", "epoch_b"],
+            bounds=(-1.0, 1.0),
+        )
         .sort(
             ["config_order_a", "probe_a", "layer_a", "epoch_a", "epoch_b"],
             descending=[False, True, False, False, False],
@@ -189,6 +201,8 @@ def fig25_epoch_heatmaps(
         "epoch_a",
         "epoch_b",
         "value",
+        "lower",
+        "upper",
         "seeds",
     )
     chart = (
@@ -198,7 +212,15 @@ def fig25_epoch_heatmaps(
             x=alt.X("epoch_a:O", title="epoch", axis=alt.Axis(labelAngle=0)),
             y=alt.Y("epoch_b:O", title="epoch", sort="descending"),
             color=alt.Color("value:Q", title="CKA", scale=alt.Scale(domain=[0, 1], scheme="magma", clamp=True)),
-            tooltip=["name_a:N", "epoch_a:O", "epoch_b:O", alt.Tooltip("value:Q", format=".3f"), "seeds:Q"],
+            tooltip=[
+                "name_a:N",
+                "epoch_a:O",
+                "epoch_b:O",
+                alt.Tooltip("value:Q", format=".3f", title="CKA"),
+                alt.Tooltip("lower:Q", format=".3f", title="95% interval from"),
+                alt.Tooltip("upper:Q", format=".3f", title="95% interval to"),
+                "seeds:Q",
+            ],
         )
         .properties(width=EPOCH_PANEL, height=EPOCH_PANEL)
     )

@@ -7,7 +7,8 @@ the training ε grows and hardly depending on width (Figure 3). Non-robust and r
 
 Every figure here is Polars rows in (`rayrs.schema.SIMILARITY_SCHEMA`, plus ``metrics.parquet`` for the
 trials' parameters), Altair out; cells are averaged over seeds, and each raises `NoData` saying what to add
-to the sweep when its rows are absent.
+to the sweep when its rows are absent. The heatmaps stay plain; a cell's hover shows its 95% interval (the
+jackknife's for one trial, `analysis.uncertainty.over_seeds_frame`'s over seeds), where the rows carry one.
 """
 
 from __future__ import annotations
@@ -27,18 +28,21 @@ from analysis.load import (
     last_epoch,
     threat_model_name,
 )
+from analysis.uncertainty import over_seeds_frame, with_bounds
 
 PANEL_SIZE = 150  # pixels; square panels, so a sweep's heatmaps compare at a glance
 PANELS_PER_ROW = 5
 COLOR_SCHEME = "magma"  # perceptually uniform, dark = dissimilar, bright = similar as in the paper's plots
 
-_PAIR_COLUMNS = ["layer_a", "layer_b", "name_a", "name_b", "type_a", "type_b", "value"]
+_PAIR_COLUMNS = ["layer_a", "layer_b", "name_a", "name_b", "type_a", "type_b", "value", "lower", "upper"]
 _TOOLTIP = [
     alt.Tooltip("name_a:N", title="layer (x)"),
     alt.Tooltip("type_a:N", title="type (x)"),
     alt.Tooltip("name_b:N", title="layer (y)"),
     alt.Tooltip("type_b:N", title="type (y)"),
     alt.Tooltip("value:Q", title="CKA", format=".3f"),
+    alt.Tooltip("lower:Q", title="95% interval from", format=".3f"),
+    alt.Tooltip("upper:Q", title="95% interval to", format=".3f"),
 ]
 
 
@@ -55,8 +59,8 @@ def cross_layer_heatmap(
 ) -> alt.Chart | alt.FacetChart:
     """Heatmaps of layer pairs: x = side a's layer, y = side b's, colour = CKA on a fixed [0, 1] scale.
 
-    ``cells``: one row per layer pair and panel (``layer_a, layer_b, name_a, name_b, type_a, type_b, value``
-    and the ``panel`` / ``row`` columns). Layers are in network order, layer 0 at the bottom-left as in the
+    ``cells``: one row per layer pair and panel (``layer_a, layer_b, name_a, name_b, type_a, type_b, value``,
+    optionally its 95% interval ``lower``, ``upper`` shown on hover, and the ``panel`` / ``row`` columns). Layers are in network order, layer 0 at the bottom-left as in the
     paper, axes named by block; the layer-type dropdown (`analysis.layers`) filters both sides. With ``panel``
     (and ``row``) the panels are facets: ``panel`` columns in ``panel_order``, ``row`` rows in ``row_order``
     (data rows carry ``column_key`` / ``row_key``: the position and the label, e.g. "001|PGD-AT ε=8/255").
@@ -65,6 +69,9 @@ def cross_layer_heatmap(
     if cells.is_empty():
         raise NoData(f"{title or 'heatmap'}: no layer pairs to draw")
     keys = [c for c in (row, panel) if c is not None]
+    cells = cells.with_columns(
+        pl.lit(None, dtype=pl.Float64).alias(name) for name in ("lower", "upper") if name not in cells.columns
+    )
     data = cells.select(*keys, *_PAIR_COLUMNS)
     facets = {}
     for channel, field, order in (("row", row, row_order), ("column", panel, panel_order)):
@@ -318,15 +325,14 @@ def _main_family(rows: pl.DataFrame) -> pl.DataFrame:
 
 
 def _mean_over_seeds(rows: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-    """One cell per ``keys`` x layer pair: the mean CKA over the trials (seeds) that share them; ``n`` counts them."""
-    return rows.group_by([*keys, "layer_a", "layer_b"], maintain_order=True).agg(
-        pl.col("name_a").first(),
-        pl.col("name_b").first(),
-        pl.col("type_a").first(),
-        pl.col("type_b").first(),
-        pl.col("value").mean(),
-        pl.len().alias("n"),
-    )
+    """One cell per ``keys`` x layer pair: the mean CKA over the trials (seeds) that share them with its 95%
+    interval (``lower``, ``upper``: `analysis.uncertainty.over_seeds_frame`); ``n`` counts them."""
+    return over_seeds_frame(
+        with_bounds(rows),
+        [*keys, "layer_a", "layer_b"],
+        bounds=(-1.0, 1.0),
+        first=["name_a", "name_b", "type_a", "type_b"],
+    ).rename({"seeds": "n"})
 
 
 def _symmetric(rows: pl.DataFrame) -> pl.DataFrame:

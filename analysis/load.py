@@ -23,6 +23,7 @@ from rayrs.schema import (
     SECONDS_FIELD,
     SIMILARITY_SCHEMA,
     STD_ERROR_FIELD,
+    OPTIONAL_EPOCH_COLUMNS,
     TRIAL_COLUMNS,
     check_job_rows,
 )
@@ -30,7 +31,18 @@ from rayrs.storage import METRICS, SWEEP_CONFIG, DamagedFile, Storage, way_out
 
 # Display names of training methods and threat models, in the paper's words; unknown ones are shown as written.
 METHOD_NAMES = {"standard": "standard", "pgd": "PGD-AT", "pgd_at": "PGD-AT", "trades": "TRADES"}
-THREAT_MODEL_NAMES = {"linf": "ℓ∞", "l2": "ℓ2", "l1": "ℓ1", "jpeg": "JPEG", "gabor": "Gabor", "snow": "Snow"}
+THREAT_MODEL_NAMES = {
+    "linf": "ℓ∞",
+    "l2": "ℓ2",
+    "l1": "ℓ1",
+    "jpeg": "JPEG",
+    "gabor": "Gabor",
+    "snow": "Snow",
+    # rayrs's variants of the paper's attacks (rayrs.attacks): named so that a figure never shows them as the paper's.
+    "jpeg_unblurred": "JPEG (unblurred)",
+    "gabor_sparse": "Gabor (sparse grid)",
+    "snow_projected": "Snow (projected)",
+}
 
 BENIGN = "benign"  # the probe of clean test images; every other probe id is adversarial (rayrs.schema)
 
@@ -48,7 +60,10 @@ class NoData(ValueError):
 
 
 def read_metrics(storage: Storage) -> pl.DataFrame:
-    """``metrics.parquet`` as a frame with `METRICS_SCHEMA`'s columns: one row per trial x epoch (empty if absent)."""
+    """``metrics.parquet`` as a frame with `METRICS_SCHEMA`'s columns: one row per trial x epoch (empty if absent).
+
+    Files written before rayrs counted the evaluated examples get null ``train_examples`` / ``test_examples``
+    (`rayrs.schema.OPTIONAL_EPOCH_COLUMNS`): their accuracies are shown without an interval."""
     if not storage.exists(METRICS):
         return _empty(METRICS_SCHEMA)
     metrics = pl.from_arrow(_conform(storage, METRICS, METRICS_SCHEMA))
@@ -242,10 +257,10 @@ def _empty(schema: pa.Schema) -> pl.DataFrame:
 def _conform(storage: Storage, rel: str, schema: pa.Schema, table: pa.Table | None = None) -> pa.Table:
     """The table at ``rel``, reduced to ``schema``'s columns and types; a missing column is the user's to fix.
 
-    Optional columns (`OPTIONAL_SIMILARITY_COLUMNS`) that the file lacks are added as nulls.
+    Optional columns (`OPTIONAL_SIMILARITY_COLUMNS`, `OPTIONAL_EPOCH_COLUMNS`) that the file lacks are added as nulls.
     """
     table = storage.read_table(rel) if table is None else table
-    for name in OPTIONAL_SIMILARITY_COLUMNS:
+    for name in (*OPTIONAL_SIMILARITY_COLUMNS, *OPTIONAL_EPOCH_COLUMNS):
         if name in schema.names and name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
     missing = [name for name in schema.names if name not in table.column_names]

@@ -4,6 +4,14 @@ The paper's Table 1 (WRN-28-10 on CIFAR-10): non-robust 100.0 / 94.9 benign (Δ 
 robust 100.0 / 87.6 benign (Δ 12.4), 98.2 / 44.2 robust (Δ 54.0) — robust training costs benign accuracy and
 has a large generalisation gap in robust accuracy. Here each configuration (averaged over seeds) gets two
 rows: its last epoch, and its best epoch by held-out robust accuracy (Rice et al. 2020's early stopping).
+
+Every number has its 95% interval (`analysis.uncertainty`): with one seed, an accuracy's Wilson interval over
+the images it was measured on (``train_examples`` / ``test_examples``) and a gap's Newcombe interval (the
+train and test subsets are different images); with 2+ seeds, the t interval over the seeds' values, widened
+to the images' interval where that is wider (the seeds share their test images, whose sampling the seeds'
+spread cannot show). Results written before rayrs counted the images show no interval. The best epoch's test
+robust accuracy is the largest of the epochs' noisy values and reads high: its gap to the last epoch is
+judged with an interval that allows for that choice (`analysis.summary`'s ``best_last_gap``).
 """
 
 from __future__ import annotations
@@ -13,7 +21,9 @@ import html
 import altair as alt
 import polars as pl
 
+from analysis import uncertainty
 from analysis.load import NoData, chart_data, trial_info
+from analysis.uncertainty import Estimate
 
 # (evaluation, split) -> metrics.parquet column; the table's column order.
 ACCURACY = {
@@ -32,6 +42,11 @@ HEADERS = {  # column -> header of the chart's text table
     "robust_gap": "robust Δ",
 }
 CHECKPOINTS = ["last", "best"]
+EXAMPLES = {"train": "train_examples", "test": "test_examples"}  # split -> its image count column
+INTERVAL_NOTE = (
+    "95% intervals in brackets: Wilson over the evaluated images for one seed (Newcombe for a gap Δ); over seeds "
+    "(t), widened to the images' interval where wider, for several"
+)
 
 
 def best_epochs(metrics: pl.DataFrame) -> pl.DataFrame:
@@ -61,7 +76,9 @@ def table1_frame(metrics: pl.DataFrame) -> pl.DataFrame:
 
     Columns: ``dataset, config, config_order, robust, checkpoint, epochs`` (the epoch(s) over seeds, e.g.
     "6" or "3–4"), ``seeds`` (how many trials were averaged), then `COLUMNS`: accuracies in [0, 1] averaged
-    over seeds, and ``*_gap`` = train − test. Rows: per dataset, non-robust first, then by ε; last before best.
+    over seeds, and ``*_gap`` = train − test, each with ``<column>_lower`` / ``<column>_upper``, its 95%
+    interval (null where the image counts are unknown; see the module docstring). Rows: per dataset,
+    non-robust first, then by ε; last before best.
     """
     if metrics.is_empty():
         raise NoData("Table 1 needs metrics.parquet rows (no epoch has finished yet); run the sweep's training")
@@ -71,25 +88,42 @@ def table1_frame(metrics: pl.DataFrame) -> pl.DataFrame:
     )
     best = metrics.join(best_epochs(metrics), on=["trial", "epoch"]).with_columns(checkpoint=pl.lit("best"))
     rows = pl.concat([last, best]).join(info, on="trial")
-    table = (
-        rows.group_by(["dataset", "config", "config_order", "robust", "checkpoint"])
-        .agg(
-            *(pl.col(column).mean().alias(f"{evaluation}_{split}") for (evaluation, split), column in ACCURACY.items()),
-            pl.col("epoch").min().alias("first"),
-            pl.col("epoch").max().alias("last_epoch"),
-            pl.len().alias("seeds"),
-        )
-        .with_columns(
-            benign_gap=pl.col("benign_train") - pl.col("benign_test"),
-            robust_gap=pl.col("robust_train") - pl.col("robust_test"),
-            epochs=pl.when(pl.col("first") == pl.col("last_epoch"))
-            .then(pl.col("first").cast(pl.String))
-            .otherwise(pl.col("first").cast(pl.String) + "–" + pl.col("last_epoch").cast(pl.String)),
-            order=pl.col("checkpoint").replace_strict({c: i for i, c in enumerate(CHECKPOINTS)}, return_dtype=pl.Int8),
-        )
-        .sort(["dataset", "config_order", "order"])
+    keys = ["dataset", "config", "config_order", "robust", "checkpoint"]
+    table = []
+    for key, group in rows.sort("trial").group_by(keys, maintain_order=True):
+        trials = group.to_dicts()
+        row = dict(zip(keys, key))
+        epochs = [t["epoch"] for t in trials]
+        row["epochs"] = str(min(epochs)) if min(epochs) == max(epochs) else f"{min(epochs)}–{max(epochs)}"
+        row["seeds"] = len(trials)
+        for column, estimate in _config_numbers(trials).items():
+            row[column], row[f"{column}_lower"], row[f"{column}_upper"] = estimate.value, estimate.lower, estimate.upper
+        table.append(row)
+    schema = {"dataset": pl.String, "config": pl.String, "config_order": pl.Int64, "robust": pl.Boolean,
+              "checkpoint": pl.String, "epochs": pl.String, "seeds": pl.Int64}
+    schema |= {f"{c}{suffix}": pl.Float64 for c in COLUMNS for suffix in ("", "_lower", "_upper")}
+    frame = pl.DataFrame(table, schema=schema, orient="row").with_columns(
+        order=pl.col("checkpoint").replace_strict({c: i for i, c in enumerate(CHECKPOINTS)}, return_dtype=pl.Int8)
     )
-    return table.select("dataset", "config", "config_order", "robust", "checkpoint", "epochs", "seeds", *COLUMNS)
+    return frame.sort(["dataset", "config_order", "order"]).drop("order")
+
+
+def _config_numbers(trials: list[dict]) -> dict[str, Estimate]:
+    """`COLUMNS` of one table row from its trials' metrics rows (one per seed), each an `Estimate`."""
+    per_trial: dict[str, list[Estimate]] = {column: [] for column in COLUMNS}
+    for trial in trials:
+        for evaluation in ("benign", "robust"):
+            measured = {
+                split: uncertainty.accuracy(trial[ACCURACY[evaluation, split]], trial.get(EXAMPLES[split]))
+                for split in ("train", "test")
+            }
+            per_trial[f"{evaluation}_train"].append(measured["train"])
+            per_trial[f"{evaluation}_test"].append(measured["test"])
+            per_trial[f"{evaluation}_gap"].append(uncertainty.difference(measured["train"], measured["test"]))
+    return {
+        column: uncertainty.over_seeds(values, bounds=(-1.0, 1.0) if column.endswith("_gap") else (0.0, 1.0))
+        for column, values in per_trial.items()
+    }
 
 
 def table1(metrics: pl.DataFrame) -> alt.Chart:
@@ -105,10 +139,23 @@ def table1(metrics: pl.DataFrame) -> alt.Chart:
         + pl.col("epochs")
         + ")"
     )
-    cells = table.unpivot(index=["row"], on=COLUMNS, variable_name="column", value_name="accuracy").with_columns(
-        header=pl.col("column").replace_strict(HEADERS, return_dtype=pl.String),
-        text=pl.col("accuracy").map_elements(_percent, return_dtype=pl.String),
-    )
+    cells = pl.concat(
+        [
+            table.select(
+                "row",
+                pl.lit(column).alias("column"),
+                pl.col(column).alias("accuracy"),
+                pl.col(f"{column}_lower").alias("lower"),
+                pl.col(f"{column}_upper").alias("upper"),
+                "seeds",
+            )
+            for column in COLUMNS
+        ]
+    ).with_columns(header=pl.col("column").replace_strict(HEADERS, return_dtype=pl.String))
+    cells = cells.with_columns(
+        text=pl.Series([_percent(r["accuracy"]) for r in cells.iter_rows(named=True)], dtype=pl.String),
+        interval=pl.Series([_interval(r["lower"], r["upper"]) for r in cells.iter_rows(named=True)], dtype=pl.String),
+    ).with_columns(label=pl.concat_str(["text", pl.lit(" "), pl.col("interval").str.replace("^–$", "")]).str.strip_chars())
     return (
         alt.Chart(chart_data(cells))
         .mark_text(fontSize=12)
@@ -125,11 +172,21 @@ def table1(metrics: pl.DataFrame) -> alt.Chart:
                 title=None,
                 axis=alt.Axis(ticks=False, domain=False, labelLimit=400),
             ),
-            text="text:N",
+            text="label:N",
             color=alt.condition("indexof(datum.column, 'gap') >= 0", alt.value("#8a3b00"), alt.value("#222")),
-            tooltip=["row:N", "header:N", alt.Tooltip("accuracy:Q", format=".2%")],
+            tooltip=[
+                "row:N",
+                "header:N",
+                alt.Tooltip("accuracy:Q", format=".2%"),
+                alt.Tooltip("interval:N", title="95% interval"),
+                alt.Tooltip("seeds:Q", title="seeds"),
+            ],
         )
-        .properties(width=90 * len(HEADERS), height=alt.Step(22), title="Table 1: accuracy (%), Δ = train − test")
+        .properties(
+            width=130 * len(HEADERS),
+            height=alt.Step(30),
+            title=alt.Title("Table 1: accuracy (%), Δ = train − test", subtitle=INTERVAL_NOTE),
+        )
         .configure_view(strokeWidth=0)  # a table, not a plot: no frame
     )
 
@@ -149,10 +206,24 @@ def table1_html(metrics: pl.DataFrame) -> str:
             html.escape(row["config"]),
             f"{row['checkpoint']} (epoch {row['epochs']})",
         ]
-        cells += [_percent(row[column]) for column in COLUMNS] + [str(row["seeds"])]
+        cells += [
+            _percent(row[column])
+            + (
+                f"<br><small>{_interval(row[f'{column}_lower'], row[f'{column}_upper'])}</small>"
+                if row[f"{column}_lower"] is not None
+                else ""
+            )
+            for column in COLUMNS
+        ] + [str(row["seeds"])]
         body.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
-    return f'<table class="numbers table1">{head}<tbody>{"".join(body)}</tbody></table>'
+    caption = f"<caption>{html.escape(INTERVAL_NOTE)}</caption>"
+    return f'<table class="numbers table1">{caption}{head}<tbody>{"".join(body)}</tbody></table>'
 
 
 def _percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def _interval(lower: float | None, upper: float | None) -> str:
+    """"[84.1, 90.5]" (percent), or "–" where the interval is unknown."""
+    return "–" if lower is None or upper is None else f"[{100 * lower:.1f}, {100 * upper:.1f}]"

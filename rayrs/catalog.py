@@ -188,7 +188,7 @@ class SimilarityFiles:
 def similarity_files(storage: Storage) -> SimilarityFiles:
     """The experiment's comparison files, split by whether ``sweep.json`` plans their job (`SimilarityFiles`).
 
-    Without a ``sweep.json`` (results assembled by hand, `analysis.synthetic`) every file counts as planned; an
+    Without a ``sweep.json`` (results assembled by hand, e.g. the tests' `synthetic` tree) every file counts as planned; an
     unreadable one is a `DamagedFile` (`read_sweep`): which files are the sweep's would be unknown.
     """
     from rayrs.similarity.jobs import plan_jobs  # it imports the training code, which imports this module

@@ -24,7 +24,7 @@ from torch import nn
 
 from rayrs import storage as layout
 from rayrs.errors import UserError
-from rayrs.schema import EPOCH_COLUMNS
+from rayrs.schema import EPOCH_COLUMNS, OPTIONAL_EPOCH_COLUMNS
 from rayrs.storage import DamagedFile, Storage
 
 _EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
@@ -67,9 +67,10 @@ def read_meta(storage: Storage, trial: str, epoch: int) -> dict[str, Any]:
 
 
 def read_metrics(storage: Storage, trial: str, epoch: int) -> dict[str, Any]:
-    """The metrics of ``trial``'s ``epoch`` as `rayrs.train` records them: every column of `EPOCH_COLUMNS`."""
+    """The metrics of ``trial``'s ``epoch`` as `rayrs.train` records them: every column of `EPOCH_COLUMNS`
+    (those of `OPTIONAL_EPOCH_COLUMNS` may be absent: older checkpoints lack them)."""
     metrics = read_meta(storage, trial, epoch)["metrics"]
-    missing = [name for name in EPOCH_COLUMNS if name not in metrics]
+    missing = [name for name in EPOCH_COLUMNS if name not in metrics and name not in OPTIONAL_EPOCH_COLUMNS]
     if missing or metrics["epoch"] != epoch:
         problem = f"metric {missing[0]!r} is missing" if missing else f"its metrics are of epoch {metrics['epoch']}"
         raise _not_an_epoch_record(storage, layout.epoch_meta(trial, epoch), trial, problem)

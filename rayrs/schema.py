@@ -4,8 +4,11 @@
 Accuracies are fractions in [0, 1]; losses are mean cross-entropy; ``robust`` means under the evaluation
 attack (PGD-20 in the trial's threat model at ``eval_eps``); ``train_*`` are measured on a fixed subset of
 the training set after the epoch (not the running training loss, which is ``train_objective``).
-``best_epoch`` is the trial's epoch of highest test robust accuracy (Rice et al. 2020's early stopping; every
-epoch is kept), the same on every row of the trial.
+``train_examples`` / ``test_examples`` count the images each split's accuracies were measured on (the
+subset sizes), so that every accuracy gets its binomial interval (`analysis.uncertainty`); results written
+before rayrs recorded them carry nulls (`OPTIONAL_EPOCH_COLUMNS`). ``best_epoch`` is the trial's epoch of
+highest test robust accuracy (Rice et al. 2020's early stopping; every epoch is kept), the same on every row
+of the trial.
 
 **similarity/<kind>/<job>.parquet** — one row per layer pair per comparison. Side ``a`` and side ``b``
 each name a trial (``model_*``), a checkpoint epoch and a probe (the inputs fed to that model):
@@ -128,8 +131,12 @@ EPOCH_COLUMNS = {
     "test_clean_loss": pa.float64(),
     "test_robust_acc": pa.float64(),
     "test_robust_loss": pa.float64(),
+    "train_examples": pa.int64(),
+    "test_examples": pa.int64(),
     "epoch_seconds": pa.float64(),
 }
+# Epoch metrics that checkpoints written by older versions of rayrs lack: null in their metrics rows.
+OPTIONAL_EPOCH_COLUMNS = frozenset({"train_examples", "test_examples"})
 METRICS_SCHEMA = pa.schema(list(TRIAL_COLUMNS.items()) + list(EPOCH_COLUMNS.items()) + [("best_epoch", pa.int32())])
 
 

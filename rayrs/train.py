@@ -150,8 +150,9 @@ def strongest_of(attack: Attack, restarts: int) -> Attack:
 
 def evaluate(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, batch_size: int, precision: str
-) -> dict[str, float]:
-    """Clean and robust accuracy and mean loss of ``model`` on uint8 ``images`` (N, C, H, W)."""
+) -> dict[str, float | int]:
+    """Clean and robust accuracy and mean loss of ``model`` on uint8 ``images`` (N, C, H, W), and ``examples``:
+    N, the count each accuracy is a fraction of (what its binomial interval needs)."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=images.device)  # clean/robust correct, clean/robust loss
     for batch in torch.arange(images.shape[0], device=images.device).split(batch_size):
@@ -163,7 +164,8 @@ def evaluate(
                 sums[i] += (logits.argmax(1) == y).sum()
                 sums[2 + i] += F.cross_entropy(logits, y, reduction="sum")
     clean_correct, robust_correct, clean_loss, robust_loss = (sums / images.shape[0]).tolist()
-    return {"clean_acc": clean_correct, "robust_acc": robust_correct, "clean_loss": clean_loss, "robust_loss": robust_loss}
+    return {"clean_acc": clean_correct, "robust_acc": robust_correct, "clean_loss": clean_loss, "robust_loss": robust_loss,
+            "examples": int(images.shape[0])}
 
 
 def frozen_prefix(model: nn.Module, example: torch.Tensor, through: str) -> list[nn.Module]:

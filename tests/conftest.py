@@ -86,6 +86,51 @@ def finished_sweep(tmp_path_factory):
     return sweep_file, folder / "results"
 
 
+# The comparisons of `digits_results`: every kind the report reads that two models can give (cross_model and the
+# other measures need more models or time; the synthetic tree covers their figures).
+DIGITS_COMPARISONS = [
+    {"kind": "cross_layer"},
+    {"kind": "cross_epoch"},
+    {"kind": "benign_vs_adversarial"},
+    {"kind": "transfer"},
+]
+
+
+@pytest.fixture(scope="session")
+def digits_results(trained_digits, tmp_path_factory):
+    """A real results tree for the report's own functions: `trained_digits`' two models (standard, 8 epochs;
+    PGD-AT at eps 0.1, 6 epochs; accuracies on 256 train and all 450 test digits) with their metrics.parquet
+    and the comparisons of `DIGITS_COMPARISONS` on all 450 test digits, computed in this process (about a
+    minute on 2 cores; the training is shared with the tests that need trained models).
+
+    Returns ``(storage, specs)``: the `Storage` of the tree and ``{"standard": spec, "robust": spec}``.
+    Tests read it; a test that changes it works on a copy.
+    """
+    import shutil
+
+    import torch
+
+    from rayrs import catalog
+    from rayrs import storage as layout
+    from rayrs.config import Experiment
+    from rayrs.similarity.jobs import plan_jobs, plan_tasks, run_task
+    from rayrs.storage import Storage
+
+    trained, specs, _ = trained_digits
+    root = tmp_path_factory.mktemp("digits_results")
+    shutil.copytree(trained.local_path(layout.TRIALS_DIR), root / layout.TRIALS_DIR)
+    storage = Storage(root)
+    catalog.write_metrics(storage, [spec.name for spec in specs.values()])
+    experiment = Experiment.model_validate(
+        {"name": "test", "compare": DIGITS_COMPARISONS, "cka": {"probe_size": 450, "batch_size": 450, "passes": 1}}
+    )
+    configs = {spec.name: spec.config for spec in specs.values()}
+    for task in plan_tasks(plan_jobs(experiment, list(specs.values()))):
+        for _ in run_task(task, configs, storage, torch.device("cpu")):
+            pass
+    return storage, specs
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--order", default="file",

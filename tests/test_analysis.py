@@ -20,7 +20,7 @@ from analysis.heatmaps import (
 )
 from analysis.layers import block_label_expr, block_of, layer_table
 from analysis.load import NoData, format_eps, read_metrics, read_similarity, trial_info, trial_labels
-from analysis.synthetic import similarity_row
+from synthetic import similarity_row
 from rayrs import storage as layout
 from rayrs.errors import UserError
 from rayrs.schema import METRICS_SCHEMA, SIMILARITY_SCHEMA
@@ -303,7 +303,7 @@ def test_cross_layer_heatmap_maps_layers_to_axes_and_cka_to_a_fixed_colour_scale
     assert encoding["x"]["sort"] == "ascending" and encoding["y"]["sort"] == "descending"  # layer 0 bottom-left
     assert encoding["color"]["scale"]["domain"] == [0, 1]
     assert "block1" in encoding["x"]["axis"]["labelExpr"]
-    assert {t["field"] for t in encoding["tooltip"]} == {"name_a", "name_b", "type_a", "type_b", "value"}
+    assert {t["field"] for t in encoding["tooltip"]} == {"name_a", "name_b", "type_a", "type_b", "value", "lower", "upper"}
     assert spec["transform"] == [
         {"filter": "layer_type == 'all' || (datum.type_a == layer_type && datum.type_b == layer_type)"}
     ]
@@ -444,3 +444,27 @@ def test_fig7_without_two_threat_models_says_what_to_add(golden):
 
     with pytest.raises(NoData, match="different threat models.*`threat_model: \\[linf, l2, snow\\]`"):
         fig7_threat_models(same_threat, metrics)
+
+
+def test_metrics_written_before_rayrs_counted_images_read_as_nulls_and_show_no_interval(tmp_path):
+    from analysis.table1 import table1_frame
+    from rayrs.schema import OPTIONAL_EPOCH_COLUMNS
+
+    results = Storage(tmp_path)
+    older = pa.schema([field for field in METRICS_SCHEMA if field.name not in OPTIONAL_EPOCH_COLUMNS])
+    results.write_table(layout.METRICS, pa.Table.from_pylist([metrics_row("m", "pgd", 8 / 255, 1)], schema=older))
+
+    metrics = read_metrics(results)
+
+    assert metrics["train_examples"].to_list() == [None] and metrics["test_examples"].to_list() == [None]
+    row = table1_frame(metrics).filter(checkpoint="last").row(0, named=True)
+    assert row["robust_test"] == pytest.approx(0.03 + 0.02 * 8) and row["robust_test_lower"] is None
+
+
+def test_every_registered_threat_model_has_a_display_name_and_the_variants_are_told_apart():
+    from analysis.load import THREAT_MODEL_NAMES, threat_model_name
+    from rayrs.attacks import THREAT_MODELS
+
+    assert set(THREAT_MODELS) <= set(THREAT_MODEL_NAMES), set(THREAT_MODELS) - set(THREAT_MODEL_NAMES)
+    names = [threat_model_name(name) for name in THREAT_MODELS]
+    assert len(set(names)) == len(names)  # jpeg vs jpeg_unblurred, gabor vs gabor_sparse, snow vs snow_projected

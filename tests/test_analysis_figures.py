@@ -16,7 +16,7 @@ from analysis.curves import accuracy_curves
 from analysis.dynamics import fig6_convergence, fig25_epoch_heatmaps
 from analysis.load import NoData
 from analysis.measures import appb1_agreement, appb1_cost
-from analysis.synthetic import similarity_row
+from synthetic import similarity_row
 from analysis.table1 import table1, table1_frame, table1_html
 from rayrs.schema import SIMILARITY_SCHEMA
 
@@ -90,7 +90,7 @@ def test_table1_chart_writes_every_cell_and_the_page_table_has_the_papers_column
     assert (spec["encoding"]["x"]["field"], spec["encoding"]["y"]["field"], spec["encoding"]["text"]["field"]) == (
         "header",
         "row",
-        "text",
+        "label",  # the number and its interval
     )
     rows = data_rows(spec)
     assert len(rows) == 4 * 6  # 4 table rows x (benign, robust) x (train, test, Δ)
@@ -114,8 +114,13 @@ def test_accuracy_curves_draw_four_lines_per_trial_on_a_zero_to_one_axis():
 
     spec = accuracy_curves(metrics).to_dict()
 
-    lines, points = spec["spec"]["layer"]
+    bands, lines, points = spec["spec"]["layer"]
     encoding = lines["encoding"]
+    assert (bands["mark"]["type"], bands["encoding"]["y"]["field"], bands["encoding"]["y2"]["field"]) == (
+        "area",
+        "lower",
+        "upper",
+    )
     assert spec["facet"]["column"]["field"] == "evaluation"
     assert (encoding["x"]["field"], encoding["y"]["field"]) == ("epoch", "accuracy")
     assert (encoding["color"]["field"], encoding["strokeDash"]["field"]) == ("label", "split")
@@ -146,9 +151,15 @@ def test_fig4_draws_the_diagonal_one_line_per_model_non_robust_dashed():
 
     spec = fig4_benign_vs_adversarial(similarity_frame(rows), metrics).to_dict()
 
-    encoding = spec["spec"]["encoding"]
+    band, line = spec["spec"]["layer"]
+    encoding = line["encoding"]
     assert (encoding["x"]["field"], encoding["y"]["field"], encoding["color"]["field"]) == ("layer_a", "value", "line")
     assert encoding["strokeDash"]["field"] == "training"
+    assert (band["mark"]["type"], band["encoding"]["y"]["field"], band["encoding"]["y2"]["field"]) == (
+        "area",
+        "lower",
+        "upper",
+    )
     drawn = data_rows(spec)
     assert len(drawn) == 2 * LAYERS  # the diagonal only
     by_line = {
@@ -236,7 +247,9 @@ def test_fig5bcd_has_a_panel_per_kind_of_transfer_and_leaves_out_a_model_with_it
     assert [r["value"] for r in sorted(by_panel["robust → non-robust"], key=lambda r: r["layer_a"])] == pytest.approx(
         [0.9] + [0.2] * 5
     )
-    assert spec["spec"]["encoding"]["y"]["aggregate"] == "mean"  # over seed pairs
+    band, line = spec["spec"]["layer"]
+    assert line["encoding"]["y"]["field"] == "value" and band["encoding"]["y2"]["field"] == "upper"
+    assert {r["seeds"] for r in drawn} == {1}  # one pair of trials per line: the mean over seed pairs is its value
 
 
 def test_fig5_without_transfer_rows_says_what_to_add():
@@ -311,12 +324,13 @@ def test_fig6_draws_each_blocks_output_to_the_final_epoch_over_losses_on_a_share
     assert {(r["block_a"], r["name_a"]) for r in cka} == {("block1", "block1.1"), ("block2", "block2.0")}
     assert all(r["epoch"] in (1, 2, 3) for r in cka)
     per_panel = {panel[4:]: sum(r["panel"] == panel for r in cka) for panel in {r["panel"] for r in cka}}
-    assert per_panel == {"standard": 2 * 3 * 2, "PGD-AT ε=8/255": 3 * 2}  # seeds x epochs vs final x blocks
-    assert [r["cka"] for r in cka if r["block_a"] == "block1" and r["epoch"] == 1] == pytest.approx([1 - 0.1 * 4 * 2] * 3)
+    assert per_panel == {"standard": 3 * 2, "PGD-AT ε=8/255": 3 * 2}  # epochs vs final x blocks, seeds averaged
+    assert {r["seeds"] for r in cka if r["panel"].endswith("standard")} == {2}
+    assert [r["cka"] for r in cka if r["block_a"] == "block1" and r["epoch"] == 1] == pytest.approx([1 - 0.1 * 4 * 2] * 2)
     band, line = top["spec"]["layer"]
     assert (band["mark"]["type"], line["mark"]["type"]) == ("area", "line")
-    assert band["encoding"]["y"]["field"] == "cka" and band["encoding"]["y"]["aggregate"] == "min"
-    assert line["encoding"]["y"] == {"field": "cka", "aggregate": "mean", "type": "quantitative"}
+    assert (band["encoding"]["y"]["field"], band["encoding"]["y2"]["field"]) == ("lower", "upper")
+    assert line["encoding"]["y"]["field"] == "cka"
     assert top["spec"]["layer"][0]["encoding"]["color"]["sort"] == ["block1", "block2"]
     assert "params" not in spec  # one layer per block: nothing for a layer-type dropdown to filter
     losses = data_rows(spec, bottom)

@@ -1,5 +1,5 @@
 """The report end to end: a synthetic, schema-valid results tree with every comparison kind
-(`analysis.synthetic`) renders every figure to PNG, SVG and one offline page; re-rendering skips what did not
+(`tests/synthetic.py`) renders every figure to PNG, SVG and one offline page; re-rendering skips what did not
 change; a figure without rows is listed with the reason instead of drawn."""
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ import shutil
 import struct
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from test_analysis import write_golden
 
-from analysis import synthetic
+import synthetic
 from analysis.report import FIGURES, MANIFEST, render_report
 from analysis.summary import SUMMARY, SUMMARY_SCHEMA
 from rayrs import storage as layout
@@ -69,7 +70,7 @@ def test_the_page_embeds_each_figure_once_offline_with_what_the_paper_and_this_r
         page,
     )
     assert "robust → non-robust transfers least, as in the paper" in page
-    assert "early layers converge first, as in the paper" in page
+    assert "early layers converge first (strictly, beyond the ranges), as in the paper" in page
     # The summary's tables and Table 1 as HTML, before the first chart.
     first_chart = page.index('<div class="chart"')
     assert -1 < page.index("Block-structure score: mean CKA of neighbouring layers") < first_chart
@@ -84,9 +85,15 @@ def test_summary_parquet_is_written_next_to_the_report(rendered):
     assert report.summary == str(report.out_dir / SUMMARY)
     assert table.schema == SUMMARY_SCHEMA
     statistics = set(table.column("statistic").to_pylist())
-    assert statistics == {"block_structure", "cka_neighbours", "cka_far", "convergence_epoch"}
-    scores = table.filter(pa.compute.equal(table["statistic"], "block_structure"))
-    assert scores.num_rows == len(synthetic.NAMES)  # every trial has a cross_layer comparison
+    assert statistics == {
+        "block_structure", "cka_neighbours", "cka_far", "convergence_epoch", "best_last_gap", "transfer_accuracy"
+    }
+    scores = pl.from_arrow(table).filter(statistic="block_structure")
+    assert scores.filter(scope="trial").height == len(synthetic.NAMES)  # every trial has a cross_layer comparison
+    # One row per configuration too: the mean over its seeds, with an interval (every synthetic value has one).
+    configs = scores.filter(scope="config")
+    assert configs.height == scores.filter(scope="trial")["config"].n_unique()
+    assert (configs["lower"] <= configs["value"]).all() and (configs["value"] <= configs["upper"]).all()
 
 
 def test_rerendering_unchanged_results_redraws_nothing(rendered):

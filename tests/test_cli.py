@@ -86,7 +86,7 @@ def test_a_bad_results_location_exits_non_zero_with_one_line(tmp_path, results, 
 
 
 def test_analyze_says_which_figures_it_skipped_and_what_to_add_brackets_included(tmp_path):
-    from analysis.synthetic import write_results
+    from synthetic import write_results
 
     write_results(tmp_path / "results", kinds=["cross_model"])  # CKA alone: no App. B.1
     result = runner.invoke(app, ["analyze", str(tmp_path / "results"), "--format", "html"], terminal_width=400)

@@ -370,7 +370,7 @@ def test_embedded_json_escapes_every_angle_bracket_and_reads_back():
 def test_a_hostile_trial_name_leaves_every_chart_drawn(tmp_path):
     import polars as pl
 
-    from analysis import synthetic
+    import synthetic
     from analysis.report import render_report
     from test_report_browser import CHROMIUM, MARKS, charts, dump_dom
 

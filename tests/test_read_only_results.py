@@ -10,7 +10,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from analysis import synthetic
+import synthetic
 from analysis.summary import SUMMARY
 from rayrs.cli import app
 

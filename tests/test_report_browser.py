@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from analysis import synthetic
+import synthetic
 from analysis.report import render_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

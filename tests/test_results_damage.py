@@ -131,7 +131,7 @@ def another_experiments(kind: str, root: Path) -> bytes:
         sweep = json.loads((root / layout.SWEEP_CONFIG).read_text())
         return json.dumps(sweep | {"name": "other", "train": sweep["train"] | {"lr": 0.06}}).encode()
     if kind == "metrics.parquet":
-        from analysis import synthetic
+        import synthetic
 
         other = synthetic.write_results(root.parent.parent / "other-experiment")
         return Path(other.full_path(layout.METRICS)).read_bytes()

@@ -1,9 +1,13 @@
-"""A small, schema-valid results tree holding every comparison kind, for tests and for trying the report.
+"""A small, schema-valid results tree holding every comparison kind: a test fixture, and a way to try the report.
 
-    uv run python -m analysis.synthetic /tmp/demo && uv run rayrs analyze /tmp/demo
+    uv run python tests/synthetic.py /tmp/demo && uv run rayrs analyze /tmp/demo
 
 Nothing here is measured: the numbers are made up to look like the paper's findings, so that every figure
-has rows and every caption has something to say. A WRN-10-style network of `LAYERS` (26 layers: stem conv,
+has rows and every caption has something to say (which is why it lives with the tests, not in `analysis`; the
+report's functions are checked on real digits runs in ``tests/test_analysis_real.py``). Each CKA value and
+transfer accuracy carries a made-up but realistic uncertainty, as rayrs writes it (`rayrs.schema`): a
+``std_error`` of the size a 512-image probe gives (`standard_error`) and 20 jackknife replicates whose spread
+is exactly that standard error; each accuracy was "measured" on 512 images. A WRN-10-style network of `LAYERS` (26 layers: stem conv,
 three one-block stages, head), 17 trials: standard and PGD-AT (ε = 2/255, 8/255) at widths 1 and 2 over two
 seeds, TRADES at 8/255, and ℓ2 / Snow / Gabor robust models; 6 epochs each.
 
@@ -26,15 +30,19 @@ import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import pyarrow as pa
 
 from analysis.load import BENIGN
 from rayrs import storage as layout
-from rayrs.schema import METRICS_SCHEMA, SECONDS_FIELD, SIMILARITY_SCHEMA
+from rayrs.schema import JACKKNIFE_FIELD, METRICS_SCHEMA, SECONDS_FIELD, SIMILARITY_SCHEMA, STD_ERROR_FIELD
+from rayrs.similarity.cka import JACKKNIFE_GROUPS
 from rayrs.storage import Storage
 
 EPOCHS = 6
 EXPERIMENT = "synthetic"
+PROBE = 512  # probe images of every comparison, and images of every accuracy
 
 
 def wrn_layers(blocks: bool = False) -> list[tuple[str, str]]:
@@ -199,7 +207,7 @@ def similarity_row(
         "type_a": type_a,
         "type_b": type_b,
         "value": value,
-        "n_examples": 512,
+        "n_examples": PROBE,
         "passes": 3,
         "job": job,
     }
@@ -249,6 +257,8 @@ def metrics_rows(trial: str) -> list[dict]:
                 "test_clean_loss": 1.6 - 0.8 * t,
                 "test_robust_acc": 0.45 * peak * s,
                 "test_robust_loss": 2.2 - 0.4 * peak * s,
+                "train_examples": PROBE,
+                "test_examples": PROBE,
                 "epoch_seconds": 10.0 * (1 + 9 * (method != "standard")) * width,
             }
         )
@@ -376,6 +386,53 @@ def similarity_files() -> dict[tuple[str, str], list[dict]]:
 JOB_SECONDS = {"cka": 1.0, "procrustes": 10.0, "svcca": 8.0, "transfer_accuracy": 0.5}
 
 
+def standard_error(row: dict) -> float | None:
+    """A realistic standard error of a row's value: a transfer accuracy's binomial one over `PROBE` images; for
+    CKA about what the jackknife gives on a 512-image probe (largest mid-range, 0 for a layer with itself);
+    none for Procrustes and SVCCA (rayrs computes them on one minibatch, without replicates)."""
+    value = row["value"]
+    if row["measure"] == "transfer_accuracy":
+        return math.sqrt(value * (1 - value) / PROBE)
+    if row["measure"] != "cka":
+        return None
+    if value >= 1.0:
+        return 0.0
+    return 0.004 + 0.04 * value * (1 - value)
+
+
+def uncertainty_columns(
+    job: str, rows: list[dict], error_of: Callable[[dict], float | None] | None = None
+) -> dict[str, list]:
+    """``std_error`` and ``jackknife`` for ``rows``: per row `JACKKNIFE_GROUPS` replicates around its value whose
+    delete-a-group jackknife standard error is exactly ``error_of(row)`` (default `standard_error`; None: no
+    uncertainty), drawn from a generator seeded by the job, then centred and scaled."""
+    generator = np.random.default_rng(zlib.crc32(job.encode()))
+    errors, replicates = [], []
+    count = JACKKNIFE_GROUPS
+    for row in rows:
+        error = (error_of or standard_error)(row)
+        errors.append(error)
+        if error is None:
+            replicates.append(None)
+            continue
+        noise = generator.standard_normal(count)
+        noise -= noise.mean()
+        scale = math.sqrt((count - 1) / count * float(np.square(noise).sum()))
+        replicates.append((row["value"] + noise * (error / scale)).tolist())
+    return {STD_ERROR_FIELD.name: errors, JACKKNIFE_FIELD.name: replicates}
+
+
+def frame_with_uncertainty(
+    job: str, rows: list[dict], error_of: Callable[[dict], float | None] | None = None
+) -> pl.DataFrame:
+    """``rows`` (`similarity_row` dicts) as a Polars frame with `uncertainty_columns`, as `analysis.load` reads them."""
+    table = pa.Table.from_pylist(rows, schema=SIMILARITY_SCHEMA)
+    for name, values in uncertainty_columns(job, rows, error_of).items():
+        field = STD_ERROR_FIELD if name == STD_ERROR_FIELD.name else JACKKNIFE_FIELD
+        table = table.append_column(field, pa.array(values, type=field.type))
+    return pl.from_arrow(table)
+
+
 def write_metrics(results: Storage, rows: Iterable[dict]) -> None:
     results.write_table(layout.METRICS, pa.Table.from_pylist(list(rows), schema=METRICS_SCHEMA))
 
@@ -386,8 +443,9 @@ def write_similarity(
     """``rows`` as ``similarity/<kind>/<job>.parquet``, their ``job`` column set to ``job`` as in a real file;
     ``extra`` columns (e.g. ``seconds``) appended as given."""
     table = pa.Table.from_pylist([row | {"job": job} for row in rows], schema=SIMILARITY_SCHEMA)
+    types = {field.name: field.type for field in (SECONDS_FIELD, STD_ERROR_FIELD, JACKKNIFE_FIELD)}
     for name, values in (extra or {}).items():
-        table = table.append_column(name, pa.array(values))
+        table = table.append_column(name, pa.array(values, type=types.get(name)))
     results.write_table(layout.similarity(kind, job), table)
 
 
@@ -399,13 +457,14 @@ def write_results(root: str | Path, kinds: Iterable[str] | None = None) -> Stora
     for (kind, job), rows in similarity_files().items():
         if kinds is None or kind in kinds:
             seconds = JOB_SECONDS[rows[0]["measure"]]
-            write_similarity(results, kind, job, rows, extra={SECONDS_FIELD.name: [seconds] * len(rows)})
+            extra = {SECONDS_FIELD.name: [seconds] * len(rows)} | uncertainty_columns(job, rows)
+            write_similarity(results, kind, job, rows, extra=extra)
     return results
 
 
 def _main(argv: list[str]) -> None:
     if len(argv) != 1:
-        sys.exit("usage: python -m analysis.synthetic RESULTS_FOLDER")
+        sys.exit("usage: python tests/synthetic.py RESULTS_FOLDER")
     results = write_results(argv[0])
     print(f"wrote a synthetic experiment to {results.root}; render it with: uv run rayrs analyze {results.root}")
 
