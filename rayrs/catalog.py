@@ -20,7 +20,7 @@ from rayrs import checkpoint
 from rayrs import storage as layout
 from rayrs.config import Experiment, TrialSpec, describe, expand
 from rayrs.errors import UserError
-from rayrs.schema import EPOCH_COLUMNS, METRICS_SCHEMA, TRIAL_COLUMNS, check_job_rows
+from rayrs.schema import EPOCH_COLUMNS, FREEZING_COLUMNS, METRICS_SCHEMA, TRIAL_COLUMNS, check_job_rows
 from rayrs.storage import DamagedFile, Storage
 
 START_AFRESH = "or give the sweep a new name to start afresh"
@@ -95,17 +95,26 @@ def metrics_rows(storage: Storage, trials: Iterable[str]) -> list[dict]:
         epochs = [checkpoint.read_metrics(storage, trial, epoch) for epoch in done]
         best = max(epochs, key=lambda m: (m["test_robust_acc"], -m["epoch"]), default=None)  # earliest of ties
         for metrics in epochs:
-            rows.append(
-                {**{k: record.get(k) for k in TRIAL_COLUMNS}, **{k: metrics.get(k) for k in EPOCH_COLUMNS},
-                 "best_epoch": best["epoch"]}
-            )
+            row = {**{k: record.get(k) for k in TRIAL_COLUMNS}, **{k: metrics.get(k) for k in EPOCH_COLUMNS},
+                   "best_epoch": best["epoch"]}
+            if "frozen_blocks" in metrics:  # CKA-guided freezing: its columns, the trace from meta.json
+                freezing = checkpoint.read_meta(storage, trial, metrics["epoch"]).get("freezing") or {}
+                row.update(frozen_blocks=metrics["frozen_blocks"], freeze_check_seconds=metrics.get("freeze_check_seconds"),
+                           probe_cka_benign=freezing.get("cka_benign"), probe_cka_adversarial=freezing.get("cka_adversarial"))
+            rows.append(row)
     return rows
 
 
 def write_metrics(storage: Storage, trials: Iterable[str]) -> int:
-    """Rebuild ``metrics.parquet`` from the checkpoints of ``trials``; returns the number of rows."""
+    """Rebuild ``metrics.parquet`` from the checkpoints of ``trials``; returns the number of rows.
+
+    `FREEZING_COLUMNS` are appended only when some trial used CKA-guided freezing (null for the others).
+    """
     rows = metrics_rows(storage, trials)
-    storage.write_table(layout.METRICS, pa.Table.from_pylist(rows, schema=METRICS_SCHEMA))
+    schema = METRICS_SCHEMA
+    if any("frozen_blocks" in row for row in rows):
+        schema = pa.schema(list(METRICS_SCHEMA) + [pa.field(name, kind) for name, kind in FREEZING_COLUMNS.items()])
+    storage.write_table(layout.METRICS, pa.Table.from_pylist(rows, schema=schema))
     return len(rows)
 
 

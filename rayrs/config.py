@@ -172,11 +172,34 @@ class AttackSettings(Section):
     restarts: Int = Field(default=1, ge=1)  # evaluation only: an example counts as robust if no restart fools it
 
 
-class FreezeConfig(Section):
-    """Freeze the first layers from an epoch on (paper App. D.5): their weights and BatchNorm statistics stop."""
+class AutoFreezeConfig(Section):
+    """CKA-guided freezing (issue 17; the paper's §7 "staggered freezing"): after each epoch, each residual block's
+    output on a fixed probe of training images is compared (linear CKA, unbiased HSIC) with the previous epoch's;
+    the longest prefix of blocks whose CKA stayed >= ``threshold`` for ``patience`` epochs in a row is frozen from
+    the next epoch on, and never unfrozen (`rayrs.freezing`). A threshold above 1 never freezes (trace only)."""
 
-    through: str = Field(min_length=1)  # every layer up to and including the last one whose name starts with this, e.g. "block1"
-    from_epoch: Int = Field(ge=1)  # frozen during this epoch and every later one
+    threshold: Number = Field(default=0.995, ge=-1)  # CKA(block now, block one epoch ago), benign and adversarial
+    patience: Int = Field(default=2, ge=1)  # consecutive epochs at or above the threshold
+    probe: Int = Field(default=256, ge=4, le=1024)  # training images (fixed by the seed); the Grams are probe^2 floats
+
+
+class FreezeConfig(Section):
+    """Freeze the first layers: from a fixed epoch on (``through`` + ``from_epoch``, paper App. D.5), or where
+    the probe CKA says they have converged (``auto``). Frozen layers' weights and BatchNorm statistics stop."""
+
+    through: str | None = Field(default=None, min_length=1)  # every layer up to and including the last one whose name starts with this, e.g. "block1"
+    from_epoch: Int | None = Field(default=None, ge=1)  # frozen during this epoch and every later one
+    auto: AutoFreezeConfig | None = None  # e.g. {} for the defaults
+
+    @model_validator(mode="after")
+    def _one_form(self) -> FreezeConfig:
+        static = [name for name in ("through", "from_epoch") if getattr(self, name) is not None]
+        if self.auto is not None and static:
+            raise ValueError(f"give either auto (CKA-guided) or through + from_epoch (a fixed epoch), not both; remove {' and '.join(static)}")
+        if self.auto is None and len(static) < 2:
+            missing = next(name for name in ("through", "from_epoch") if getattr(self, name) is None)
+            raise ValueError(f"{missing} is missing: give through + from_epoch, or auto: {{}} for CKA-guided freezing")
+        return self
 
 
 class TrainConfig(Section):
@@ -275,6 +298,17 @@ class TrialConfig(Section):
         freeze = self.train.freeze
         if freeze is None:
             return self
+        if freeze.auto is not None:
+            # The first CKA comes after epoch 2 (against epoch 1); a block needs `patience` of them, then an epoch to be frozen in.
+            if freeze.auto.patience + 2 > self.train.epochs:
+                raise ValueError(
+                    f"train.freeze.auto.patience: {freeze.auto.patience} epochs of stable CKA cannot fit in {self.train.epochs} "
+                    f"epochs (the first CKA is after epoch 2, freezing starts the epoch after); give patience <= "
+                    f"{max(self.train.epochs - 2, 1)} or more epochs"
+                )
+            if not model_layers(self, ("block",)):
+                raise ValueError(f"train.freeze.auto: model {self.model.arch} has no residual blocks to freeze")
+            return self
         if freeze.from_epoch > self.train.epochs:
             raise ValueError(
                 f"train.freeze.from_epoch: {freeze.from_epoch} is past the last epoch ({self.train.epochs}), so nothing "
@@ -292,11 +326,14 @@ class TrialConfig(Section):
         """Short content hash: two trials with the same fingerprint produce the same checkpoints.
 
         Where the dataset's files live (``data.root``) is not part of it: moving the data keeps the results.
-        Nor is ``model.normalize`` at its default (none), so the trials of sweeps from before it keep theirs.
+        Nor is ``model.normalize`` at its default (none), so the trials of sweeps from before it keep theirs,
+        nor the unset form of ``train.freeze`` (``auto`` for a static freeze, ``through``/``from_epoch`` for auto).
         """
-        exclude: dict[str, set[str]] = {"data": {"root"}}
+        exclude: dict[str, Any] = {"data": {"root"}}
         if self.model.normalize == "none":
             exclude["model"] = {"normalize"}
+        if (freeze := self.train.freeze) is not None:  # unset forms of train.freeze: static trials keep their fingerprint
+            exclude["train"] = {"freeze": {name for name in ("through", "from_epoch", "auto") if getattr(freeze, name) is None}}
         canonical = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 

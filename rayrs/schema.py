@@ -137,6 +137,18 @@ EPOCH_COLUMNS = {
 }
 # Epoch metrics that checkpoints written by older versions of rayrs lack: null in their metrics rows.
 OPTIONAL_EPOCH_COLUMNS = frozenset({"train_examples", "test_examples"})
+# CKA-guided freezing (`rayrs.freezing`), appended after METRICS_SCHEMA's columns only by sweeps that use it
+# (optional for readers: older files and other sweeps lack them). ``frozen_blocks``: the residual blocks frozen
+# during the epoch (block k froze at the first epoch where frozen_blocks > k); ``freeze_check_seconds``: the
+# check's time after the epoch (included in ``epoch_seconds``); ``probe_cka_benign`` / ``probe_cka_adversarial``:
+# per block in network order, the linear CKA of its output on the probe with the previous epoch's (null at
+# epoch 1, and adversarial null for standard training). Block names are in each epoch's meta.json.
+FREEZING_COLUMNS = {
+    "frozen_blocks": pa.int32(),
+    "freeze_check_seconds": pa.float64(),
+    "probe_cka_benign": pa.list_(pa.float64()),
+    "probe_cka_adversarial": pa.list_(pa.float64()),
+}
 METRICS_SCHEMA = pa.schema(list(TRIAL_COLUMNS.items()) + list(EPOCH_COLUMNS.items()) + [("best_epoch", pa.int32())])
 
 

@@ -25,6 +25,7 @@ from rayrs.catalog import read_trial_record
 from rayrs.config import TrainConfig, TrialConfig, TrialSpec
 from rayrs.data import DATASETS, ImageDataset, load_dataset, to_float
 from rayrs.errors import UserError
+from rayrs.freezing import GuidedFreezing, probe_generator
 from rayrs.methods import METHODS, Attack, TrainingMethod
 from rayrs.models import MODELS, comparable_layers
 from rayrs.sources import build_for, fixed_subset, make_attack
@@ -182,6 +183,14 @@ def frozen_prefix(model: nn.Module, example: torch.Tensor, through: str) -> list
     return list({id(m): m for m in (modules[layer.module_name] for layer in layers[: matches[-1] + 1])}.values())
 
 
+def guided_freezing(config: TrialConfig, model: nn.Module, data: ImageDataset, device: torch.device) -> GuidedFreezing:
+    """The trial's CKA-guided freezing (`rayrs.freezing`), probing with its training attack when it is robust."""
+    attack_for = (lambda epoch: make_attack(config, "train", probe_generator(config.train.seed, epoch, device))) \
+        if config.train.robust else None
+    return GuidedFreezing(config.train.freeze.auto, model, data.train_images, data.train_labels, config.train.seed,
+                          config.train.epochs, attack_for)
+
+
 def load_trial_data(config: TrialConfig, device: torch.device) -> ImageDataset:
     """The trial's dataset, both splits, on ``device`` (comparisons read the test split alone:
     `rayrs.sources.load_probe_data`)."""
@@ -259,10 +268,13 @@ def _train_trial(spec: TrialSpec, storage: Storage, device: torch.device, report
         model.parameters(), lr=config.train.lr, momentum=config.train.momentum, weight_decay=config.train.weight_decay
     )
     done = checkpoint.completed_epochs(storage, spec.name)
-    if done:
-        checkpoint.restore(storage, spec.name, done[-1], model, optimizer)
+    restored = checkpoint.restore(storage, spec.name, done[-1], model, optimizer) if done else None
     freeze = config.train.freeze
-    frozen = frozen_prefix(model, to_float(data.train_images[:2]), freeze.through) if freeze else []
+    static = freeze is not None and freeze.auto is None
+    frozen = frozen_prefix(model, to_float(data.train_images[:2]), freeze.through) if static else []
+    guide = guided_freezing(config, model, data, device) if freeze is not None and freeze.auto is not None else None
+    if guide is not None and restored is not None:
+        guide.resume(done[-1], restored)
     compiled = config.train.compile is True or (config.train.compile == "auto" and device.type == "cuda")
     runner = torch.compile(model) if compiled else model  # weights stay shared with `model`
     train_subset = fixed_subset(config.eval.train_subset, data.train_images.shape[0], device)
@@ -271,11 +283,12 @@ def _train_trial(spec: TrialSpec, storage: Storage, device: torch.device, report
     for epoch in range((done[-1] if done else 0) + 1, config.train.epochs + 1):
         started = time.perf_counter()
         generator = epoch_generator(config.train.seed, epoch, device)
-        frozen_now = frozen if freeze and epoch >= freeze.from_epoch else []
+        frozen_now = guide.frozen_modules() if guide else frozen if static and epoch >= freeze.from_epoch else []
         for parameter in (p for module in frozen_now for p in module.parameters()):
             parameter.requires_grad_(False)
         train_attack = make_attack(config, "train", generator)
         objective = train_epoch(runner, optimizer, data, config, epoch, train_attack, generator, frozen_now)
+        checked, freezing = guide.after_epoch(epoch) if guide else ({}, None)
         eval_attack = strongest_of(make_attack(config, "eval", generator), config.eval.attack.restarts)
         metrics: dict[str, Any] = {
             "epoch": epoch,
@@ -289,8 +302,11 @@ def _train_trial(spec: TrialSpec, storage: Storage, device: torch.device, report
         ):
             scores = evaluate(runner, images[subset], labels[subset], eval_attack, config.eval.batch_size, config.train.precision)
             metrics.update({f"{split}_{name}": value for name, value in scores.items()})
+        metrics.update(checked)
         metrics["epoch_seconds"] = time.perf_counter() - started
-        checkpoint.save_epoch(storage, spec.name, epoch, model, optimizer, {"metrics": metrics, "device": str(device), **(where or {})})
+        extra = {"freezing": freezing} if freezing is not None else {}
+        checkpoint.save_epoch(storage, spec.name, epoch, model, optimizer,
+                              {"metrics": metrics, "device": str(device), **extra, **(where or {})})
         report(metrics)
         history.append(metrics)
     return history

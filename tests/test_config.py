@@ -142,6 +142,18 @@ BAD_FILES = {
     "YAML nested too deeply": ("grid: {seed: " + "[" * 5000 + "]" * 5000 + "}\n", "not valid YAML: nested too deeply"),
     "a huge file": ("# padding\n" * 200_000, "larger than 1 MiB; a sweep file is a few lines of YAML"),
     "an overlong experiment name": ("name: " + "x" * 101 + "\n", "name: String should have at most 100 characters"),
+    # CKA-guided freezing (issue 17): one form or the other, and a patience that fits the epochs.
+    "both forms of freezing": ("train: {epochs: 5, freeze: {through: block1, from_epoch: 2, auto: {}}}\n",
+                               "train.freeze: give either auto (CKA-guided) or through + from_epoch (a fixed epoch), not both; remove through and from_epoch"),
+    "half a static freeze": ("train: {epochs: 5, freeze: {through: block1}}\n",
+                             "train.freeze: from_epoch is missing: give through + from_epoch, or auto: {} for CKA-guided freezing"),
+    "a patience past the epochs": ("train: {epochs: 4, freeze: {auto: {patience: 3}}}\n",
+                                   "train.freeze.auto.patience: 3 epochs of stable CKA cannot fit in 4 epochs"),
+    "a threshold below -1": ("train: {epochs: 5, freeze: {auto: {threshold: -2}}}\n",
+                             "train.freeze.auto.threshold: Input should be greater than or equal to -1"),
+    "a probe too small for the unbiased HSIC": ("train: {epochs: 5, freeze: {auto: {probe: 3}}}\n",
+                                                "train.freeze.auto.probe: Input should be greater than or equal to 4"),
+    "a misspelt auto setting": ("train: {epochs: 5, freeze: {auto: {treshold: 0.9}}}\n", "train.freeze.auto: unknown key 'treshold'"),
     "freezing after the last epoch": ("train: {epochs: 2, freeze: {through: block1, from_epoch: 3}}\n",
                                       "train.freeze.from_epoch: 3 is past the last epoch (2), so nothing would be frozen"),
 }
@@ -245,3 +257,21 @@ def test_model_normalize_at_its_default_leaves_the_fingerprint_as_it_was():
     plain = TrialConfig.model_validate({"model": {"arch": "resnet18"}})
     normalised = TrialConfig.model_validate({"model": {"arch": "resnet18", "normalize": "imagenet"}})
     assert normalised.fingerprint() != plain.fingerprint()
+
+
+def test_guided_freezing_is_part_of_the_fingerprint_and_a_static_freeze_keeps_its_own():
+    # train.freeze.auto came after static freezing: a static freeze hashes as it did before (no `auto: null`),
+    # and each auto setting makes a different trial (its checkpoints differ).
+    import hashlib
+    import json
+
+    from rayrs.config import TrialConfig
+
+    static = TrialConfig.model_validate({"train": {"epochs": 5, "freeze": {"through": "block1", "from_epoch": 2}}})
+    before = static.model_dump(mode="json", exclude={"data": {"root"}, "model": {"normalize"}})
+    del before["train"]["freeze"]["auto"]
+    assert static.fingerprint() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
+    autos = [TrialConfig.model_validate({"train": {"epochs": 5, "freeze": {"auto": auto}}})
+             for auto in ({}, {"threshold": 0.9}, {"patience": 3}, {"probe": 128})]
+    assert len({config.fingerprint() for config in autos + [static]}) == 5
+    assert autos[0].train.freeze.auto.model_dump() == {"threshold": 0.995, "patience": 2, "probe": 256}

@@ -1,0 +1,187 @@
+"""CKA-guided freezing (issue 17): a trial watches its residual blocks converge and stops updating them.
+
+The paper ends (§7, "Staggered freezing of layers during training") by proposing to use CKA during training:
+early layers converge within a few epochs (its Fig 6), so they could be frozen; its App. D.5 freezes by hand at
+a fixed epoch (``train.freeze: {through, from_epoch}``). With ``train.freeze: {auto: {...}}`` the trial decides:
+
+- After each epoch, each residual block's output (a ``block`` layer, `rayrs.models`) on a fixed probe of
+  ``probe`` TRAINING images (chosen by the trial's seed, never augmented) becomes a U-centred (n, n) Gram
+  (`rayrs.similarity.grams.GramRecorder`, the comparison engine's). For robust methods the same images are
+  also attacked with the trial's training attack on the current model, giving a second Gram per block.
+- Each Gram is compared with the previous epoch's, kept in memory (n^2 floats per block and probe, never an
+  activation): linear CKA with the unbiased HSIC estimator, as `rayrs.similarity.cka` computes it. A block's
+  score is the lower of its benign and adversarial CKA.
+- A block's streak counts the consecutive epochs its score stayed >= ``threshold``. The longest prefix of blocks
+  whose streaks reached ``patience`` is frozen from the next epoch on (its weights and BatchNorm statistics,
+  with everything that runs before it, exactly as static freezing), and never unfrozen. The first score is
+  after epoch 2 (against epoch 1): a block never freezes before epoch ``patience + 2``. No decision is taken
+  after the last epoch.
+
+Resume. The decision state (streaks, frozen count, the epoch each block froze, the CKA trace) is in each
+epoch's ``meta.json`` under ``freezing``; the previous epoch's Grams are recomputed from its checkpoint, the
+weights a resumed trial starts from anyway. Why recompute and not store: it is one probe pass (a few percent of
+an epoch, once per resume), adds no file to the checkpoint layout, and the Grams are a deterministic function
+of the saved float32 weights, the seed-fixed probe and a seed-fixed attack generator, so on the same device
+type and thread count (`rayrs.train.cpu_threads`) the resumed trial sees bit-for-bit the Grams the
+uninterrupted one had. (A GPU that picked a different convolution algorithm after a restart could change the
+last bits of a Gram, and so of the next CKA: a threshold decision would flip only if that CKA sat within ~1e-7
+of the threshold.)
+
+Cost. Frozen parameters have ``requires_grad`` off, so autograd records nothing for the frozen prefix when its
+input needs no gradient: standard training, and the final update of PGD-AT and TRADES (the adversarial images
+come detached), run the prefix forward only, keep none of its activations for backward, and the backward pass
+stops at the frozen boundary. The attack steps of adversarial training still backpropagate through the prefix
+to reach the input: there only the prefix's weight-gradient products are saved, which the attacks already skip
+(`rayrs.attacks.base`). ``benchmarks/guided_freezing.py`` measures what that is worth per method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from rayrs.config import AutoFreezeConfig
+from rayrs.data import to_float
+from rayrs.models import ALL_LAYER_TYPES, BLOCK, Layer, comparable_layers
+from rayrs.similarity.grams import layer_grams
+
+Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, images, labels) -> adversarial
+PROBE_SEED_OFFSET = 7_919  # the probe's images: a stream of its own, apart from the data order's
+
+
+def probe_indices(seed: int, size: int, population: int) -> torch.Tensor:
+    """The ``size`` training-set indices of a trial's probe: fixed by its seed, (size,) int64 on the CPU."""
+    order = torch.randperm(population, generator=torch.Generator().manual_seed(seed + PROBE_SEED_OFFSET))
+    return order[: min(size, population)]
+
+
+def probe_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    """The random starts of the adversarial probe after ``epoch``: apart from the epoch's training stream
+    (`rayrs.train.epoch_generator`, ``seed * 100_003 + epoch`` with epoch <= 10_000), the same on a resume."""
+    return torch.Generator(device=device).manual_seed(seed * 100_003 + 50_000 + epoch)
+
+
+def paired_cka(now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """Linear CKA of each layer with itself at two times: (L,) float64, NaN for a layer constant on the probe.
+
+    now, before: (L, n, n) U-centred Grams (`rayrs.similarity.cka.u_center`) of the same n examples.
+    HSIC_1(K, L) = <U(K), U(L)>_F / (n(n-3)) (Song et al. 2012, eq. 5); the factor cancels in
+    CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) (Kornblith et al. 2019), so only inner products remain.
+    """
+    a, b = now.flatten(1).double(), before.flatten(1).double()
+    return (a * b).sum(1) / torch.sqrt((a * a).sum(1) * (b * b).sum(1))
+
+
+def block_layers(model: nn.Module, example: torch.Tensor) -> tuple[list[Layer], list[list[nn.Module]]]:
+    """The model's residual blocks in execution order (renumbered 0..B-1, as `GramRecorder` wants them) and,
+    for each k, the modules that freezing the first k + 1 blocks stops: every compared module that runs up to
+    the end of block k (the stem included), and the block itself.
+
+    example: (n, C, H, W) float on the model's device, n >= 1.
+    """
+    layers = comparable_layers(model, example, ALL_LAYER_TYPES)
+    modules = dict(model.named_modules())
+    blocks, prefixes = [], []
+    for layer in layers:
+        if layer.type != BLOCK:
+            continue
+        blocks.append(dataclasses.replace(layer, index=len(blocks)))
+        upto = layers[: layer.index + 1]
+        prefixes.append(list({id(m): m for m in (modules[item.module_name] for item in upto)}.values()))
+    return blocks, prefixes
+
+
+class GuidedFreezing:
+    """The decision state of one trial's CKA-guided freezing, and the per-epoch check (see the module doc).
+
+    model: the trial's (uncompiled) model. train_images: (N, C, H, W) uint8 and train_labels (N,) on the
+    model's device. attack_for: epoch -> the trial's training attack for the adversarial probe, or None for
+    standard training (benign probe only).
+    """
+
+    def __init__(self, settings: AutoFreezeConfig, model: nn.Module, train_images: torch.Tensor,
+                 train_labels: torch.Tensor, seed: int, epochs: int, attack_for: Callable[[int], Attack] | None) -> None:
+        self.settings, self.model, self.epochs, self.attack_for = settings, model, epochs, attack_for
+        chosen = probe_indices(seed, settings.probe, train_images.shape[0]).to(train_images.device)
+        self.images, self.labels = to_float(train_images[chosen]), train_labels[chosen]
+        self.blocks, self._prefixes = block_layers(model, self.images[:2])
+        count = len(self.blocks)
+        self.streak = [0] * count
+        self.frozen = 0  # the first `frozen` blocks are frozen (with the stem)
+        self.frozen_from: list[int | None] = [None] * count  # the first epoch each block trained frozen
+        self._previous: dict[str, torch.Tensor] | None = None  # probe -> (B, n, n) Grams of the last epoch
+
+    @property
+    def probes(self) -> tuple[str, ...]:
+        return ("benign", "adversarial") if self.attack_for is not None else ("benign",)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The modules to keep frozen this epoch (empty before the first block freezes)."""
+        return self._prefixes[self.frozen - 1] if self.frozen else []
+
+    def resume(self, epoch: int, meta: dict[str, Any]) -> None:
+        """Continue after ``epoch``, whose checkpoint (already in ``model``) wrote ``meta``: reload the decision
+        state from its ``freezing`` record and recompute that epoch's Grams from the restored weights."""
+        record = meta.get("freezing")
+        if not isinstance(record, dict) or record.get("blocks") != [block.name for block in self.blocks]:
+            raise ValueError(f"epoch {epoch}'s meta.json has no freezing record for blocks {[b.name for b in self.blocks]}")
+        self.streak = list(record["streak"])
+        self.frozen = int(record["frozen_blocks"])
+        self.frozen_from = list(record["frozen_from"])
+        self._previous = self._grams(epoch)
+
+    def after_epoch(self, epoch: int) -> tuple[dict[str, float], dict[str, Any]]:
+        """The check after training ``epoch``: (metrics to add, the ``freezing`` record for meta.json).
+
+        Updates the streaks and, before the last epoch, the frozen prefix for the next epoch. The metrics are
+        ``frozen_blocks`` (blocks frozen DURING this epoch) and ``freeze_check_seconds`` (this check's time).
+        """
+        started = time.perf_counter()
+        trained_frozen = self.frozen
+        grams = self._grams(epoch)
+        cka = {probe: [math.nan] * len(self.blocks) for probe in self.probes}
+        if self._previous is not None:
+            for probe in self.probes:
+                cka[probe] = paired_cka(grams[probe], self._previous[probe]).tolist()
+            for b in range(len(self.blocks)):
+                score = min(cka[probe][b] for probe in self.probes)
+                self.streak[b] = self.streak[b] + 1 if score >= self.settings.threshold else 0  # NaN: never stable
+        self._previous = grams
+        if epoch < self.epochs:
+            stable = next((b for b, streak in enumerate(self.streak) if streak < self.settings.patience), len(self.blocks))
+            for b in range(self.frozen, stable):  # never unfrozen: only a longer prefix moves the boundary
+                self.frozen_from[b] = epoch + 1
+            self.frozen = max(self.frozen, stable)
+        record = {
+            "blocks": [block.name for block in self.blocks],
+            **{f"cka_{probe}": [None if math.isnan(v) else v for v in cka[probe]] for probe in self.probes},
+            "streak": list(self.streak),
+            "frozen_blocks": self.frozen,  # after this epoch's decision: frozen from the next epoch on
+            "frozen_from": list(self.frozen_from),
+            "threshold": self.settings.threshold,
+            "patience": self.settings.patience,
+            "probe": int(self.images.shape[0]),
+        }
+        metrics = {"frozen_blocks": trained_frozen, "freeze_check_seconds": time.perf_counter() - started}
+        return metrics, record
+
+    def _grams(self, epoch: int) -> dict[str, torch.Tensor]:
+        """probe -> (B, n, n) float32 U-centred Grams of every block of the current model (eval mode, fp32)."""
+        grams = {"benign": layer_grams(self.model, self.blocks, self.images)}
+        if self.attack_for is not None:
+            # Attacked in eval mode whatever the attack's bn_eval: the check must not move a running statistic.
+            modes = {module: module.training for module in self.model.modules()}
+            self.model.eval()
+            try:
+                adversarial = self.attack_for(epoch)(self.model, self.images, self.labels)
+            finally:
+                for module, training in modes.items():
+                    module.training = training
+            grams["adversarial"] = layer_grams(self.model, self.blocks, adversarial)
+        return grams
