@@ -294,8 +294,11 @@ def _train_trial(spec: TrialSpec, storage: Storage, device: torch.device, report
         model.parameters(), lr=config.train.lr, momentum=config.train.momentum, weight_decay=config.train.weight_decay
     )
     done = checkpoint.completed_epochs(storage, spec.name)
+    keep = config.checkpoint
     if done:
         checkpoint.restore(storage, spec.name, done[-1], model, optimizer)
+        if keep.optimizer == "last":  # also what a crash between an epoch's commit and the deletion below left
+            checkpoint.drop_optimizer_states(storage, spec.name, done[:-1])
     freeze = config.train.freeze
     frozen = frozen_prefix(model, to_float(data.train_images[:2]), freeze.through) if freeze else []
     compiled = config.train.compile is True or (config.train.compile == "auto" and device.type == "cuda")
@@ -325,7 +328,10 @@ def _train_trial(spec: TrialSpec, storage: Storage, device: torch.device, report
             scores = evaluate(runner, images[subset], labels[subset], eval_attack, config.eval.batch_size, config.train.precision)
             metrics.update({f"{split}_{name}": value for name, value in scores.items()})
         metrics["epoch_seconds"] = time.perf_counter() - started
-        checkpoint.save_epoch(storage, spec.name, epoch, model, optimizer, {"metrics": metrics, "device": str(device), **(where or {})})
+        checkpoint.save_epoch(storage, spec.name, epoch, model, optimizer, {"metrics": metrics, "device": str(device), **(where or {})},
+                              weights_dtype=keep.weights_dtype)
+        if keep.optimizer == "last" and epoch > 1:  # only now that epoch `epoch` has committed (meta.json written)
+            checkpoint.drop_optimizer_states(storage, spec.name, [epoch - 1])
         report(metrics)
         history.append(metrics)
     return history
