@@ -7,6 +7,18 @@ epoch that readers do not see, and training resumes from the last complete one.
 Every file says whose it is: ``meta.json`` holds its trial and epoch, and each safetensors file the same in
 its header's metadata. A reader checks them, so a file copied or swapped from another trial or epoch is
 refused (one line naming it and the way out) instead of silently read as this one's.
+
+What an epoch keeps (the sweep's ``checkpoint:`` section, `rayrs.config.CheckpointConfig`):
+
+- ``model.safetensors``, every epoch: the weights, archived in ``weights_dtype``. In bfloat16 only the floating
+  parameters are rounded; buffers keep their dtype (BatchNorm's running statistics stay float32: they are
+  under 1% of the bytes, and a running mean large against its running std would lose a visible part of that
+  std to bf16's 8-bit mantissa; ``num_batches_tracked`` stays int64).
+- ``optimizer.safetensors``, the resume state: the optimiser's tensors, plus, when the archive is bf16, the
+  float32 value of every tensor the archive rounded (keys ``weights:<name>``), so that resuming is exact.
+  With ``optimizer: last`` only the latest committed epoch has one: epoch e-1's is deleted after epoch e's
+  meta.json is written, never before, so a crash at any point leaves a resumable epoch. Readers other than
+  `restore` never open it; an epoch without it is complete (its meta.json says so).
 """
 
 from __future__ import annotations
@@ -28,18 +40,42 @@ from rayrs.schema import EPOCH_COLUMNS, OPTIONAL_EPOCH_COLUMNS
 from rayrs.storage import DamagedFile, Storage
 
 _EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
+WEIGHTS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_EXACT_WEIGHTS = "weights:"  # key prefix, in the resume state, of the float32 tensors a bf16 archive rounded
 
 
 def save_epoch(
-    storage: Storage, trial: str, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any]
+    storage: Storage, trial: str, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any],
+    weights_dtype: str = "float32",
 ) -> None:
-    """Write the checkpoint of ``trial`` after ``epoch``: weights, optimiser state, then meta.json."""
+    """Write the checkpoint of ``trial`` after ``epoch``: weights (as ``weights_dtype``), the resume state
+    (optimiser tensors, and the float32 tensors the archive rounded), then meta.json."""
     weights = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
     owner = _owner(trial, epoch)
-    storage.write_bytes(layout.weights(trial, epoch), save_safetensors(weights, metadata=owner))
-    optimizer_state = _optimizer_tensors(model, optimizer)
-    storage.write_bytes(layout.optimizer_state(trial, epoch), save_safetensors(optimizer_state, metadata=owner))
-    storage.write_json(layout.epoch_meta(trial, epoch), {"trial": trial, "epoch": epoch, **meta})
+    archive = archived(model, weights, weights_dtype)
+    storage.write_bytes(layout.weights(trial, epoch), save_safetensors(archive, metadata=owner))
+    resume = _optimizer_tensors(model, optimizer)
+    resume.update({_EXACT_WEIGHTS + name: weights[name] for name in weights if archive[name].dtype != weights[name].dtype})
+    storage.write_bytes(layout.optimizer_state(trial, epoch), save_safetensors(resume, metadata=owner))
+    storage.write_json(layout.epoch_meta(trial, epoch), {"trial": trial, "epoch": epoch, "weights_dtype": weights_dtype, **meta})
+
+
+def archived(model: nn.Module, state: dict[str, torch.Tensor], weights_dtype: str) -> dict[str, torch.Tensor]:
+    """``state`` (``model``'s state dict, any device, the meta device too) as the archive stores it: floating
+    parameters in ``weights_dtype``, buffers as they are (see the module docstring for why)."""
+    dtype = WEIGHTS_DTYPES[weights_dtype]
+    parameters = {name for name, _ in model.named_parameters()}
+    return {name: tensor.to(dtype) if name in parameters and tensor.is_floating_point() else tensor
+            for name, tensor in state.items()}
+
+
+def drop_optimizer_states(storage: Storage, trial: str, epochs: list[int]) -> None:
+    """Delete the resume state (``optimizer.safetensors``) of ``trial``'s ``epochs`` where it exists.
+
+    Only for epochs older than a committed one: the caller keeps the latest committed epoch's.
+    """
+    for epoch in epochs:
+        storage.delete_file(layout.optimizer_state(trial, epoch))
 
 
 def completed_epochs(storage: Storage, trial: str) -> list[int]:
@@ -99,8 +135,9 @@ def _not_an_epoch_record(storage: Storage, path: str, trial: str, problem: str) 
 
 
 def load_weights(storage: Storage, trial: str, epoch: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """The state dict of ``trial`` after ``epoch``, on ``device``."""
-    return _read_tensors(storage, layout.weights(trial, epoch), trial, epoch, device)
+    """The state dict of ``trial`` after ``epoch``, on ``device``; a bf16 archive's tensors come back float32."""
+    state = _read_tensors(storage, layout.weights(trial, epoch), trial, epoch, device)
+    return {name: tensor.float() if tensor.dtype == torch.bfloat16 else tensor for name, tensor in state.items()}
 
 
 def load_model_weights(storage: Storage, trial: str, epoch: int, model: nn.Module) -> None:
@@ -132,12 +169,27 @@ def load_model_weights(storage: Storage, trial: str, epoch: int, model: nn.Modul
 def restore(
     storage: Storage, trial: str, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
-    """Load weights and optimiser state of ``epoch`` into ``model``/``optimizer``; return its meta.json."""
+    """Load weights and resume state of ``epoch`` into ``model``/``optimizer``; return its meta.json.
+
+    The weights are exactly those trained: from the archive, overwritten by the resume state's float32 copies
+    of whatever a bf16 archive rounded.
+    """
     device = next(model.parameters()).device
     load_model_weights(storage, trial, epoch, model)
+    if not storage.exists(layout.optimizer_state(trial, epoch)):
+        raise UserError(
+            f"{storage.full_path(layout.optimizer_state(trial, epoch))} is missing: epoch {epoch} is {trial}'s latest "
+            f"complete epoch, and training cannot resume exactly without its optimiser state (with checkpoint.optimizer: "
+            f"last only the latest epoch keeps one); rerun the sweep with --redo {trial} to retrain that trial"
+        )
     state = _read_tensors(storage, layout.optimizer_state(trial, epoch), trial, epoch, device)
     by_name = dict(model.named_parameters())
+    exact = {key.removeprefix(_EXACT_WEIGHTS): tensor for key, tensor in state.items() if key.startswith(_EXACT_WEIGHTS)}
+    if exact:
+        model.load_state_dict(exact, strict=False)  # copies into the parameters, which stay float32
     for key, tensor in state.items():
+        if key.startswith(_EXACT_WEIGHTS):
+            continue
         name, slot = key.rsplit(":", 1)
         optimizer.state[by_name[name]][slot] = tensor
     return read_meta(storage, trial, epoch)

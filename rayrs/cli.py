@@ -110,27 +110,31 @@ def sweep(
 
 def _print_plan(experiment, results: str | None, gpu_tflops: float) -> None:
     from analysis.load import format_eps
-    from rayrs.cost import trial_gpu_hours
+    from rayrs.cost import format_bytes, trial_gpu_hours, trial_storage
     from rayrs.similarity.jobs import plan_jobs
     from rayrs.sweep import experiment_storage
 
     trials = expand(experiment)
     table = Table(title=f"{experiment.name}: {len(trials)} trials -> {experiment_storage(experiment, results).root}")
-    for column in ("trial", "dataset", "model", "method", "threat model", "eps", "epochs", "seed", "GPU-h"):
+    for column in ("trial", "dataset", "model", "method", "threat model", "eps", "epochs", "seed", "GPU-h", "storage"):
         table.add_column(column)
     hours = [trial_gpu_hours(trial.config, gpu_tflops) for trial in trials]
-    for trial, trial_hours in zip(trials, hours):
+    sizes = [trial_storage(trial.config) for trial in trials]
+    for trial, trial_hours, size in zip(trials, hours, sizes):
         c = trial.config
         info = MODELS[c.model.arch]
         depth, width = c.model.depth or info.default_depth, c.model.width or info.default_width
         model = "-".join(str(part) for part in (c.model.arch, depth, width) if part is not None)
         table.add_row(trial.name, c.data.dataset, model, c.train.method, c.train.threat_model, format_eps(c.train.eps),
-                      str(c.train.epochs), str(c.train.seed), f"{trial_hours:.2f}")
+                      str(c.train.epochs), str(c.train.seed), f"{trial_hours:.2f}", format_bytes(size.total))
     out = Console()
     if not out.is_terminal:  # a log or a pipe: wide enough that trial names are never cut
         out = Console(width=200)
     out.print(table)
     out.print(f"training: ~{sum(hours):.1f} GPU-hours at {gpu_tflops:g} sustained TFLOP/s (--gpu-tflops)")
+    kept = sorted({f"optimizer: {t.config.checkpoint.optimizer}, weights_dtype: {t.config.checkpoint.weights_dtype}" for t in trials})
+    out.print(f"checkpoints: ~{format_bytes(sum(size.total for size in sizes))} (every epoch's weights; checkpoint: "
+              f"{' | '.join(kept)})")
     jobs = plan_jobs(experiment, trials)
     out.print(f"{len(jobs)} comparison jobs:")
     for job in jobs:

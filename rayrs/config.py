@@ -259,6 +259,20 @@ class EvalConfig(Section):
     batch_size: Int = Field(default=256, ge=1)
 
 
+class CheckpointConfig(Section):
+    """What each epoch's checkpoint keeps (`rayrs.checkpoint`). Every epoch's weights are kept (the cross-epoch
+    figures read them); training resumes exactly whatever is chosen here.
+
+    optimizer: ``last`` keeps the optimiser state of the latest committed epoch only (the previous epoch's is
+    deleted once the new epoch has committed: half the bytes of ``every``); ``every`` keeps it for every epoch.
+    weights_dtype: the dtype the weights are archived in. ``bfloat16`` halves the archive; the latest epoch's
+    float32 weights are then kept with its optimiser state, so a resume is still exact.
+    """
+
+    optimizer: Literal["last", "every"] = "last"
+    weights_dtype: Literal["float32", "bfloat16"] = "float32"
+
+
 class TrialConfig(Section):
     """Everything that determines one training run (and therefore its checkpoints)."""
 
@@ -266,6 +280,7 @@ class TrialConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
     @model_validator(mode="after")
     def _default_eps(self) -> TrialConfig:
@@ -328,10 +343,15 @@ class TrialConfig(Section):
         Where the dataset's files live (``data.root``) is not part of it: moving the data keeps the results.
         Nor is ``model.normalize`` at its default (none), so the trials of sweeps from before it keep theirs,
         nor the unset form of ``train.freeze`` (``auto`` for a static freeze, ``through``/``from_epoch`` for auto).
+        Nor is ``checkpoint.optimizer``: it decides only which optimiser files stay, never a weight, a metric or
+        anything a comparison reads. ``checkpoint.weights_dtype`` is, when not float32: bf16 archives are other
+        weights for every comparison, and content-addressed comparison jobs must not mistake one for the other.
         """
-        exclude: dict[str, Any] = {"data": {"root"}}
+        exclude: dict[str, Any] = {"data": {"root"}, "checkpoint": {"optimizer"}}
         if self.model.normalize == "none":
             exclude["model"] = {"normalize"}
+        if self.checkpoint.weights_dtype == "float32":
+            exclude["checkpoint"] = True
         if (freeze := self.train.freeze) is not None:  # unset forms of train.freeze: static trials keep their fingerprint
             exclude["train"] = {"freeze": {name for name in ("through", "from_epoch", "auto") if getattr(freeze, name) is None}}
         canonical = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True)
@@ -597,6 +617,7 @@ class Experiment(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     grid: GridAxes | list[GridAxes] = Field(default_factory=dict)
     max_trials: Int = Field(default=MAX_TRIALS, ge=1)  # a grid of more trials is refused before it is expanded
     max_jobs: Int = Field(default=MAX_JOBS, ge=1)  # so are comparisons that would make more jobs
@@ -848,7 +869,7 @@ def trial_name(axes: dict[str, Any]) -> str:
 
 def expand(experiment: Experiment, source: str | Path = "sweep") -> list[TrialSpec]:
     """The experiment's trials: the product of each grid's axes (the union over a list of grids)."""
-    base = {section: getattr(experiment, section).model_dump(mode="json") for section in ("data", "model", "train", "eval")}
+    base = {section: getattr(experiment, section).model_dump(mode="json") for section in ("data", "model", "train", "eval", "checkpoint")}
     grids = experiment.grid if isinstance(experiment.grid, list) else [experiment.grid]
     grids = [canonical_axes(axes) for axes in grids]  # the YAML's order and sweep.json's give the same trials
     points = [dict(zip(axes, values)) for axes in grids for values in itertools.product(*axes.values())]

@@ -5,10 +5,13 @@ meta device (no memory, no weights). An adversarial-training step costs its atta
 step: an attack step is a forward and an input-only backward (about 2 forwards: no weight gradients), a
 training step a forward and a full backward (about 3 forwards). The sustained throughput is an assumption
 the user sets (``--gpu-tflops``; measure yours with ``benchmarks/train_step.py``, which prints it).
+
+Storage (`trial_storage`) is counted from the model's tensors and the sweep's ``checkpoint:`` section.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -54,3 +57,58 @@ def trial_gpu_hours(config: TrialConfig, gpu_tflops: float = DEFAULT_GPU_TFLOPS)
     size = config.data.image_size or dataset.default_image_size
     flops = forward_flops(config.model.arch, config.model.depth, config.model.width, dataset.channels, size, 10)  # 10 classes each
     return trial_forwards(config) * flops / (gpu_tflops * 1e12) / 3600
+
+
+@dataclass(frozen=True)
+class StorageEstimate:
+    """Bytes one trial's checkpoints take (`rayrs.checkpoint`): tensor bytes, which are all but a few KB of each
+    file (safetensors' JSON header names each tensor; meta.json holds the epoch's metrics)."""
+
+    weights_per_epoch: int  # model.safetensors: parameters and buffers at their archived dtypes
+    resume_state: int  # one optimizer.safetensors: SGD momentum, plus the float32 copies a bf16 archive needs
+    epochs: int
+    resume_states_kept: int  # 1 with checkpoint.optimizer: last, every epoch's with every
+
+    @property
+    def total(self) -> int:
+        return self.weights_per_epoch * self.epochs + self.resume_state * self.resume_states_kept
+
+    @property
+    def per_epoch(self) -> float:
+        return self.total / self.epochs
+
+
+def trial_storage(config: TrialConfig) -> StorageEstimate:
+    """What ``config``'s checkpoints will take on storage, from its model's tensors (built on the meta device).
+
+    Weights: every parameter and buffer at the dtype the archive stores it in (`rayrs.checkpoint.archived`),
+    every epoch. Resume state: one momentum buffer per parameter (SGD keeps none without momentum; a layer
+    frozen from the first epoch never gets one, so the estimate is an upper bound there), plus the float32 value
+    of each tensor a bf16 archive rounds; kept for the last epoch only, or every epoch.
+    """
+    from rayrs.checkpoint import archived
+
+    dataset = DATASETS[config.data.dataset]
+    with torch.device("meta"):
+        model = build_model(config.model.arch, num_classes=10, in_channels=dataset.channels, depth=config.model.depth,
+                            width=config.model.width, normalize=config.model.normalize)
+    state = model.state_dict()
+    archive = archived(model, state, config.checkpoint.weights_dtype)
+    weights = sum(_bytes(tensor) for tensor in archive.values())
+    momentum = sum(_bytes(p) for p in model.parameters()) if config.train.momentum > 0 else 0
+    exact = sum(_bytes(state[name]) for name, tensor in archive.items() if tensor.dtype != state[name].dtype)
+    epochs = config.train.epochs
+    return StorageEstimate(weights, momentum + exact, epochs, 1 if config.checkpoint.optimizer == "last" else epochs)
+
+
+def format_bytes(count: float) -> str:
+    """``count`` bytes in decimal units, three significant digits: 1.22 MB, 190 GB."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if count < 999.5 or unit == "TB":
+            return f"{count:.3g} {unit}" if unit != "B" else f"{count:.0f} B"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def _bytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()

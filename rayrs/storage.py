@@ -7,7 +7,8 @@ relative to that root, is defined here and nowhere else::
     sweep.json                                   the validated sweep, as run (resume checks it)
     trials/<trial>/trial.json                    the trial's full parameters
     trials/<trial>/epoch_<eeee>/model.safetensors       weights after epoch e (e = 1..epochs)
-    trials/<trial>/epoch_<eeee>/optimizer.safetensors   optimiser state, so training resumes exactly
+    trials/<trial>/epoch_<eeee>/optimizer.safetensors   resume state, so training resumes exactly; by default
+                                                        the latest epoch's only (`rayrs.checkpoint`)
     trials/<trial>/epoch_<eeee>/meta.json               epoch, metrics, parameters; written LAST:
                                                         an epoch exists iff its meta.json does
     metrics.parquet                              one row per trial x epoch (built from the meta.json files)

@@ -268,7 +268,10 @@ def _train_trial(spec: TrialSpec, storage: Storage, device: torch.device, report
         model.parameters(), lr=config.train.lr, momentum=config.train.momentum, weight_decay=config.train.weight_decay
     )
     done = checkpoint.completed_epochs(storage, spec.name)
+    keep = config.checkpoint
     restored = checkpoint.restore(storage, spec.name, done[-1], model, optimizer) if done else None
+    if done and keep.optimizer == "last":  # also what a crash between an epoch's commit and the deletion below left
+        checkpoint.drop_optimizer_states(storage, spec.name, done[:-1])
     freeze = config.train.freeze
     static = freeze is not None and freeze.auto is None
     frozen = frozen_prefix(model, to_float(data.train_images[:2]), freeze.through) if static else []
@@ -306,7 +309,10 @@ def _train_trial(spec: TrialSpec, storage: Storage, device: torch.device, report
         metrics["epoch_seconds"] = time.perf_counter() - started
         extra = {"freezing": freezing} if freezing is not None else {}
         checkpoint.save_epoch(storage, spec.name, epoch, model, optimizer,
-                              {"metrics": metrics, "device": str(device), **extra, **(where or {})})
+                              {"metrics": metrics, "device": str(device), **extra, **(where or {})},
+                              weights_dtype=keep.weights_dtype)
+        if keep.optimizer == "last" and epoch > 1:  # only now that epoch `epoch` has committed (meta.json written)
+            checkpoint.drop_optimizer_states(storage, spec.name, [epoch - 1])
         report(metrics)
         history.append(metrics)
     return history

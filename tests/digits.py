@@ -16,7 +16,7 @@ def digits_spec(name: str, **sections) -> TrialSpec:
         "eval": {"eps": 0.1, "attack": {"steps": 10}, "train_subset": 256, "test_subset": 450},
     }
     for section, values in sections.items():
-        config[section] = {**config[section], **values}
+        config[section] = {**config.get(section, {}), **values}
     return TrialSpec(name=name, experiment="test", config=TrialConfig.model_validate(config), axes={})
 
 

@@ -27,6 +27,10 @@ def test_dry_run_prints_the_trials_and_jobs_and_writes_nothing(tmp_path):
         assert trial in result.output
     assert "3 comparison jobs" in result.output
     assert "GPU-hours at 50 sustained TFLOP/s" in result.output
+    # Storage next to the GPU-hours: each WRN-10-2 trial keeps 10 epochs' weights and 1 optimiser state, 1.22 MB
+    # each (its 303k parameters and BatchNorm statistics in float32).
+    assert result.output.count("13.4 MB") == 3
+    assert "checkpoints: ~40.2 MB (every epoch's weights; checkpoint: optimizer: last, weights_dtype: float32)" in result.output
     assert not (tmp_path / "r").exists()
 
 

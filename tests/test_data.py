@@ -757,9 +757,17 @@ def test_an_imagenette_trial_resumed_after_a_crash_ends_where_an_uninterrupted_o
     spec = TrialSpec(name="t", experiment="test", config=config, axes={})
     whole, interrupted = Storage(tmp_path / "whole"), Storage(tmp_path / "interrupted")
     train_trial(spec, whole, "cpu")
-    train_trial(spec, interrupted, "cpu")
-    (tmp_path / "interrupted" / "trials" / "t" / "epoch_0002" / "meta.json").unlink()  # died before committing
-    assert [m["epoch"] for m in train_trial(spec, interrupted, "cpu")] == [2]
+    write_json = interrupted.write_json
+
+    def dies_committing_epoch_2(rel, obj):
+        if rel == "trials/t/epoch_0002/meta.json":
+            raise KeyboardInterrupt  # died before committing (epoch 1's optimiser state is deleted only after)
+        write_json(rel, obj)
+
+    interrupted.write_json = dies_committing_epoch_2
+    with pytest.raises(KeyboardInterrupt):
+        train_trial(spec, interrupted, "cpu")
+    assert [m["epoch"] for m in train_trial(spec, Storage(tmp_path / "interrupted"), "cpu")] == [2]
     expected, got = load_weights(whole, "t", 2), load_weights(interrupted, "t", 2)
     for name in expected:
         assert torch.equal(expected[name], got[name]), name

@@ -41,9 +41,10 @@ def test_a_trial_resumed_after_a_crash_ends_exactly_where_an_uninterrupted_one_d
     train_trial(spec("t", **quick), whole, "cpu")
 
     interrupted = Storage(tmp_path / "interrupted")
-    train_trial(spec("t", **quick), interrupted, "cpu")
-    (tmp_path / "interrupted" / "trials" / "t" / "epoch_0002" / "meta.json").unlink()  # died before committing epoch 2
-    resumed = train_trial(spec("t", **quick), interrupted, "cpu")
+    interrupted.write_json = dies_writing(interrupted, "trials/t/epoch_0002/meta.json")
+    with pytest.raises(KeyboardInterrupt):  # died after epoch 2's tensors, before committing epoch 2
+        train_trial(spec("t", **quick), interrupted, "cpu")
+    resumed = train_trial(spec("t", **quick), Storage(tmp_path / "interrupted"), "cpu")
 
     assert [m["epoch"] for m in resumed] == [2]  # epoch 1 was not redone
     from rayrs.checkpoint import load_weights
@@ -52,6 +53,18 @@ def test_a_trial_resumed_after_a_crash_ends_exactly_where_an_uninterrupted_one_d
     assert expected.keys() == got.keys()
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
+
+
+def dies_writing(storage, path):
+    """``storage.write_json`` that dies, as a killed process does, when it comes to ``path``."""
+    write_json = storage.write_json
+
+    def write(rel, obj):
+        if rel == path:
+            raise KeyboardInterrupt
+        write_json(rel, obj)
+
+    return write
 
 
 def test_a_finished_trial_trains_nothing(tmp_path):
