@@ -25,9 +25,10 @@ BLOCKS = ["block1.0", "block2.0", "block3.0"]
 PREFIX = ("conv1.", "block1.", "block2.", "block3.")  # every tensor of the three blocks and the stem
 
 
-def auto_spec(name, epochs, threshold, patience, probe=128, **train):
+def auto_spec(name, epochs, threshold, patience, probe=128, checkpoint=None, **train):
     return digits_spec(name, train={"epochs": epochs, "freeze": {"auto": {"threshold": threshold, "patience": patience,
-                                                                          "probe": probe}}, **train}, **TINY)
+                                                                          "probe": probe}}, **train},
+                       **TINY, **({"checkpoint": checkpoint} if checkpoint else {}))
 
 
 def freezing_records(storage, trial, epochs):
@@ -147,7 +148,8 @@ def test_a_resumed_trial_makes_the_same_decisions_and_weights_as_an_uninterrupte
     from meta.json, recomputes epoch 4's Grams from its checkpoint, and ends bit-for-bit where the
     uninterrupted trial ended."""
     whole, resumed = Storage(tmp_path / "whole"), Storage(tmp_path / "resumed")
-    spec = auto_spec("guided", 6, threshold=0.95, patience=2)
+    # Every epoch keeps its optimiser state, so that deleting epochs 5 and 6 leaves what a crash after epoch 4 leaves.
+    spec = auto_spec("guided", 6, threshold=0.95, patience=2, checkpoint={"optimizer": "every"})
     train_trial(spec, whole, "cpu", threads=1)
     shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
     for epoch in (5, 6):
