@@ -10,6 +10,8 @@ Names: a *trial* is one training run (one seed); a *configuration* is what a fig
 
 from __future__ import annotations
 
+from typing import Any
+
 import altair as alt
 import polars as pl
 import pyarrow as pa
@@ -24,6 +26,7 @@ from rayrs.schema import (
     SIMILARITY_SCHEMA,
     STD_ERROR_FIELD,
     OPTIONAL_EPOCH_COLUMNS,
+    OPTIONAL_TRIAL_COLUMNS,
     TRIAL_COLUMNS,
     check_job_rows,
 )
@@ -52,7 +55,7 @@ BENIGN = "benign"  # the probe of clean test images; every other probe id is adv
 OPTIONAL_SIMILARITY_COLUMNS = {field.name: field.type for field in (SECONDS_FIELD, STD_ERROR_FIELD, JACKKNIFE_FIELD)}
 
 # Trial parameters that may tell apart two trials with the same method and eps, in the order they are named.
-_DISTINGUISHING = ("dataset", "arch", "depth", "width", "threat_model", "seed")
+_DISTINGUISHING = ("dataset", "arch", "depth", "width", "threat_model", "freeze", "seed")
 
 
 class NoData(ValueError):
@@ -146,7 +149,7 @@ def trial_info(metrics: pl.DataFrame) -> pl.DataFrame:
     for base, same in sharing.items():
         differing = [c for c in _DISTINGUISHING if c != "seed" and len({r[c] for r in same}) > 1]
         for row in same:
-            named = ", ".join(f"{c.replace('_', ' ')} {row[c]}" for c in differing)
+            named = ", ".join(_setting(c, row[c]) for c in differing)
             configs[row["trial"]] = f"{base} ({named})" if named else base
     training = {row["trial"]: _base_label(row) for row in info.to_dicts()}
     info = info.with_columns(
@@ -246,8 +249,15 @@ def _disambiguate(trial: dict, same_label: list[dict], label: str) -> str:
     differing = [c for c in _DISTINGUISHING if len({r[c] for r in same_label}) > 1]
     if not differing:
         return f"{label} ({trial['trial']})"
-    named = ", ".join(f"{column.replace('_', ' ')} {trial[column]}" for column in differing)
+    named = ", ".join(_setting(column, trial[column]) for column in differing)
     return f"{label} ({named})"
+
+
+def _setting(column: str, value: Any) -> str:
+    """One parameter of a trial in words, e.g. "width 2", "frozen block1 from epoch 20", "unfrozen"."""
+    if column == "freeze":
+        return f"frozen {value}" if value is not None else "unfrozen"
+    return f"{column.replace('_', ' ')} {value}"
 
 
 def _empty(schema: pa.Schema) -> pl.DataFrame:
@@ -257,10 +267,11 @@ def _empty(schema: pa.Schema) -> pl.DataFrame:
 def _conform(storage: Storage, rel: str, schema: pa.Schema, table: pa.Table | None = None) -> pa.Table:
     """The table at ``rel``, reduced to ``schema``'s columns and types; a missing column is the user's to fix.
 
-    Optional columns (`OPTIONAL_SIMILARITY_COLUMNS`, `OPTIONAL_EPOCH_COLUMNS`) that the file lacks are added as nulls.
+    Optional columns (`OPTIONAL_SIMILARITY_COLUMNS`, `OPTIONAL_EPOCH_COLUMNS`, `OPTIONAL_TRIAL_COLUMNS`) that the file
+    lacks are added as nulls.
     """
     table = storage.read_table(rel) if table is None else table
-    for name in (*OPTIONAL_SIMILARITY_COLUMNS, *OPTIONAL_EPOCH_COLUMNS):
+    for name in (*OPTIONAL_SIMILARITY_COLUMNS, *OPTIONAL_EPOCH_COLUMNS, *OPTIONAL_TRIAL_COLUMNS):
         if name in schema.names and name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
     missing = [name for name in schema.names if name not in table.column_names]

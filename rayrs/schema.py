@@ -117,7 +117,12 @@ TRIAL_COLUMNS = {
     "threat_model": pa.string(),
     "eps": pa.float64(),
     "seed": pa.int32(),
+    # How the trial froze layers (`trial_freeze`): null for none, "block1 from epoch 20", or "CKA-guided". Without it
+    # a frozen trial and its unfrozen twin (same method, eps, seed) would be read as one configuration.
+    "freeze": pa.string(),
 }
+# Trial columns that metrics files written by older versions of rayrs lack: null in their rows.
+OPTIONAL_TRIAL_COLUMNS = frozenset({"freeze"})
 EPOCH_COLUMNS = {
     "epoch": pa.int32(),
     "lr": pa.float64(),

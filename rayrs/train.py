@@ -214,7 +214,16 @@ def trial_record(spec: TrialSpec) -> dict[str, Any]:
         "threat_model": config.train.threat_model,
         "eps": config.train.eps,
         "seed": config.train.seed,
+        "freeze": trial_freeze(config),
     }
+
+
+def trial_freeze(config: TrialConfig) -> str | None:
+    """How the trial freezes layers, in words for labels: None, "block1 from epoch 20" or "CKA-guided"."""
+    freeze = config.train.freeze
+    if freeze is None:
+        return None
+    return "CKA-guided" if freeze.auto is not None else f"{freeze.through} from epoch {freeze.from_epoch}"
 
 
 # -- the trial ----------------------------------------------------------------------------------------------

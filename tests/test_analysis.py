@@ -468,3 +468,19 @@ def test_every_registered_threat_model_has_a_display_name_and_the_variants_are_t
     assert set(THREAT_MODELS) <= set(THREAT_MODEL_NAMES), set(THREAT_MODELS) - set(THREAT_MODEL_NAMES)
     names = [threat_model_name(name) for name in THREAT_MODELS]
     assert len(set(names)) == len(names)  # jpeg vs jpeg_unblurred, gabor vs gabor_sparse, snow vs snow_projected
+
+
+def test_a_frozen_trial_is_its_own_configuration_not_a_seed_of_its_unfrozen_twin(finished_sweep):
+    # The finished tiny sweep has trial seed0 and its twin block1-from_epoch2 (same method, eps and seed, frozen
+    # through block1 from epoch 2). Without the freeze column they shared a label and a configuration, and every
+    # figure averaged them as two seeds of one training.
+    from analysis.load import read_metrics, trial_info
+
+    _, results = finished_sweep
+    metrics = read_metrics(Storage(results / "kept"))
+    freeze = dict(metrics.select("trial", "freeze").unique().iter_rows())
+    assert freeze == {"seed0": None, "block1-from_epoch2": "block1 from epoch 2"}
+    info = {row["trial"]: row for row in trial_info(metrics).to_dicts()}
+    assert info["seed0"]["config"] != info["block1-from_epoch2"]["config"]
+    assert info["block1-from_epoch2"]["label"].endswith("(frozen block1 from epoch 2)")
+    assert info["seed0"]["label"].endswith("(unfrozen)")
