@@ -20,6 +20,10 @@ in its threat model's range (`rayrs.attacks.ThreatModel.max_eps`), ``train.freez
 (built on the meta device), and a sweep file's size, its YAML aliases, its trials and its comparison jobs are
 counted against limits (`MAX_SWEEP_FILE_BYTES`, `MAX_YAML_VALUES`, ``max_trials``, ``max_jobs``) before anything
 is expanded.
+
+Why one module of ~1000 lines: it is the sweep file's whole grammar, and a reader checking what a field means,
+how it is validated and how it reaches a trial's fingerprint or name wants it in one place; the registries it
+validates against (methods, threat models, layer listing, datasets) live on the floor below.
 """
 
 from __future__ import annotations

@@ -28,6 +28,10 @@ prepares it:
 Datasets are never downloaded: loaders read the standard on-disk formats and, when files are missing,
 raise a one-line `UserError` saying which path was searched, what was expected and where to get it.
 
+Why one module of ~950 lines: each dataset's reader, its safety checks (the CIFAR-10 restricted unpickler) and
+its one-line errors sit next to the registry entry that names them, so adding a dataset touches one file;
+the batched transforms themselves live in `rayrs.augment`.
+
 - ``digits``: scikit-learn's 8x8 handwritten digits (ships inside scikit-learn; the quickstart's data).
 - ``cifar10``: the CIFAR-10 python batches (``cifar-10-batches-py``): pickles, read by `read_cifar10_batch`
   with an unpickler that admits nothing but data (a file that asks to run code is refused, and nothing runs).
