@@ -207,12 +207,25 @@ def _optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> di
 
 
 def _owner(trial: str, epoch: int) -> dict[str, str]:
-    """The safetensors metadata that says whose checkpoint a file is (metadata is str -> str).
+    """The safetensors metadata that says whose checkpoint a file is (`stamp`)."""
+    return stamp({"epoch": str(epoch), "trial": trial})
 
-    One key holding sorted JSON: safetensors writes its metadata from a hash map, so two keys come out in either
-    order from one process to the next, and two runs that trained the same bits would write different files.
+
+def stamp(record: dict[str, str]) -> dict[str, str]:
+    """``record`` as safetensors metadata that is the same bytes in every run: one key holding sorted JSON.
+
+    safetensors writes its metadata from a hash map, so two keys come out in either order from one file to the
+    next, and two runs that computed the same tensors would write different files. Read back by `read_stamp`.
     """
-    return {"owner": json.dumps({"epoch": str(epoch), "trial": trial}, sort_keys=True)}
+    return {"rayrs": json.dumps(record, sort_keys=True)}
+
+
+def read_stamp(raw: bytes) -> dict[str, str]:
+    """The record `stamp` put in a safetensors file's header (8 bytes of little-endian header length, then
+    JSON); a file written before stamps gets its metadata as it is."""
+    (length,) = struct.unpack("<Q", raw[:8])
+    metadata = json.loads(raw[8 : 8 + length]).get("__metadata__") or {}
+    return json.loads(metadata["rayrs"]) if "rayrs" in metadata else metadata
 
 
 def _read_tensors(storage: Storage, path: str, trial: str, epoch: int, device: torch.device | str) -> dict[str, torch.Tensor]:
@@ -224,7 +237,7 @@ def _read_tensors(storage: Storage, path: str, trial: str, epoch: int, device: t
     raw = storage.read_bytes(path)  # MissingFile when absent
     try:
         tensors = load_safetensors(raw)
-        owner = _metadata(raw)
+        owner = read_stamp(raw)
     except (SafetensorError, ValueError, struct.error) as error:
         raise DamagedFile(
             f"checkpoint {storage.full_path(path)} is unreadable ({error}); "
@@ -236,10 +249,3 @@ def _read_tensors(storage: Storage, path: str, trial: str, epoch: int, device: t
             f"trial {trial!r}'s epoch {epoch} (copied or swapped?); rerun the sweep with --redo {trial} to retrain that trial"
         )
     return {name: tensor.to(device) for name, tensor in tensors.items()}
-
-
-def _metadata(raw: bytes) -> dict[str, str]:
-    """The metadata in a safetensors file's header: 8 bytes of little-endian header length, then JSON."""
-    (length,) = struct.unpack("<Q", raw[:8])
-    metadata = json.loads(raw[8 : 8 + length]).get("__metadata__") or {}
-    return json.loads(metadata["owner"]) if "owner" in metadata else metadata

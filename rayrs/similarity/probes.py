@@ -19,7 +19,6 @@ a complete, correct file: the last rename wins and the two are the same attack o
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from rayrs import storage as layout
+from rayrs.checkpoint import read_stamp, stamp
 from rayrs.config import TrialConfig
 from rayrs.data import to_float
 from rayrs.sources import TestImages, probe_attack, probe_indices
@@ -121,7 +121,7 @@ def adversarial_probe(
         return cached, False
     images = craft(probe, load_model(), config, data).cpu()
     tensors = {"images": images.contiguous(), "indices": probe_indices(data, probe.size).cpu()}
-    storage.write_bytes(probe.path, save_safetensors(tensors, metadata=probe.metadata()))
+    storage.write_bytes(probe.path, save_safetensors(tensors, metadata=stamp(probe.metadata())))
     return images, True
 
 
@@ -132,14 +132,8 @@ def read_probe(probe: AdversarialProbe, storage: Storage) -> torch.Tensor | None
         return None
     raw = storage.read_bytes(probe.path)
     try:
-        if _metadata(raw) != probe.metadata():
+        if read_stamp(raw) != probe.metadata():
             return None
         return load_safetensors(raw)["images"]
     except (SafetensorError, KeyError, ValueError, struct.error):
         return None
-
-
-def _metadata(raw: bytes) -> dict[str, str]:
-    """The metadata in a safetensors file's header: 8 bytes of little-endian header length, then JSON."""
-    (length,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8 : 8 + length]).get("__metadata__", {})
