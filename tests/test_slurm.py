@@ -93,7 +93,7 @@ def _dry_run(bin_dir: Path, results: Path, restart_count: int) -> list[list[str]
         "SLURM_SUBMIT_DIR": str(REPO),
         "RAYRS_SLURM_DRY_RUN": "1",
     }
-    for name in ("SLURMD_NODENAME", "RAYRS_VENV", "RAYRS_RAY_PORT"):
+    for name in ("SLURMD_NODENAME", "RAYRS_VENV", "RAYRS_RAY_PORT", "RAYRS_RAY_TEMP_DIR"):
         env.pop(name, None)
     done = subprocess.run(["bash", str(SCRIPT), SWEEP, str(results)], env=env, capture_output=True, text=True,
                           timeout=120, cwd="/")
@@ -103,7 +103,7 @@ def _dry_run(bin_dir: Path, results: Path, restart_count: int) -> list[list[str]
 
 def _expected_nodes() -> list[list[str]]:
     ray, head = str(VENV / "bin" / "ray"), ADDRESSES["gpu-a01"]
-    resources = ["--num-cpus=8", "--num-gpus=1", "--block"]
+    resources = ["--temp-dir=/tmp/ray-4242", "--num-cpus=8", "--num-gpus=1", "--block"]
     return [
         ["uv", "sync", "--frozen"],
         ["srun", "--nodes=1", "--ntasks=1", "-w", "gpu-a01", ray, "start", "--head", f"--node-ip-address={head}",
@@ -200,7 +200,7 @@ def test_a_real_sbatch_of_a_tiny_sweep(tmp_path):
         "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", "",
     ]))
     env = {**os.environ, "SLURM_CONF": str(conf), "RAYRS_RAY_PORT": str(_free_port())}
-    daemons = []
+    daemons, ray_folders = [], []
     try:
         daemons.append(subprocess.Popen(
             ["munged", "--foreground", "--force", f"--key-file={key}", f"--socket={tmp_path / 'munge.sock'}",
@@ -216,6 +216,7 @@ def test_a_real_sbatch_of_a_tiny_sweep(tmp_path):
             time.sleep(1)
         sweep = tmp_path / "tiny.yaml"
         sweep.write_text(TINY)
+        started = time.time()
         done = subprocess.run(
             ["sbatch", "--wait", "--nodes=1", f"--cpus-per-task={min(2, os.cpu_count())}", "--gpus-per-task=0",
              "--time=10", f"--output={tmp_path / 'job.log'}", str(SCRIPT), str(sweep), str(tmp_path / "results")],
@@ -228,7 +229,14 @@ def test_a_real_sbatch_of_a_tiny_sweep(tmp_path):
 
         metrics = pl.read_parquet(tmp_path / "results" / "slurmtiny" / "metrics.parquet")
         assert metrics.select("trial", "epoch").rows() == [("trial", 1)]
+        # The job's Ray kept its address file in the job's own folder: none in /tmp/ray for a later ray.init().
+        job_id = done.stdout.split()[-1]  # "Submitted batch job 3"
+        ray_folders.append(Path(f"/tmp/ray-{job_id}"))
+        assert (ray_folders[-1] / "ray_current_cluster").exists()
+        assert not Path("/tmp/ray/ray_current_cluster").exists() or Path("/tmp/ray/ray_current_cluster").stat().st_mtime < started
     finally:
         for daemon in reversed(daemons):
             daemon.terminate()
             daemon.wait(timeout=30)
+        for folder in ray_folders:
+            shutil.rmtree(folder, ignore_errors=True)
