@@ -5,8 +5,8 @@ run of each, with
 
 - its parameters: the trial columns of ``metrics.parquet`` (``trial``, ``dataset``, ``arch``, ``depth``, ``width``,
   ``method``, ``threat_model``, ``eps``, ``seed``, ``freeze``), its fingerprint and, in MLflow, every field of its
-  configuration by its sweep-file path (``train.lr``, ``eval.attack.steps``); W&B gets the trial's spec as its
-  run config;
+  configuration by its sweep-file path (``train.lr``, ``eval.attack.steps``); W&B's run config is Tune's param
+  space: the trial's spec under ``trial`` (and rayrs's ``storage`` and ``threads``);
 - its per-epoch metrics: what the trial reports after every epoch (``test_robust_acc``, ``train_clean_loss``, ...,
   the columns of ``metrics.parquet``), at step = epoch in MLflow;
 - where its results are: the tags ``rayrs.results`` (the experiment's folder or URI) and, once the sweep has drawn
@@ -14,7 +14,8 @@ run of each, with
   paths in their notes from the start.
 
 The packages are an optional extra (``uv sync --extra tracking``): a sweep without ``tracking:`` imports neither,
-and a sweep that asks for one that is not installed stops in one line before anything is written.
+and a sweep that asks for one that is not installed, or for an MLflow store this MLflow would refuse, stops in
+one line before anything is written.
 Tune's callbacks run only when Tune trains: with ``--local`` nothing is tracked (the sweep says so).
 A trial resumed by a later ``--resume`` run logs its remaining epochs as a new run of the same name (MLflow:
 same tags, steps continuing at the epoch it resumed from).
@@ -49,7 +50,7 @@ TUNE_RESULT_KEYS = frozenset({
 
 def trial_params(spec: TrialSpec) -> dict[str, Any]:
     """A trial's parameters, flat: ``metrics.parquet``'s trial columns, ``fingerprint``, and every config field by
-    its dotted sweep-file path (``train.eps``, ``model.width``; lists and nulls as their JSON text)."""
+    its dotted sweep-file path (``train.eps``, ``model.width``). MLflow keeps each as the text ``str`` gives."""
     from rayrs.train import trial_record
 
     record = trial_record(spec)
