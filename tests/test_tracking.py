@@ -218,3 +218,21 @@ def test_a_tracking_mistake_names_the_field(tmp_path):
     assert result.exit_code == 1
     assert "tracking.wandb.mode" in result.output and "offline" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_local_mode_says_it_tracks_nothing_and_logs_nothing(tmp_path, monkeypatch):
+    """Trackers are Ray Tune callbacks; --local trains without Tune, so it must say that nothing is tracked."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    sweep_file = tmp_path / "local.yaml"
+    sweep_file.write_text(
+        "data: {dataset: digits}\nmodel: {arch: wrn, depth: 10, width: 1}\n"
+        "train: {method: standard, epochs: 1, batch_size: 256}\n"
+        "eval: {eps: 0.1, attack: {steps: 1}, train_subset: 32, test_subset: 32}\ncompare: []\n"
+        f"tracking: {{mlflow: {{tracking_uri: '{(tmp_path / 'mlruns').as_uri()}'}}}}\n"
+    )
+    result = CliRunner().invoke(app, ["sweep", str(sweep_file), "--results", str(tmp_path / "results"), "--local",
+                                      "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert ("warning: tracking (mlflow) logs through Ray Tune's callbacks, which --local does not use: this run is "
+            "not tracked") in result.output
+    assert not (tmp_path / "mlruns").exists()
