@@ -598,6 +598,37 @@ class Resources(Section):
     gpus_per_job: Number = Field(default=0, ge=0)
 
 
+class MlflowTracking(Section):
+    """MLflow: one run per trial in ``experiment`` (default: the sweep's name), logged through Ray Tune's
+    ``MLflowLoggerCallback`` (`rayrs.tracking`). ``tracking_uri``: ``file:///abs/mlruns``, ``http://host:5000``,
+    ...; None: MLflow's own default (``MLFLOW_TRACKING_URI``)."""
+
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)  # set on every run, next to rayrs's own
+
+
+class WandbTracking(Section):
+    """Weights & Biases: one run per trial in ``project``, grouped by ``group`` (default: the sweep's name),
+    through Ray Tune's ``WandbLoggerCallback`` (`rayrs.tracking`). ``mode``: None is W&B's own (``WANDB_MODE``,
+    else online); ``dir``: where W&B writes its files (None: W&B's default, the trial's folder under ``ray/``).
+    The API key comes from ``wandb login`` or ``WANDB_API_KEY``, never from the sweep file."""
+
+    project: str
+    entity: str | None = None
+    group: str | None = None
+    mode: Literal["online", "offline", "disabled"] | None = None
+    dir: str | None = None
+
+
+class TrackingConfig(Section):
+    """Experiment trackers that get each trial's parameters and per-epoch metrics (optional extra:
+    ``uv sync --extra tracking``). Not part of any trial's fingerprint: a sweep may add them on ``--resume``."""
+
+    mlflow: MlflowTracking | None = None
+    wandb: WandbTracking | None = None
+
+
 GridAxes = dict[str, list[Any]]
 
 # Short grid axis names for the fields people sweep most; any dotted path (train.lr) works too.
@@ -628,6 +659,7 @@ class Experiment(Section):
     compare: list[Comparison] = Field(default_factory=lambda: [CrossLayer()])
     cka: CkaConfig = Field(default_factory=CkaConfig)
     resources: Resources = Field(default_factory=Resources)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # MLflow / W&B (rayrs.tracking)
 
     @field_validator("grid")
     @classmethod

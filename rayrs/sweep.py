@@ -30,7 +30,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from rayrs import catalog, checkpoint
+from rayrs import catalog, checkpoint, tracking
 from rayrs import storage as layout
 from rayrs.config import CkaConfig, Experiment, TrialConfig, TrialSpec, expand
 from rayrs.console import PlainProgress, elapsed, figures_line
@@ -76,6 +76,10 @@ def run_sweep(experiment: Experiment, options: SweepOptions = SweepOptions(), re
     trials = expand(experiment)
     storage = experiment_storage(experiment, results)
     _check_inputs(trials)
+    tracking.check(experiment)
+    if options.local and tracking.requested(experiment):
+        console.print(f"[yellow]warning:[/] tracking ({', '.join(tracking.requested(experiment))}) logs through Ray "
+                      "Tune's callbacks, which --local does not use: this run is not tracked", soft_wrap=True)
     unknown = sorted(set(options.redo) - {t.name for t in trials})
     if unknown:
         raise UserError(f"--redo {unknown[0]}: no such trial in {experiment.name}; its trials are: {', '.join(t.name for t in trials)}")
@@ -116,6 +120,12 @@ def run_sweep(experiment: Experiment, options: SweepOptions = SweepOptions(), re
                 # One line: the reasons of the skipped figures are on the report's page, where a reader needs them.
                 console.print(figures_line(len(report.written), len(report.skipped), report.index), highlight=False,
                               soft_wrap=True)
+                try:  # the report's path, on each tracked run; a tracker that is down costs the tag, not the sweep
+                    tracking.finish(experiment, storage, report.index)
+                except Exception as error:  # noqa: BLE001 - any tracker's client error; everything is on storage
+                    line = " ".join(str(error).split())
+                    console.print(f"[yellow]warning:[/] tracking: the report's path was not recorded ({line})",
+                                  highlight=False, soft_wrap=True)
     outcome.seconds = time.perf_counter() - started
     return outcome
 
@@ -340,7 +350,7 @@ def _train_with_tune(pending: list[TrialSpec], storage: Storage, experiment: Exp
             storage_path=storage.child(layout.RAY_DIR).root,
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
             verbose=0,
-            callbacks=[EpochProgress()],
+            callbacks=[EpochProgress(), *tracking.callbacks(experiment, storage)],  # MLflow / W&B, if asked
         ),
     )
     results = tuner.fit()
