@@ -117,6 +117,7 @@ def _print_plan(experiment, results: str | None, gpu_tflops: float) -> None:
     from rayrs.sweep import experiment_storage
 
     trials = expand(experiment)
+    models = model_specs(experiment)  # weights checked before anything is printed
     table = Table(title=f"{experiment.name}: {len(trials)} trials -> {experiment_storage(experiment, results).root}")
     for column in ("trial", "dataset", "model", "method", "threat model", "eps", "epochs", "seed", "GPU-h", "storage"):
         table.add_column(column)
@@ -137,7 +138,6 @@ def _print_plan(experiment, results: str | None, gpu_tflops: float) -> None:
     kept = sorted({f"optimizer: {t.config.checkpoint.optimizer}, weights_dtype: {t.config.checkpoint.weights_dtype}" for t in trials})
     out.print(f"checkpoints: ~{format_bytes(sum(size.total for size in sizes))} (every epoch's weights; checkpoint: "
               f"{' | '.join(kept)})")
-    models = model_specs(experiment)
     if models:
         out.print(f"{len(models)} given models (models:, compared as they are, not trained):")
         for row in describe_models(models):
