@@ -313,3 +313,19 @@ def test_dry_run_lists_the_models_and_their_jobs(tmp_path: Path, monkeypatch) ->
     assert "1 given models" in result.output and "mine: wrn, pgd linf eps 0.1, epochs 2" in result.output
     assert "2 comparison jobs:" in result.output and "cross_layer mine@2" in result.output
     assert not (tmp_path / "results").exists()
+
+
+def test_a_wrn_28_10_dict_in_robustbench_layout_fits_rayrs_wrn_28_10() -> None:
+    """The issue's WRN-28-10 in RobustBench's container layout (nested under state_dict, DataParallel's prefixes),
+    checked for structure alone on the meta device (its 36.5M parameters are never allocated). Its tensor names
+    are rayrs's: RobustBench's own WideResNet names them otherwise (block1.layer.0..., bn1, convShortcut), which
+    `rayrs.weights` does not map (yet)."""
+    from rayrs.weights import _state_dict, load_weights_into
+
+    with torch.device("meta"):
+        saved = build_model("wrn", num_classes=10, depth=28, width=10)
+        model = build_model("wrn", num_classes=10, depth=28, width=10)
+    checkpoint = {"state_dict": {f"module.{name}": t for name, t in saved.state_dict().items()}, "epoch": 200}
+    state = _state_dict(checkpoint, Path("Carmon2019Unlabeled.pt"))
+    assert list(state) == list(model.state_dict()) and len(state) > 100  # 28 layers deep: 155 tensors
+    load_weights_into(model, state, "Carmon2019Unlabeled.pt")  # raises on any missing, unexpected or reshaped tensor
