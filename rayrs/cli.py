@@ -112,12 +112,15 @@ def sweep(
 def _print_plan(experiment, results: str | None, gpu_tflops: float) -> None:
     from analysis.load import format_eps
     from rayrs.cost import format_bytes, trial_gpu_hours, trial_storage
-    from rayrs.entries import describe_models, model_specs
+    from rayrs.config import model_entries
+    from rayrs.entries import describe_models
     from rayrs.similarity.jobs import plan_jobs
     from rayrs.sweep import experiment_storage
 
     trials = expand(experiment)
-    models = model_specs(experiment)  # weights checked before anything is printed
+    # The plan needs no weights: a dry run reads none (the sweep checks and hashes them before it starts), so a
+    # file not made yet (sweeps/your_models.yaml before the quickstart) is only named.
+    models = [spec.model_copy(update={"digest": "dry-run"}) for spec in model_entries(experiment)]
     table = Table(title=f"{experiment.name}: {len(trials)} trials -> {experiment_storage(experiment, results).root}")
     for column in ("trial", "dataset", "model", "method", "threat model", "eps", "epochs", "seed", "GPU-h", "storage"):
         table.add_column(column)
@@ -143,6 +146,9 @@ def _print_plan(experiment, results: str | None, gpu_tflops: float) -> None:
         for row in describe_models(models):
             out.print(f"  {row['model']}: {row['arch']}, {row['method']} {row['threat_model']} eps {format_eps(row['eps'])}, "
                       f"epochs {row['epochs']}", highlight=False)
+        missing = [path for spec in models for path in spec.weights.values() if not Path(path).is_file()]
+        if missing:
+            out.print(f"  weights not there yet (the sweep stops on them): {escape(', '.join(missing))}", highlight=False)
     jobs = plan_jobs(experiment, [*trials, *models])
     out.print(f"{len(jobs)} comparison jobs:")
     for job in jobs:

@@ -307,10 +307,12 @@ def test_dry_run_lists_the_models_and_their_jobs(tmp_path: Path, monkeypatch) ->
     save_file(digits_wrn.state_dict(), tmp_path / "w.safetensors")
     path = tmp_path / "plan.yaml"
     path.write_text(f"models: [{{name: mine, arch: wrn, depth: 10, width: 1, weights: {{2: {tmp_path}/w.safetensors}}, "
-                    "eps: 0.1}]\ncompare: [{kind: cross_layer}, {kind: benign_vs_adversarial}]\n")
+                    f"eps: 0.1}}, {{name: later, arch: wrn, depth: 10, width: 1, weights: {tmp_path}/later.pt}}]\n"
+                    "compare: [{kind: cross_layer, trials: [mine]}, {kind: benign_vs_adversarial, trials: [mine]}]\n")
     result = CliRunner().invoke(app, ["sweep", str(path), "--results", str(tmp_path / "results"), "--dry-run"])
     assert result.exit_code == 0, result.output
-    assert "1 given models" in result.output and "mine: wrn, pgd linf eps 0.1, epochs 2" in result.output
+    assert "2 given models" in result.output and "mine: wrn, pgd linf eps 0.1, epochs 2" in result.output
+    assert f"weights not there yet (the sweep stops on them): {tmp_path}/later.pt" in result.output
     assert "2 comparison jobs:" in result.output and "cross_layer mine@2" in result.output
     assert not (tmp_path / "results").exists()
 
