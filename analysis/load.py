@@ -30,7 +30,7 @@ from rayrs.schema import (
     TRIAL_COLUMNS,
     check_job_rows,
 )
-from rayrs.storage import METRICS, SWEEP_CONFIG, DamagedFile, Storage, way_out
+from rayrs.storage import METRICS, MODELS, SWEEP_CONFIG, DamagedFile, Storage, way_out
 
 # Display names of training methods and threat models, in the paper's words; unknown ones are shown as written.
 METHOD_NAMES = {"standard": "standard", "pgd": "PGD-AT", "pgd_at": "PGD-AT", "trades": "TRADES"}
@@ -62,16 +62,53 @@ class NoData(ValueError):
     """A figure has no rows to draw; the message says which rows are missing, for a report's "skipped" list."""
 
 
-def read_metrics(storage: Storage) -> pl.DataFrame:
+def read_metrics(storage: Storage, models: bool = False) -> pl.DataFrame:
     """``metrics.parquet`` as a frame with `METRICS_SCHEMA`'s columns: one row per trial x epoch (empty if absent).
 
     Files written before rayrs counted the evaluated examples get null ``train_examples`` / ``test_examples``
-    (`rayrs.schema.OPTIONAL_EPOCH_COLUMNS`): their accuracies are shown without an interval."""
+    (`rayrs.schema.OPTIONAL_EPOCH_COLUMNS`): their accuracies are shown without an interval.
+    ``models``: add a row per model entry of the sweep (`read_models`), so that `attach_trials` names and
+    labels them as it does trials (for comparisons; accuracies over training are of trials alone)."""
     if not storage.exists(METRICS):
-        return _empty(METRICS_SCHEMA)
-    metrics = pl.from_arrow(_conform(storage, METRICS, METRICS_SCHEMA))
-    _check_experiment(storage, metrics)
+        metrics = _empty(METRICS_SCHEMA)
+    else:
+        metrics = pl.from_arrow(_conform(storage, METRICS, METRICS_SCHEMA))
+        _check_experiment(storage, metrics)
+    if models:
+        given = read_models(storage)
+        if given.height:
+            metrics = pl.concat([metrics, given], how="diagonal")
     return metrics
+
+
+def read_models(storage: Storage) -> pl.DataFrame:
+    """One row per model entry of the sweep (a sweep file's ``models:``, recorded in ``models.json`` by
+    `rayrs.entries`), with `METRICS_SCHEMA`'s columns: its parameters as a trial's (dataset, arch, depth and
+    width for rayrs's own architectures, method, threat model, eps), ``epoch`` its last weights epoch, and
+    every measured column null: rayrs neither trained nor evaluated it. Empty when the sweep has none."""
+    from pydantic import ValidationError
+
+    from rayrs.config import ModelEntrySpec
+    from rayrs.models import MODELS as ARCHITECTURES
+
+    if not storage.exists(MODELS):
+        return _empty(METRICS_SCHEMA)
+    try:
+        specs = [ModelEntrySpec.model_validate(item) for item in storage.read_json(MODELS)]
+    except (ValidationError, TypeError):
+        raise DamagedFile(f"{storage.full_path(MODELS)} is not a list of model entries; {way_out(MODELS)}") from None
+    rows = []
+    for spec in specs:
+        config, info = spec.config, ARCHITECTURES.get(spec.config.model.arch)
+        rows.append({
+            "experiment": spec.experiment, "trial": spec.name, "dataset": config.data.dataset,
+            "arch": config.model.arch,
+            "depth": config.model.depth if config.model.depth is not None or info is None else info.default_depth,
+            "width": config.model.width if config.model.width is not None or info is None else info.default_width,
+            "method": config.train.method, "threat_model": config.train.threat_model, "eps": config.train.eps,
+            "epoch": max(spec.weights),
+        })
+    return pl.from_arrow(pa.Table.from_pylist(rows, schema=METRICS_SCHEMA))
 
 
 def _check_experiment(storage: Storage, metrics: pl.DataFrame) -> None:

@@ -278,7 +278,12 @@ def render_report(storage: Storage, out_dir: Path | None = None, formats: Sequen
     report = Report(out_dir=Path(out.root))
 
     metrics, similarity = read_metrics(storage), read_similarity(storage)
-    inputs = Inputs(metrics, similarity, summary.summarize(similarity, metrics))
+    # Figures of comparisons label a sweep's model entries as trials (`read_metrics(models=True)`); figures of
+    # training (no similarity kinds read) see the trials alone.
+    compared = read_metrics(storage, models=True)
+    summarized = summary.summarize(similarity, compared)
+    inputs = Inputs(metrics, similarity, summarized)
+    compared_inputs = Inputs(compared, similarity, summarized)
     report.summary = summary.write_summary(out, inputs.summary)
     manifest = _read_manifest(out)
     entries: dict[str, dict] = {}
@@ -297,7 +302,8 @@ def render_report(storage: Storage, out_dir: Path | None = None, formats: Sequen
         task = progress.add_task("", total=len(FIGURES))
         for name, figure in FIGURES.items():
             progress.update(task, description=name)
-            key = _input_hash(figure, inputs)
+            figure_inputs = compared_inputs if figure.reads else inputs
+            key = _input_hash(figure, figure_inputs)
             previous = manifest.get(name, {})
             files = {fmt: f"{name}.{fmt}" for fmt in images}
             spec_file = f"{name}.vl.json"
@@ -306,7 +312,7 @@ def render_report(storage: Storage, out_dir: Path | None = None, formats: Sequen
                 report.unchanged.append(name)
             else:
                 try:
-                    spec = figure.build(inputs).to_dict()
+                    spec = figure.build(figure_inputs).to_dict()
                 except NoData as reason:
                     report.skipped[name] = str(reason)
                     progress.advance(task)
@@ -316,12 +322,12 @@ def render_report(storage: Storage, out_dir: Path | None = None, formats: Sequen
                 _write_images(out, {fmt: files[fmt] for fmt in images}, spec)
             entries[name] = {"key": key, "files": [spec_file, *files.values()]}
             report.written[name] = [Path(out.full_path(files[fmt])) for fmt in images]
-            captions[name] = _finding(figure, inputs)
+            captions[name] = _finding(figure, figure_inputs)
             progress.advance(task)
     out.write_json(MANIFEST, {"version": MANIFEST_VERSION, "figures": entries})
 
     if "html" in formats:
-        page = index_html(_experiment_name(storage, metrics), specs, report.skipped, captions, inputs)
+        page = index_html(_experiment_name(storage, compared), specs, report.skipped, captions, inputs)
         out.write_bytes(INDEX, page.encode())
         report.index = report.out_dir / INDEX
     return report

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from rayrs import checkpoint
 from rayrs import storage as layout
-from rayrs.config import Experiment, TrialSpec, describe, expand
+from rayrs.config import Experiment, TrialSpec, describe
 from rayrs.errors import UserError
 from rayrs.schema import EPOCH_COLUMNS, FREEZING_COLUMNS, METRICS_SCHEMA, TRIAL_COLUMNS, check_job_rows
 from rayrs.storage import DamagedFile, Storage
@@ -200,13 +200,15 @@ def similarity_files(storage: Storage) -> SimilarityFiles:
     Without a ``sweep.json`` (results assembled by hand, e.g. the tests' `synthetic` tree) every file counts as planned; an
     unreadable one is a `DamagedFile` (`read_sweep`): which files are the sweep's would be unknown.
     """
-    from rayrs.similarity.jobs import plan_jobs  # it imports the training code, which imports this module
+    from rayrs.entries import stored_units  # both import the training code, which imports this module
+    from rayrs.similarity.jobs import plan_jobs
 
     files = storage.list_files(layout.SIMILARITY_DIR, ".parquet")
     if not files or not storage.exists(layout.SWEEP_CONFIG):
         return SimilarityFiles(planned=files, foreign=[])
     experiment = read_sweep(storage)
-    outputs = {job.output for job in plan_jobs(experiment, expand(experiment, source=storage.full_path(layout.SWEEP_CONFIG)))}
+    units = stored_units(storage, experiment, source=storage.full_path(layout.SWEEP_CONFIG))  # trials and model entries
+    outputs = {job.output for job in plan_jobs(experiment, units)}
     return SimilarityFiles(planned=[f for f in files if f in outputs], foreign=[f for f in files if f not in outputs])
 
 

@@ -98,7 +98,8 @@ def sweep(
         outcome = run_sweep(experiment, options, results, console)
         from rayrs.console import final_accuracies, print_wide
 
-        print_wide(console, final_accuracies(outcome.storage, outcome.trials))
+        if outcome.trials:  # a sweep of `models:` alone trains nothing: no accuracies to show
+            print_wide(console, final_accuracies(outcome.storage, outcome.trials))
         console.print(
             f"done in {outcome.seconds:.0f} s: {len(outcome.trained)} trials trained, "
             f"{outcome.jobs_run} comparison jobs computed ({outcome.jobs_skipped} already done) -> {outcome.storage.root}",
@@ -111,10 +112,15 @@ def sweep(
 def _print_plan(experiment, results: str | None, gpu_tflops: float) -> None:
     from analysis.load import format_eps
     from rayrs.cost import format_bytes, trial_gpu_hours, trial_storage
+    from rayrs.config import model_entries
+    from rayrs.entries import describe_models
     from rayrs.similarity.jobs import plan_jobs
     from rayrs.sweep import experiment_storage
 
     trials = expand(experiment)
+    # The plan needs no weights: a dry run reads none (the sweep checks and hashes them before it starts), so a
+    # file not made yet (sweeps/your_models.yaml before the quickstart) is only named.
+    models = [spec.model_copy(update={"digest": "dry-run"}) for spec in model_entries(experiment)]
     table = Table(title=f"{experiment.name}: {len(trials)} trials -> {experiment_storage(experiment, results).root}")
     for column in ("trial", "dataset", "model", "method", "threat model", "eps", "epochs", "seed", "GPU-h", "storage"):
         table.add_column(column)
@@ -135,7 +141,15 @@ def _print_plan(experiment, results: str | None, gpu_tflops: float) -> None:
     kept = sorted({f"optimizer: {t.config.checkpoint.optimizer}, weights_dtype: {t.config.checkpoint.weights_dtype}" for t in trials})
     out.print(f"checkpoints: ~{format_bytes(sum(size.total for size in sizes))} (every epoch's weights; checkpoint: "
               f"{' | '.join(kept)})")
-    jobs = plan_jobs(experiment, trials)
+    if models:
+        out.print(f"{len(models)} given models (models:, compared as they are, not trained):")
+        for row in describe_models(models):
+            out.print(f"  {row['model']}: {row['arch']}, {row['method']} {row['threat_model']} eps {format_eps(row['eps'])}, "
+                      f"epochs {row['epochs']}", highlight=False)
+        missing = [path for spec in models for path in spec.weights.values() if not Path(path).is_file()]
+        if missing:
+            out.print(f"  weights not there yet (the sweep stops on them): {escape(', '.join(missing))}", highlight=False)
+    jobs = plan_jobs(experiment, [*trials, *models])
     out.print(f"{len(jobs)} comparison jobs:")
     for job in jobs:
         out.print(f"  {escape(job.describe())}")
@@ -185,6 +199,7 @@ def status(
             similarity_files,
             trial_status,
         )
+        from rayrs.entries import describe_models, stored_models
         from rayrs.lease import EXPIRY_SECONDS, read_holder
         from rayrs.similarity.jobs import plan_jobs
         from rayrs.storage import Storage
@@ -208,9 +223,12 @@ def status(
             percent = lambda value: "" if value is None else f"{value:.1%}"  # noqa: E731
             table.add_row(s.trial, s.state, f"{s.epochs_done}/{s.epochs}", percent(s.test_clean_acc),
                           percent(s.test_robust_acc), "" if s.epoch_seconds is None else f"{s.epoch_seconds:.1f}")
+        models = stored_models(storage, experiment)  # a sweep's `models:` entries: compared, never trained
+        for row in describe_models(models):
+            table.add_row(row["model"], "given", row["epochs"], "", "", "")
         Console().print(table)
         counts = {state: sum(s.state == state for s in statuses) for state in ("done", "started", "pending")}
-        jobs = plan_jobs(experiment, trials)
+        jobs = plan_jobs(experiment, [*trials, *models])
         jobs_done = len(finished_jobs(storage, jobs))
         left = remaining_trial_seconds(statuses)
         Console().print(

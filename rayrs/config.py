@@ -141,6 +141,8 @@ class ModelConfig(Section):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, value: str) -> str:
+        if ":" in value:  # `<family>:<name>` (torchvision:resnet50): a model entry's, checked by building it
+            return value
         return _check_name(value, MODELS, "model")
 
     @field_validator("normalize")
@@ -156,10 +158,18 @@ class ModelConfig(Section):
 
 @functools.lru_cache(maxsize=256)
 def _check_architecture(arch: str, depth: int | None, width: int | None, normalize: str = "none") -> None:
-    """Build the model on the meta device (no memory, no weights): a bad depth/width fails here, not on a GPU node."""
+    """Build the model on the meta device (no memory, no weights): a bad depth/width fails here, not on a GPU node.
+
+    ``<family>:<name>`` architectures (model entries only: `ModelEntry`) are built by
+    `rayrs.sources.build_architecture`, imported here when needed (it stands on this module)."""
     try:
         with torch.device("meta"):
-            build_model(arch, num_classes=10, in_channels=3, depth=depth, width=width, normalize=normalize)
+            if ":" in arch:
+                from rayrs.sources import build_architecture
+
+                build_architecture(arch, num_classes=10, in_channels=3, depth=depth, width=width, normalize=normalize)
+            else:
+                build_model(arch, num_classes=10, in_channels=3, depth=depth, width=width, normalize=normalize)
     except UserError as error:
         raise ValueError(str(error)) from None
 
@@ -645,6 +655,84 @@ AXIS_ALIASES = {
 }
 
 
+def _weights_files(value: Any) -> Any:
+    """A weights path, or a non-empty mapping epoch -> path, each path a non-empty string."""
+    files = value.values() if isinstance(value, dict) else [value]
+    if isinstance(value, dict) and not value:
+        raise ValueError("give a weights file, or a mapping epoch -> weights file with at least one epoch")
+    for path in files:
+        if not isinstance(path, str) or not path.strip():
+            raise ValueError(f"give the path of a .safetensors or PyTorch state dict file, got {path!r}")
+    return value
+
+
+class ModelEntry(Section):
+    """A network rayrs did not train, compared exactly as a trained trial (issue 16): one item of a sweep
+    file's ``models:`` list, e.g. ``{name: rn18, arch: "torchvision:resnet18", weights: rn18.safetensors}``.
+
+    ``arch``: one of rayrs's (wrn with ``depth``/``width``, the ResNets) or ``<family>:<name>``
+    (`rayrs.sources.build_architecture`: ``torchvision:resnet50``, ...), fed [0, 1] pixels, ``normalize``
+    applied inside it first. ``weights``: one file (the model's only epoch, numbered 1), or a mapping
+    epoch -> file (cross_epoch compares them); safetensors, or a PyTorch state dict read with
+    ``weights_only=True`` (`rayrs.weights`), bare or RobustBench-style; a relative path is taken from the
+    working directory, as ``data.root`` is. The probe is the sweep's ``data`` section; ``image_size``
+    (default: its) and ``num_classes`` (default: the dataset's) fit the model to it.
+    ``threat_model`` and ``eps``: what the model was trained against, and so the attack that crafts its
+    adversarial probes (benign_vs_adversarial, transfer) with the sweep's ``eval`` settings, as for a trial;
+    eps 0 is a non-robust model, attacked at the threat model's default eps as a standard trial is.
+    ``method`` labels it in the report (standard, pgd, trades, fast; default: pgd when eps > 0, else standard).
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=100)
+    arch: str
+    depth: Int | None = Field(default=None, ge=1, le=MAX_DEPTH)
+    width: Int | None = Field(default=None, ge=1, le=MAX_WIDTH)
+    normalize: str = "none"
+    weights: Annotated[str | dict[Annotated[Int, Field(ge=1, le=MAX_EPOCHS)], str], BeforeValidator(_weights_files)]
+    image_size: Int | None = Field(default=None, ge=8, le=MAX_IMAGE_SIZE)
+    num_classes: Int | None = Field(default=None, ge=1)
+    method: str | None = None
+    threat_model: str = "linf"
+    eps: Eps = 0.0
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str | None) -> str | None:
+        return value if value is None else _check_name(value, METHODS, "training method")
+
+    @field_validator("threat_model")
+    @classmethod
+    def _known_threat_model(cls, value: str) -> str:
+        return _check_name(value, THREAT_MODELS, "threat model")
+
+    @model_validator(mode="after")
+    def _buildable(self) -> ModelEntry:
+        try:
+            ModelConfig(arch=self.arch, depth=self.depth, width=self.width, normalize=self.normalize)
+        except ValidationError as error:
+            raise ValueError(describe(error)) from None
+        return self
+
+    @property
+    def epochs(self) -> dict[int, str]:
+        """epoch -> weights file as written (a single file is epoch 1)."""
+        return dict(self.weights) if isinstance(self.weights, dict) else {1: self.weights}
+
+    def trial_config(self, experiment: Experiment) -> TrialConfig:
+        """The entry described as a trial would be: the sweep's data (at the entry's image size) and eval
+        settings, its architecture, method, threat model and eps, and its last weights epoch as ``train.epochs``.
+        Planning, probes and attacks read it exactly as a trained trial's."""
+        data = experiment.data.model_dump(mode="json")
+        if self.image_size is not None:
+            data["image_size"] = self.image_size
+        train = {"method": self.method or ("pgd" if self.eps else "standard"), "threat_model": self.threat_model,
+                 "eps": self.eps, "epochs": max(self.epochs)}
+        model = {"arch": self.arch, "depth": self.depth, "width": self.width, "normalize": self.normalize}
+        return _normalise(TrialConfig.model_validate(
+            {"data": data, "model": model, "train": train, "eval": experiment.eval.model_dump(mode="json")}
+        ))
+
+
 class Experiment(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     results: str = "results"  # folder or URI; this experiment's results go to <results>/<name>
@@ -660,6 +748,9 @@ class Experiment(Section):
     cka: CkaConfig = Field(default_factory=CkaConfig)
     resources: Resources = Field(default_factory=Resources)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # MLflow / W&B (rayrs.tracking)
+    # Networks rayrs did not train, compared beside (or instead of) the grid's trials (`ModelEntry`). A sweep
+    # with models and no `grid:` trains nothing.
+    models: list[ModelEntry] = Field(default_factory=list)
 
     @field_validator("grid")
     @classmethod
@@ -702,6 +793,70 @@ class TrialSpec(BaseModel):
     def fingerprint(self) -> str:
         return self.config.fingerprint()
 
+    @property
+    def kept_epochs(self) -> tuple[int, ...]:
+        """The epochs whose checkpoints a comparison may read: every epoch of training."""
+        return tuple(range(1, self.config.train.epochs + 1))
+
+    def layers(self, types: Any = PAPER_LAYERS) -> list[Any]:
+        """The compared layers of ``types`` (`rayrs.models.Layer`s, built on the meta device)."""
+        return model_layers(self.config, types)
+
+
+class ModelEntrySpec(TrialSpec):
+    """A model entry (`ModelEntry`) resolved for planning and running: ``config`` describes it as a trial
+    (`ModelEntry.trial_config`), ``weights`` maps each epoch to its file's absolute path, ``num_classes`` is
+    its classifier's width (None: the dataset's). ``digest`` is its fingerprint, a hash of its settings and
+    its weights files' bytes (`rayrs.entries`): a changed file gives new comparison job ids."""
+
+    weights: dict[int, str]
+    num_classes: int | None = None
+    digest: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        if self.digest is None:
+            raise RuntimeError(f"model {self.name!r} has no digest yet: rayrs.entries.model_specs hashes its files")
+        return self.digest
+
+    @property
+    def kept_epochs(self) -> tuple[int, ...]:
+        return tuple(sorted(self.weights))
+
+    def layers(self, types: Any = PAPER_LAYERS) -> list[Any]:
+        from rayrs.sources import WeightsFileModel
+
+        return WeightsFileModel(**self.source_settings()).layers(types)
+
+    def source_settings(self, dataset_classes: int | None = None, device: Any = "cpu") -> dict[str, Any]:
+        """The keyword arguments of its `rayrs.sources.WeightsFileModel` on ``device``. Its classifier's width
+        is the entry's ``num_classes``, else ``dataset_classes`` (the loaded probe dataset's), else the
+        registry's count for the dataset (`rayrs.data.DatasetInfo.classes`)."""
+        dataset = DATASETS[self.config.data.dataset]
+        return {
+            "arch": self.config.model.arch, "weights": dict(self.weights),
+            "num_classes": self.num_classes or dataset_classes or dataset.classes,
+            "image_size": self.config.data.image_size or dataset.default_image_size,
+            "in_channels": dataset.channels, "normalize": self.config.model.normalize,
+            "depth": self.config.model.depth, "width": self.config.model.width, "device": device,
+        }
+
+
+def model_entries(experiment: Experiment, source: str | Path = "sweep") -> list[ModelEntrySpec]:
+    """The experiment's ``models:`` entries as specs, without their digests (nothing is read from disk).
+
+    Relative weights paths are resolved against the working directory."""
+    specs = []
+    for index, entry in enumerate(experiment.models):
+        try:
+            config = entry.trial_config(experiment)
+        except ValidationError as error:
+            raise SweepFileError(f"{source}: models.{index} ({entry.name}): {describe(error)}") from None
+        weights = {epoch: str(Path(path).expanduser().absolute()) for epoch, path in entry.epochs.items()}
+        specs.append(ModelEntrySpec(name=entry.name, experiment=experiment.name, config=config, axes={},
+                                    weights=weights, num_classes=entry.num_classes))
+    return specs
+
 
 # ----------------------------------------------------------------------------------------------------
 def load_experiment(path: str | Path) -> Experiment:
@@ -739,6 +894,13 @@ def load_experiment(path: str | Path) -> Experiment:
     if not isinstance(raw, dict):
         raise SweepFileError(f"{path}: expected a mapping of settings at the top level, got {type(raw).__name__}")
     raw.setdefault("name", path.stem)
+    if raw.get("models") and not raw.get("grid") and {"model", "train"} & set(raw):
+        # A sweep of models alone trains nothing (`expand`): a base trial written beside them would be ignored.
+        raise SweepFileError(
+            f"{path}: grid: a sweep with `models:` trains only its grid's trials, and it has no grid, so its "
+            f"`{'`/`'.join(sorted({'model', 'train'} & set(raw)))}` section would train nothing; add a grid "
+            "(e.g. `grid: {seed: [0]}` for the base trial alone), or remove the section"
+        )
     try:
         experiment = Experiment.model_validate(raw)
     except ValidationError as error:
@@ -904,11 +1066,14 @@ def trial_name(axes: dict[str, Any]) -> str:
 
 
 def expand(experiment: Experiment, source: str | Path = "sweep") -> list[TrialSpec]:
-    """The experiment's trials: the product of each grid's axes (the union over a list of grids)."""
+    """The experiment's trials: the product of each grid's axes (the union over a list of grids); none for a
+    sweep of ``models:`` without a ``grid:``. Its comparisons are checked over the trials and model entries."""
     base = {section: getattr(experiment, section).model_dump(mode="json") for section in ("data", "model", "train", "eval", "checkpoint")}
     grids = experiment.grid if isinstance(experiment.grid, list) else [experiment.grid]
     grids = [canonical_axes(axes) for axes in grids]  # the YAML's order and sweep.json's give the same trials
     points = [dict(zip(axes, values)) for axes in grids for values in itertools.product(*axes.values())]
+    if experiment.models and experiment.grid == {}:
+        points = []  # only the given models: nothing to train
     # Names show only the axes that vary across the sweep: a one-value axis tells trials nothing apart.
     varying = {axis for axis in {a for p in points for a in p} if len({json.dumps(p.get(axis)) for p in points}) > 1}
     trials: list[TrialSpec] = []
@@ -925,6 +1090,11 @@ def expand(experiment: Experiment, source: str | Path = "sweep") -> list[TrialSp
         except ValidationError as error:
             where = ", ".join(f"{axis}={value}" for axis, value in written.items())
             raise SweepFileError(f"{source}: {f'grid point {where}: ' if where else ''}{describe(error)}") from None
+        if ":" in config.model.arch:
+            raise SweepFileError(
+                f"{source}: model.arch: rayrs trains its own architectures ({', '.join(MODELS)}), not {config.model.arch}; "
+                "to compare a network you have weights for, list it under `models:` with its weights file"
+            )
         twin = seen_names.get(name.lower())
         if twin is not None:
             # Compared without case: on a case-insensitive filesystem (macOS) the two would share one folder.
@@ -941,13 +1111,24 @@ def expand(experiment: Experiment, source: str | Path = "sweep") -> list[TrialSp
         seen_names[name.lower()] = name
         seen_configs[config.fingerprint()] = name
         trials.append(TrialSpec(name=name, experiment=experiment.name, config=config, axes=point))
+    entries = model_entries(experiment, source)
+    for index, entry in enumerate(entries):
+        twin = seen_names.get(entry.name.lower())
+        if twin is not None:
+            what = "a trial of the grid" if twin in {t.name for t in trials} else "an earlier model"
+            raise SweepFileError(
+                f"{source}: models.{index}.name: {entry.name!r} is already the name of {what} ({twin!r}); "
+                "give each model a name of its own"
+            )
+        seen_names[entry.name.lower()] = entry.name
+    compared = [*trials, *entries]
     jobs = 0
     for index, comparison in enumerate(experiment.compare):
         try:
-            _check_comparison(comparison, trials)
+            _check_comparison(comparison, compared)
         except ValueError as error:
             raise SweepFileError(f"{source}: compare.{index}.{comparison.kind}.{error}") from None
-        jobs += _job_count(comparison, trials)
+        jobs += _job_count(comparison, compared)
         if jobs > experiment.max_jobs:
             raise SweepFileError(
                 f"{source}: compare: {jobs} comparison jobs by compare.{index} ({comparison.kind}) is more than "
@@ -981,11 +1162,14 @@ def _check_comparison(comparison: ComparisonSection, trials: list[TrialSpec]) ->
     by_name = {t.name: t for t in trials}
     kind = comparison.kind
 
+    given = any(isinstance(t, ModelEntrySpec) for t in trials)
+
     def known(field: str, names: list[str]) -> list[TrialSpec]:
         for name in names:
             if name not in by_name:
+                what, whose = ("trial or model", "trials and models") if given else ("trial", "trials")
                 raise ValueError(
-                    f"{field}: no trial named {name!r} in this sweep; its trials are: {', '.join(by_name)}"
+                    f"{field}: no {what} named {name!r} in this sweep; its {whose} are: {', '.join(by_name)}"
                 )
         return [by_name[name] for name in names]
 
@@ -1000,6 +1184,12 @@ def _check_comparison(comparison: ComparisonSection, trials: list[TrialSpec]) ->
         if not isinstance(epochs, list):
             return
         for trial in selected:
+            if isinstance(trial, ModelEntrySpec):
+                absent = [e for e in epochs if e not in trial.weights]
+                if absent:
+                    raise ValueError(f"epochs: {kind} epoch {absent[0]} has no weights file in model {trial.name!r} "
+                                     f"(its epochs: {', '.join(map(str, trial.kept_epochs))})")
+                continue
             late = [e for e in epochs if e > trial.config.train.epochs]
             if late:
                 raise ValueError(
@@ -1024,7 +1214,7 @@ def _check_comparison(comparison: ComparisonSection, trials: list[TrialSpec]) ->
     if isinstance(comparison, CrossEpoch) and comparison.layers is not None:
         for trial in selected:
             try:
-                comparison.matrix_layers(model_layers(trial.config, comparison.layer_types))
+                comparison.matrix_layers(trial.layers(comparison.layer_types))
             except ValueError as error:
                 raise ValueError(f"layers: trial {trial.name!r}: {error}") from None
 

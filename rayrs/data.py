@@ -266,6 +266,9 @@ class DatasetInfo:
     check: Callable[[Path], object] = lambda root: None
     train_examples: int = 0  # size of the training split (for cost estimates before anything is loaded)
     channels: int = 3  # image channels C (for checks and cost estimates before anything is loaded)
+    classes: int = 10  # label classes, known before anything is loaded (a model entry's default classifier width)
+    # ``(root) -> None``: as ``check``, for the test split alone (a sweep that only compares models reads no more)
+    check_test: Callable[[Path], object] = lambda root: None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -861,6 +864,7 @@ DATASETS: dict[str, DatasetInfo] = {
             needs_root=True,
             source=f"{CIFAR10_SOURCE} (cifar-10-python.tar.gz)",
             check=_cifar10_folder,
+            check_test=partial(_cifar10_folder, files=CIFAR10_TEST_FILES),
         ),
         DatasetInfo(
             name="imagenette",
@@ -873,6 +877,7 @@ DATASETS: dict[str, DatasetInfo] = {
             needs_root=True,
             source=f"{IMAGENETTE_SOURCE} (imagenette2-320.tgz)",
             check=partial(_image_folder_root, name="imagenette"),
+            check_test=partial(_image_folder_root, name="imagenette", splits=("val",)),
         ),
         DatasetInfo(
             name="imagewoof",
@@ -885,6 +890,7 @@ DATASETS: dict[str, DatasetInfo] = {
             needs_root=True,
             source=f"{IMAGENETTE_SOURCE} (imagewoof2-320.tgz)",
             check=partial(_image_folder_root, name="imagewoof"),
+            check_test=partial(_image_folder_root, name="imagewoof", splits=("val",)),
         ),
     )
 }
@@ -951,11 +957,12 @@ def _checked(name: str, root: str | Path | None, image_size: int | None) -> tupl
     return info, None if root is None else Path(root).expanduser(), size
 
 
-def check_dataset(name: str, root: str | Path | None) -> None:
-    """Raise the one-line "missing dataset" `UserError` if `name`'s files are not under `root` (reads nothing)."""
+def check_dataset(name: str, root: str | Path | None, test_only: bool = False) -> None:
+    """Raise the one-line "missing dataset" `UserError` if `name`'s files are not under `root` (reads nothing);
+    ``test_only``: the test split's files alone (what comparisons read)."""
     info = get_dataset_info(name)
     if not info.needs_root:
         return
     if root is None:
         raise UserError(f"{name}: no data root given (data.root); point it at the folder holding the files from {info.source}")
-    info.check(Path(root).expanduser())
+    (info.check_test if test_only else info.check)(Path(root).expanduser())

@@ -204,13 +204,14 @@ class WeightsFileModel:
         """One weights file, as epoch 0."""
         return cls(arch, {0: path}, **settings)
 
-    def _build(self) -> nn.Module:
+    def build(self) -> nn.Module:
+        """The architecture, freshly initialised on the current default device (no weights loaded)."""
         return build_architecture(self.arch, num_classes=self.num_classes, in_channels=self.in_channels,
                                   depth=self.depth, width=self.width, normalize=self.normalize)
 
     def layers(self, types: Any = PAPER_LAYER_TYPES) -> list[Layer]:
         with torch.device("meta"):
-            model = self._build()
+            model = self.build()
         example = torch.empty(1, self.in_channels, self.image_size, self.image_size, device="meta")
         return comparable_layers(model, example, layer_types(types))
 
@@ -218,7 +219,7 @@ class WeightsFileModel:
         if epoch not in self.weights:
             raise UserError(f"{self.arch}: no weights file for epoch {epoch} (have {sorted(self.weights)})")
         path = Path(self.weights[epoch]).expanduser()
-        model = load_weights_into(self._build(), read_weights(path), str(path))
+        model = load_weights_into(self.build(), read_weights(path), str(path))
         return model.to(self.device).eval()
 
 

@@ -5,6 +5,7 @@ filesystem URI (``s3://bucket/prefix/<experiment>``) that every node of a cluste
 relative to that root, is defined here and nowhere else::
 
     sweep.json                                   the validated sweep, as run (resume checks it)
+    models.json                                  the sweep's `models:` entries, their files' SHA-256 (rayrs.entries)
     trials/<trial>/trial.json                    the trial's full parameters
     trials/<trial>/epoch_<eeee>/model.safetensors       weights after epoch e (e = 1..epochs)
     trials/<trial>/epoch_<eeee>/optimizer.safetensors   resume state, so training resumes exactly; by default
@@ -61,6 +62,7 @@ from rayrs.errors import UserError
 
 SWEEP_CONFIG = "sweep.json"
 METRICS = "metrics.parquet"
+MODELS = "models.json"  # the sweep's model entries (`rayrs.entries`): settings, weights files and their digests
 SUMMARY = "summary.parquet"  # inside the report folder, wherever the report goes
 SIMILARITY_DIR = "similarity"
 PROBES_DIR = "probes"
@@ -651,6 +653,7 @@ def way_out(rel: str) -> str:
 _WAYS_OUT = {
     SWEEP_CONFIG: "rerun `rayrs sweep` on the sweep file with --resume to write it again",
     METRICS: "rerun the sweep with --resume to rebuild it from the checkpoints",
+    MODELS: "rerun `rayrs sweep` on the sweep file with --resume to write it again",
     SIMILARITY_DIR: "delete it and rerun the sweep with --resume to recompute that comparison",
     PROBES_DIR: "delete it; the sweep crafts that probe again",
     REPORT_DIR: "delete it and rerun `rayrs analyze` to draw the report again",

@@ -1,6 +1,6 @@
 """Running a sweep: the Ray wiring, in one place.
 
-    expand the sweep ──► train every unfinished trial (Ray Tune, one trial per grid point; or one by one with
+    expand the sweep (its grid's trials, and its `models:` entries: `rayrs.entries`) ──► train every unfinished trial (Ray Tune, one trial per grid point; or one by one with
     --local) ──► rebuild metrics.parquet from the checkpoints ──► every unfinished comparison job, one Ray
     (generator) task per home trial, streaming progress ──► the report.
 
@@ -30,9 +30,9 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from rayrs import catalog, checkpoint, tracking
+from rayrs import catalog, checkpoint, entries, tracking
 from rayrs import storage as layout
-from rayrs.config import CkaConfig, Experiment, TrialConfig, TrialSpec, expand
+from rayrs.config import CkaConfig, Experiment, ModelEntrySpec, TrialConfig, TrialSpec, expand
 from rayrs.console import PlainProgress, elapsed, figures_line
 from rayrs.data import check_dataset
 from rayrs.errors import UserError
@@ -74,8 +74,9 @@ def run_sweep(experiment: Experiment, options: SweepOptions = SweepOptions(), re
     console = console or Console(stderr=True)
     started = time.perf_counter()
     trials = expand(experiment)
+    models = entries.model_specs(experiment)  # every weights file read and fitted to its architecture, here
     storage = experiment_storage(experiment, results)
-    _check_inputs(trials)
+    _check_inputs(trials, models)
     tracking.check(experiment)
     if options.local and tracking.requested(experiment):
         console.print(f"[yellow]warning:[/] tracking ({', '.join(tracking.requested(experiment))}) logs through Ray "
@@ -89,14 +90,16 @@ def run_sweep(experiment: Experiment, options: SweepOptions = SweepOptions(), re
         trial_gpus = _gpus(experiment.resources.gpus_per_trial, ray_module, "trial", options.local, console)
         job_gpus = _gpus(experiment.resources.gpus_per_job, ray_module, "job", options.local, console)
         with Lease(storage) as lease:
-            check_resume(storage, experiment, trials, redo=options.redo)
+            check_resume(storage, experiment, trials, redo=options.redo, models=models)
             storage.write_json(layout.SWEEP_CONFIG, experiment.model_dump(mode="json"))
+            entries.write_models(storage, models)
             for trial in options.redo:
-                _forget_trial(storage, trial, plan_jobs(experiment, trials))
+                _forget_trial(storage, trial, plan_jobs(experiment, [*trials, *models]))
             outcome = SweepOutcome(storage=storage, trials=trials)
             pending = [t for t in trials if _epochs_done(storage, t) < t.config.train.epochs]
+            given = f", {len(models)} given models" if models else ""
             console.print(
-                f"[bold]{experiment.name}[/]: {len(trials)} trials ({len(trials) - len(pending)} already trained) "
+                f"[bold]{experiment.name}[/]: {len(trials)} trials ({len(trials) - len(pending)} already trained){given} "
                 f"-> {storage.root}",
                 soft_wrap=True,
             )
@@ -105,12 +108,13 @@ def run_sweep(experiment: Experiment, options: SweepOptions = SweepOptions(), re
                                          started)
             _check_trained(storage, trials)  # comparisons never start on an unfinished trial
             catalog.write_metrics(storage, [t.name for t in trials])
-            jobs = plan_jobs(experiment, trials)
+            jobs = plan_jobs(experiment, [*trials, *models])
             todo = [job for job in jobs if not storage.exists(job.output)]  # those there were checked: check_resume
             outcome.jobs_skipped = len(jobs) - len(todo)
             if todo:
-                configs = {t.name: t.config for t in trials}
-                _compare(todo, configs, storage, experiment, ray_module, job_gpus, console, lease, started)
+                configs = {t.name: t.config for t in [*trials, *models]}
+                _compare(todo, configs, {m.name: m for m in models}, storage, experiment, ray_module, job_gpus,
+                         console, lease, started)
             outcome.jobs_run = len(todo)
             if options.report and storage.is_local:
                 from analysis.report import render_report
@@ -131,10 +135,14 @@ def run_sweep(experiment: Experiment, options: SweepOptions = SweepOptions(), re
 
 
 # -- checks before anything is written ---------------------------------------------------------------------
-def _check_inputs(trials: list[TrialSpec]) -> None:
-    """Fail fast, on the driver, for inputs every trial would trip over (before any Ray worker starts)."""
+def _check_inputs(trials: list[TrialSpec], models: list[ModelEntrySpec] = ()) -> None:
+    """Fail fast, on the driver, for inputs every trial would trip over (before any Ray worker starts).
+
+    Trials need their dataset's training and test files; model entries only probe, so the test split's alone."""
     for dataset, root in sorted({(t.config.data.dataset, t.config.data.root) for t in trials}, key=str):
         check_dataset(dataset, root)
+    for dataset, root in sorted({(m.config.data.dataset, m.config.data.root) for m in models}, key=str):
+        check_dataset(dataset, root, test_only=True)
 
 
 def _refuse_existing(storage: Storage, experiment: Experiment, resume: bool) -> None:
@@ -145,7 +153,8 @@ def _refuse_existing(storage: Storage, experiment: Experiment, resume: bool) -> 
         )
 
 
-def check_resume(storage: Storage, experiment: Experiment, trials: list[TrialSpec], redo: tuple[str, ...] = ()) -> None:
+def check_resume(storage: Storage, experiment: Experiment, trials: list[TrialSpec], redo: tuple[str, ...] = (),
+                 models: list[ModelEntrySpec] = ()) -> None:
     """Hold what ``storage`` holds against the sweep, before anything is written; a mismatch is a `UserError`.
 
     Every trial folder must be a trial of the sweep with that trial's fingerprint in its ``trial.json`` and
@@ -156,7 +165,7 @@ def check_resume(storage: Storage, experiment: Experiment, trials: list[TrialSpe
     it is written again from the sweep file.
     """
     catalog.check_trials(storage, trials, skip=redo)
-    jobs = plan_jobs(experiment, trials)
+    jobs = plan_jobs(experiment, [*trials, *models])
     catalog.finished_jobs(storage, [job for job in jobs if not {job.a.trial, job.b.trial} & set(redo)])
     if not storage.list_files(layout.SIMILARITY_DIR, ".parquet"):
         return
@@ -365,27 +374,31 @@ def _train_with_tune(pending: list[TrialSpec], storage: Storage, experiment: Exp
 
 
 # -- stage 2: comparisons -------------------------------------------------------------------------------------
-def _similarity_task(task: SimilarityTask, configs: dict[str, TrialConfig],
+def _similarity_task(task: SimilarityTask, configs: dict[str, TrialConfig], models: dict[str, ModelEntrySpec],
                      root: str) -> Iterator[TaskProgress | JobDone]:
     """A Ray generator task: one home trial's jobs (`rayrs.similarity.jobs`), streaming progress to the driver."""
-    yield from run_task(task, configs, Storage(root), best_device())
+    yield from run_task(task, configs, Storage(root), best_device(), models)
 
 
-def _compare(todo: list[SimilarityJob], configs: dict[str, TrialConfig], storage: Storage, experiment: Experiment,
-             ray_module: Any, gpus: float, console: Console, lease: Lease, started: float) -> None:
-    """Run the unfinished jobs as one task per home trial, a Ray task each (GPU when asked), with progress bars."""
+def _compare(todo: list[SimilarityJob], configs: dict[str, TrialConfig], models: dict[str, ModelEntrySpec],
+             storage: Storage, experiment: Experiment, ray_module: Any, gpus: float, console: Console, lease: Lease,
+             started: float) -> None:
+    """Run the unfinished jobs as one task per home trial (or model entry), a Ray task each (GPU when asked),
+    with progress bars; ``models``: the model entries among ``configs``."""
     tasks = plan_tasks(todo)
     with _Progress(console, "comparisons", started, lease.check) as progress:
         progress.add("compare", "similarity", len(todo))
         if ray_module is None:
             for task in tasks:
-                for event in run_task(task, configs, storage, best_device()):
+                for event in run_task(task, configs, storage, best_device(), models):
                     progress.similarity(task, event)
                 progress.similarity_done(task)
             return
         remote = ray_module.remote(num_cpus=experiment.resources.cpus_per_job, num_gpus=gpus)(_similarity_task)
         streams = {
-            remote.remote(task, {name: configs[name] for name in task.trials}, storage.root): task for task in tasks
+            remote.remote(task, {name: configs[name] for name in task.trials},
+                          {name: models[name] for name in task.trials if name in models}, storage.root): task
+            for task in tasks
         }
         while streams:
             (stream,), _ = ray_module.wait(list(streams), num_returns=1)

@@ -6,6 +6,10 @@ fingerprints and epochs, probes, CKA settings, measure, the types of its compare
 its epochs and matrix layers). A rerun skips every job whose file exists; an interrupted run loses at most the
 jobs in flight. The rows of each kind follow `rayrs.schema`.
 
+The planners take trials and model entries alike (`rayrs.config.ModelEntrySpec`: a network rayrs did not
+train, described as a trial; its fingerprint hashes its weights files, its kept epochs are those it has files
+for), so every kind of comparison runs on both, mixed.
+
 A task (`SimilarityTask`) is every job of one *home* trial, the trial on side ``a`` of each job (the source
 of a transfer), run together in one Ray task (`rayrs.similarity.run`), which crafts every adversarial probe
 its jobs use on the home trial's own checkpoints (`rayrs.similarity.probes`): tasks never wait on one another.
@@ -32,7 +36,7 @@ from rayrs.config import (
     TrialSpec,
     probe_dataset,
 )
-from rayrs.models import PAPER_LAYER_TYPES, layer_types, model_layers
+from rayrs.models import PAPER_LAYER_TYPES, layer_types
 from rayrs.similarity.measures import MEASURES
 from rayrs.similarity.probes import BENIGN, AdversarialProbe
 
@@ -159,7 +163,7 @@ def _job(comparison: Any, home: TrialSpec, a: ModelRef, b: ModelRef, cka: CkaCon
 
 
 def _adversarial_id(trial: TrialSpec, epoch: int, cka: CkaConfig) -> str:
-    return AdversarialProbe.of(trial.name, epoch, trial.config, cka.probe_size).id
+    return AdversarialProbe.of(trial.name, epoch, trial.config, cka.probe_size, trial.fingerprint).id
 
 
 def _plan_cross_layer(comparison: CrossLayer, trials: list[TrialSpec], cka: CkaConfig) -> Iterator[SimilarityJob]:
@@ -204,8 +208,8 @@ def _plan_transfer(comparison: Transfer, trials: list[TrialSpec], cka: CkaConfig
 def _plan_cross_epoch(comparison: CrossEpoch, trials: list[TrialSpec], cka: CkaConfig) -> Iterator[SimilarityJob]:
     for trial in _selected(trials, comparison.trials):
         final = trial.config.train.epochs
-        epochs = range(1, final + 1) if comparison.epochs == "all" else sorted({*comparison.epochs, final})
-        layers = comparison.matrix_layers(model_layers(trial.config, comparison.layer_types))
+        epochs = trial.kept_epochs if comparison.epochs == "all" else sorted({*comparison.epochs, final})
+        layers = comparison.matrix_layers(trial.layers(comparison.layer_types))
         for probe, measure in ((p, m) for p in comparison.probes for m in comparison.measures):
             yield _job(comparison, trial, _final(trial), _final(trial), cka, measure, probe_a=probe, probe_b=probe,
                        epochs=tuple(epochs), layers=layers)

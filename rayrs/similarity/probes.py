@@ -58,9 +58,12 @@ class AdversarialProbe:
     size: int
 
     @classmethod
-    def of(cls, trial: str, epoch: int, config: TrialConfig, size: int) -> AdversarialProbe:
+    def of(cls, trial: str, epoch: int, config: TrialConfig, size: int, fingerprint: str | None = None) -> AdversarialProbe:
+        """``fingerprint``: the model's (`rayrs.similarity.plan.ModelRef`), default the trial configuration's; a
+        model entry's hashes its weights files, so a probe cached for other weights is crafted again."""
         eps, steps, step_size = config.attack_schedule("eval")
-        return cls(trial, epoch, config.fingerprint(), config.train.threat_model, eps, steps, step_size, size)
+        return cls(trial, epoch, fingerprint or config.fingerprint(), config.train.threat_model, eps, steps, step_size,
+                   size)
 
     @property
     def id(self) -> str:

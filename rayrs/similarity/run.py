@@ -5,7 +5,8 @@ of a transfer), run together in one Ray task: a checkpoint is loaded and forward
 and the Grams of that (checkpoint, probe minibatch) feed every job that needs them. A view records the layers
 of every type some job of the task compares; each job reads its own out of them (`_Selection`: no copy when
 they are all of them). Every adversarial probe a task uses is crafted on its home trial's checkpoints
-(`rayrs.similarity.probes`), so tasks never wait on one another.
+(`rayrs.similarity.probes`), so tasks never wait on one another. A "trial" here may be a sweep's model entry
+(a network rayrs did not train): its checkpoints are then its weights files (`rayrs.entries.model_source`).
 
 Per minibatch, the views (a checkpoint fed a probe) are formed in this order, each released when its step
 is done:
@@ -35,14 +36,15 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from rayrs.config import TrialConfig
+from rayrs.config import ModelEntrySpec, TrialConfig
+from rayrs.entries import model_source
 from rayrs.models import Layer, layer_types
 from rayrs.schema import SECONDS_FIELD
 from rayrs.similarity.cka import JACKKNIFE_GROUPS, MinibatchCKA
@@ -75,8 +77,11 @@ class JobDone:
 
 # -- execution ---------------------------------------------------------------------------------------------------------
 def run_task(task: SimilarityTask, configs: dict[str, TrialConfig], storage: Storage,
-             device: torch.device) -> Iterator[TaskProgress | JobDone]:
+             device: torch.device, models: Mapping[str, ModelEntrySpec] | None = None) -> Iterator[TaskProgress | JobDone]:
     """Compute every job of ``task``, writing each one's Parquet file atomically as soon as it is complete.
+
+    ``configs``: every compared model's configuration, by name; ``models``: those that are model entries
+    (weights files: `rayrs.entries.model_source`), the others being trained trials (their checkpoints).
 
     Yields a `TaskProgress` after each step (probe made or read, minibatch forwarded) and a `JobDone` per
     job written, so a caller can draw progress bars; exhaust it to run the task. On a CPU, the process's
@@ -84,12 +89,13 @@ def run_task(task: SimilarityTask, configs: dict[str, TrialConfig], storage: Sto
     """
     if torch.device(device).type == "cpu":
         reuse_freed_memory()
-    yield from _TaskRun(task, configs, storage, device).run()
+    yield from _TaskRun(task, configs, storage, device, models).run()
 
 
-def run_job(job: SimilarityJob, configs: dict[str, TrialConfig], storage: Storage, device: torch.device) -> int:
+def run_job(job: SimilarityJob, configs: dict[str, TrialConfig], storage: Storage, device: torch.device,
+            models: Mapping[str, ModelEntrySpec] | None = None) -> int:
     """Compute one job alone and write its Parquet file; returns the number of rows written."""
-    events = run_task(SimilarityTask(job.a.trial, (job,)), configs, storage, device)
+    events = run_task(SimilarityTask(job.a.trial, (job,)), configs, storage, device, models)
     return sum(event.rows for event in events if isinstance(event, JobDone))
 
 
@@ -242,7 +248,8 @@ class _Work:
 
 
 class _TaskRun:
-    def __init__(self, task: SimilarityTask, configs: dict[str, TrialConfig], storage: Storage, device: torch.device):
+    def __init__(self, task: SimilarityTask, configs: dict[str, TrialConfig], storage: Storage, device: torch.device,
+                 models: Mapping[str, ModelEntrySpec] | None = None):
         self.task, self.configs, self.storage, self.device = task, configs, storage, torch.device(device)
         self.home = task.trial
         self.final = configs[self.home].train.epochs
@@ -255,7 +262,12 @@ class _TaskRun:
         self.data = self.probe_source.data
         self.count = self.probe_source.count
         self.labels = self.probe_source.labels
-        self.sources = {trial: TrialModel(storage, trial, configs[trial], self.data) for trial in task.trials}
+        models = models or {}
+        self.sources = {
+            trial: model_source(models[trial], self.data, self.device) if trial in models
+            else TrialModel(storage, trial, configs[trial], self.data)
+            for trial in task.trials
+        }
         self.adversarial: dict[str, AdversarialProbe] = {}
         self.probes: dict[str, torch.Tensor] = {}  # adversarial probe id -> (n, C, H, W) float32 on the CPU
         self._models: OrderedDict[ModelRef, torch.nn.Module] = OrderedDict()
@@ -266,8 +278,8 @@ class _TaskRun:
         self.work = [self._plan(job) for job in task.jobs]
 
     # -- what each job needs --------------------------------------------------------------------------------
-    def _probe(self, trial: str, epoch: int) -> str:
-        probe = AdversarialProbe.of(trial, epoch, self.configs[trial], self.size)
+    def _probe(self, trial: str, epoch: int, fingerprint: str) -> str:
+        probe = AdversarialProbe.of(trial, epoch, self.configs[trial], self.size, fingerprint)
         self.adversarial[probe.id] = probe
         return probe.id
 
@@ -275,7 +287,7 @@ class _TaskRun:
         work = _Work(job)
         if job.kind == "cross_epoch":
             def probe_of(epoch: int) -> str:
-                return BENIGN if job.probe_a == BENIGN else self._probe(job.a.trial, epoch)
+                return BENIGN if job.probe_a == BENIGN else self._probe(job.a.trial, epoch, job.a.fingerprint)
 
             views = [_View(ModelRef(job.a.trial, e, job.a.fingerprint), probe_of(e)) for e in job.epochs]
             final = views[job.epochs.index(job.a.epoch)]
@@ -287,7 +299,7 @@ class _TaskRun:
             return work
         for side, probe in (("a", job.probe_a), ("b", job.probe_b)):
             if probe != BENIGN:  # crafted on side a's checkpoint (its own, or a transfer's source)
-                expected = self._probe(job.a.trial, job.a.epoch)
+                expected = self._probe(job.a.trial, job.a.epoch, job.a.fingerprint)
                 assert probe == expected, f"job {job.id}: probe_{side} {probe} is not {expected}"
         a, b = _View(job.a, job.probe_a), _View(job.b, job.probe_b)
         if job.measure == TRANSFER_ACCURACY:
