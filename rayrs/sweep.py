@@ -6,7 +6,8 @@
 
 Every stage reads only what the stage before it left on storage, and skips what is already there: finished
 trials are not retrained, a trial interrupted mid-way resumes from its last checkpoint (Tune's retries rely
-on the same rule), and finished comparison jobs are not recomputed.
+on the same rule), and finished comparison jobs are not recomputed (nor, when a node is lost mid-stage, are the
+jobs its task had already written: `_compare` resubmits only the rest).
 
 What storage holds is trusted only once checked: the driver takes the experiment's lease (`rayrs.lease`: one
 driver at a time), then `check_resume` holds every trial folder against the sweep before anything is
@@ -48,7 +49,7 @@ class SweepOptions:
     resume: bool = False  # continue a sweep whose results folder already exists
     address: str | None = None  # Ray cluster address; None starts (or joins) a local Ray instance
     report: bool = True  # render the report at the end
-    max_failures: int = 2  # retries of a failed trial (each resumes from its last checkpoint)
+    max_failures: int = 2  # retries of a failed trial (resumed from its last checkpoint) or a lost similarity task
     redo: tuple[str, ...] = ()  # trials to retrain from scratch, with every comparison that involves them
 
 
@@ -106,7 +107,8 @@ def run_sweep(experiment: Experiment, options: SweepOptions = SweepOptions(), re
             outcome.jobs_skipped = len(jobs) - len(todo)
             if todo:
                 configs = {t.name: t.config for t in trials}
-                _compare(todo, configs, storage, experiment, ray_module, job_gpus, console, lease, started)
+                _compare(todo, configs, storage, experiment, ray_module, job_gpus, console, lease, started,
+                         options.max_failures)
             outcome.jobs_run = len(todo)
             if options.report and storage.is_local:
                 from analysis.report import render_report
@@ -362,8 +364,12 @@ def _similarity_task(task: SimilarityTask, configs: dict[str, TrialConfig],
 
 
 def _compare(todo: list[SimilarityJob], configs: dict[str, TrialConfig], storage: Storage, experiment: Experiment,
-             ray_module: Any, gpus: float, console: Console, lease: Lease, started: float) -> None:
-    """Run the unfinished jobs as one task per home trial, a Ray task each (GPU when asked), with progress bars."""
+             ray_module: Any, gpus: float, console: Console, lease: Lease, started: float, retries: int = 2) -> None:
+    """Run the unfinished jobs as one task per home trial, a Ray task each (GPU when asked), with progress bars.
+
+    A task lost to the system (its node or worker died) is submitted again, up to ``retries`` times, with only
+    its jobs whose file is not there yet (`_lost`): a job written before the loss is never computed twice.
+    """
     tasks = plan_tasks(todo)
     with _Progress(console, "comparisons", started, lease.check) as progress:
         progress.add("compare", "similarity", len(todo))
@@ -373,10 +379,16 @@ def _compare(todo: list[SimilarityJob], configs: dict[str, TrialConfig], storage
                     progress.similarity(task, event)
                 progress.similarity_done(task)
             return
-        remote = ray_module.remote(num_cpus=experiment.resources.cpus_per_job, num_gpus=gpus)(_similarity_task)
-        streams = {
-            remote.remote(task, {name: configs[name] for name in task.trials}, storage.root): task for task in tasks
-        }
+        # Ray's own retry (max_retries) would replay the generator from its start on another node, recomputing
+        # (and rewriting) every job the lost attempt had finished; the driver resubmits the rest instead.
+        remote = ray_module.remote(num_cpus=experiment.resources.cpus_per_job, num_gpus=gpus,
+                                   max_retries=0)(_similarity_task)
+
+        def submit(task: SimilarityTask) -> Any:
+            return remote.remote(task, {name: configs[name] for name in task.trials}, storage.root)
+
+        streams = {submit(task): task for task in tasks}
+        losses: dict[str, int] = {task.trial: 0 for task in tasks}
         while streams:
             (stream,), _ = ray_module.wait(list(streams), num_returns=1)
             task = streams[stream]
@@ -390,8 +402,24 @@ def _compare(todo: list[SimilarityJob], configs: dict[str, TrialConfig], storage
                 cause = _unwrap(error)
                 if isinstance(cause, UserError):
                     raise UserError(f"comparisons of trial {task.trial!r}: {cause}") from None
-                raise
+                if not _lost(error, ray_module) or losses[task.trial] >= retries:
+                    raise
+                losses[task.trial] += 1
+                del streams[stream]
+                progress.similarity_done(task)
+                rest = tuple(job for job in task.jobs if not storage.exists(job.output))
+                if rest:
+                    again = SimilarityTask(task.trial, rest)
+                    streams[submit(again)] = again
+                continue
             progress.similarity(task, event)
+
+
+def _lost(error: BaseException, ray_module: Any) -> bool:
+    """Whether a Ray task failed for the system's reasons (its worker, node or objects lost), not its own code's."""
+    lost = ray_module.exceptions
+    return isinstance(error, (lost.WorkerCrashedError, lost.NodeDiedError, lost.LocalRayletDiedError,
+                              lost.ObjectLostError, lost.OutOfMemoryError))
 
 
 # -- progress -------------------------------------------------------------------------------------------------------
