@@ -389,6 +389,7 @@ def _compare(todo: list[SimilarityJob], configs: dict[str, TrialConfig], storage
 
         streams = {submit(task): task for task in tasks}
         losses: dict[str, int] = {task.trial: 0 for task in tasks}
+        reported: set[str] = set()  # ids of the jobs whose JobDone reached the driver
         while streams:
             (stream,), _ = ray_module.wait(list(streams), num_returns=1)
             task = streams[stream]
@@ -408,10 +409,14 @@ def _compare(todo: list[SimilarityJob], configs: dict[str, TrialConfig], storage
                 del streams[stream]
                 progress.similarity_done(task)
                 rest = tuple(job for job in task.jobs if not storage.exists(job.output))
+                # Jobs the lost attempt wrote but whose JobDone was lost with it count as done all the same.
+                progress.advance("compare", sum(job not in rest and job.id not in reported for job in task.jobs))
                 if rest:
                     again = SimilarityTask(task.trial, rest)
                     streams[submit(again)] = again
                 continue
+            if isinstance(event, JobDone):
+                reported.add(event.job.id)
             progress.similarity(task, event)
 
 
