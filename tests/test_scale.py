@@ -30,3 +30,20 @@ def test_status_on_an_object_store_lists_each_trial_once_and_asks_nothing_per_fi
     assert store.calls["listings"] == len(trials) + 2
     assert store.calls["reads"] == sum(1 + len(e) for e in epochs.values()) + 2 + jobs + 1
     assert store.calls["infos"] == 4 + jobs
+
+
+def test_reading_a_sweep_and_planning_its_comparisons_never_imports_torch_dynamo():
+    # The config checks each architecture by building it on the meta device, and comparisons are planned over
+    # meta-device layer listings; torch's meta normal_ (He init) imports torch._dynamo, 4 s of every `rayrs status`
+    # on a busy 2-core machine (benchmarks/README.md, sweep_scale.py). A fresh process: this one may hold it already.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sweep = Path(__file__).resolve().parents[1] / "sweeps" / "quickstart.yaml"
+    code = ("import sys; from rayrs.config import expand, load_experiment; from rayrs.similarity.jobs import plan_jobs; "
+            "e = load_experiment(sys.argv[1]); print(len(plan_jobs(e, expand(e))), 'torch._dynamo' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(sweep)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    jobs, imported = done.stdout.split()
+    assert int(jobs) > 0 and imported == "False"
