@@ -21,7 +21,7 @@ from rayrs import storage as layout
 from rayrs.config import Experiment, TrialSpec, describe
 from rayrs.errors import UserError
 from rayrs.schema import EPOCH_COLUMNS, FREEZING_COLUMNS, METRICS_SCHEMA, TRIAL_COLUMNS, check_job_rows
-from rayrs.storage import DamagedFile, Storage
+from rayrs.storage import DamagedFile, MissingFile, Storage
 
 START_AFRESH = "or give the sweep a new name to start afresh"
 
@@ -36,12 +36,13 @@ def read_trial_record(storage: Storage, trial: str) -> dict[str, Any]:
     A trial that has committed an epoch without one has lost its identity: a `UserError` with the way out.
     """
     path = layout.trial_spec(trial)
-    if not storage.exists(path):
+    try:
+        record = storage.read_json(path)  # no HEAD first: on an object store, one request per trial
+    except MissingFile:
         raise UserError(
             f"{storage.full_path(path)} is missing, so the checkpoints of trial {trial!r} have no identity; "
             f"rerun the sweep with --redo {trial} to retrain it, {START_AFRESH}"
-        )
-    record = storage.read_json(path)
+        ) from None
     if not isinstance(record, dict) or record.get("trial") != trial or not isinstance(record.get("fingerprint"), str):
         found = f"trial {record.get('trial')!r}" if isinstance(record, dict) else f"a {type(record).__name__}"
         raise DamagedFile(
@@ -51,15 +52,19 @@ def read_trial_record(storage: Storage, trial: str) -> dict[str, Any]:
     return record
 
 
-def check_trials(storage: Storage, trials: Sequence[TrialSpec], skip: Iterable[str] = ()) -> None:
+def check_trials(storage: Storage, trials: Sequence[TrialSpec], skip: Iterable[str] = ()) -> dict[str, list[dict]]:
     """Hold every trial folder in storage against the sweep's trials; the first mismatch is a `UserError`.
 
     A folder must belong to a trial of the sweep, its ``trial.json`` must carry that trial's fingerprint, and
     each committed epoch's ``meta.json`` must be that epoch's record. A folder with no committed epoch and no
     ``trial.json`` holds nothing yet and passes. ``skip``: trials about to be deleted (``--redo``).
+
+    Returns the metrics of every committed epoch of each trial checked (`rayrs.checkpoint.read_metrics`, by
+    epoch), read here once so that a caller need not read them again (`trial_status`).
     """
     expected = {t.name: t for t in trials}
     skip = set(skip)
+    checked: dict[str, list[dict]] = {}
     for name in storage.list_dir(layout.TRIALS_DIR):
         if name in skip:
             continue
@@ -80,8 +85,8 @@ def check_trials(storage: Storage, trials: Sequence[TrialSpec], skip: Iterable[s
                 f"than the sweep file gives it (fingerprint {record['fingerprint']}, now {spec.fingerprint}): the "
                 f"sweep file changed since; rerun the sweep with --redo {name} to retrain it, {START_AFRESH}"
             )
-        for epoch in epochs:
-            checkpoint.read_metrics(storage, name, epoch)
+        checked[name] = [checkpoint.read_metrics(storage, name, epoch) for epoch in epochs]
+    return checked
 
 
 def metrics_rows(storage: Storage, trials: Iterable[str]) -> list[dict]:
@@ -132,15 +137,17 @@ class TrialStatus:
         return "done" if self.epochs_done >= self.epochs else "started" if self.epochs_done else "pending"
 
 
-def trial_status(storage: Storage, trial: TrialSpec) -> TrialStatus:
-    """How far ``trial`` got, read from its checkpoints alone (no Ray)."""
-    epochs = checkpoint.completed_epochs(storage, trial.name)
-    metas = [checkpoint.read_metrics(storage, trial.name, e) for e in epochs]
-    last = metas[-1] if metas else {}
-    seconds = [m["epoch_seconds"] for m in metas if m.get("epoch_seconds") is not None]
+def trial_status(storage: Storage, trial: TrialSpec, metrics: list[dict] | None = None) -> TrialStatus:
+    """How far ``trial`` got, read from its checkpoints alone (no Ray); ``metrics``: its committed epochs'
+    metrics when already read (`check_trials` returns them), else read here."""
+    if metrics is None:
+        epochs = checkpoint.completed_epochs(storage, trial.name)
+        metrics = [checkpoint.read_metrics(storage, trial.name, epoch) for epoch in epochs]
+    last = metrics[-1] if metrics else {}
+    seconds = [m["epoch_seconds"] for m in metrics if m.get("epoch_seconds") is not None]
     return TrialStatus(
         trial=trial.name,
-        epochs_done=epochs[-1] if epochs else 0,
+        epochs_done=last.get("epoch", 0),
         epochs=trial.config.train.epochs,
         test_clean_acc=last.get("test_clean_acc"),
         test_robust_acc=last.get("test_robust_acc"),

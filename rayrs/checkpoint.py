@@ -39,7 +39,7 @@ from rayrs.errors import UserError
 from rayrs.schema import EPOCH_COLUMNS, OPTIONAL_EPOCH_COLUMNS
 from rayrs.storage import DamagedFile, Storage
 
-_EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
+_EPOCH_META = re.compile(r"/epoch_(\d+)/meta\.json$")
 WEIGHTS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _EXACT_WEIGHTS = "weights:"  # key prefix, in the resume state, of the float32 tensors a bf16 archive rounded
 
@@ -79,11 +79,15 @@ def drop_optimizer_states(storage: Storage, trial: str, epochs: list[int]) -> No
 
 
 def completed_epochs(storage: Storage, trial: str) -> list[int]:
-    """Epochs of ``trial`` whose checkpoint is complete, ascending."""
+    """Epochs of ``trial`` whose checkpoint is complete (its ``meta.json`` is there), ascending.
+
+    From one recursive listing of the trial's folder, whatever its number of epochs: on an object store one
+    LIST, not a HEAD per epoch (`rayrs status` and ``--resume`` over hundreds of trials; `tests/test_scale.py`).
+    """
     epochs = []
-    for entry in storage.list_dir(layout.trial_dir(trial)):
-        match = _EPOCH_DIR.match(entry)
-        if match and storage.exists(layout.epoch_meta(trial, int(match[1]))):
+    for path in storage.list_files(layout.trial_dir(trial), "/meta.json"):
+        match = _EPOCH_META.search(path)
+        if match and path == layout.epoch_meta(trial, int(match[1])):  # exactly the name save_epoch gives it
             epochs.append(int(match[1]))
     return sorted(epochs)
 

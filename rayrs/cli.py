@@ -212,10 +212,10 @@ def status(
         experiment = read_sweep(storage)
         trials = expand(experiment, source=sweep_json)
         try:
-            check_trials(storage, trials)  # the trials on storage are the ones sweep.json describes
+            metrics = check_trials(storage, trials)  # the trials on storage are the ones sweep.json describes
         except TrialMismatch as error:
             raise UserError(f"{sweep_json} does not describe the trials stored next to it: {error}") from None
-        statuses = [trial_status(storage, trial) for trial in trials]
+        statuses = [trial_status(storage, trial, metrics.get(trial.name, [])) for trial in trials]
         table = Table(title=f"{experiment.name} ({storage.root})")
         for column in ("trial", "state", "epoch", "test clean", "test robust", "s/epoch"):
             table.add_column(column)

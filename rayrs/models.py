@@ -119,7 +119,10 @@ def _init_wrn(model: nn.Module) -> None:
     """The WRN reference initialisation: He-normal (fan_out) convs, unit BN scale, zero BN/fc biases."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            # A build on the meta device (shapes only: the config's check, layer listings) has no values to draw,
+            # and torch's meta normal_ imports torch._dynamo: 4 s of every `rayrs status` on a busy 2-core machine.
+            if not module.weight.is_meta:
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)

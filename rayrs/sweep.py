@@ -6,7 +6,8 @@
 
 Every stage reads only what the stage before it left on storage, and skips what is already there: finished
 trials are not retrained, a trial interrupted mid-way resumes from its last checkpoint (Tune's retries rely
-on the same rule), and finished comparison jobs are not recomputed.
+on the same rule), and finished comparison jobs are not recomputed (nor, when a node is lost mid-stage, are the
+jobs its task had already written: `_compare` resubmits only the rest).
 
 What storage holds is trusted only once checked: the driver takes the experiment's lease (`rayrs.lease`: one
 driver at a time), then `check_resume` holds every trial folder against the sweep before anything is
@@ -48,7 +49,7 @@ class SweepOptions:
     resume: bool = False  # continue a sweep whose results folder already exists
     address: str | None = None  # Ray cluster address; None starts (or joins) a local Ray instance
     report: bool = True  # render the report at the end
-    max_failures: int = 2  # retries of a failed trial (each resumes from its last checkpoint)
+    max_failures: int = 2  # retries of a failed trial (resumed from its last checkpoint) or a lost similarity task
     redo: tuple[str, ...] = ()  # trials to retrain from scratch, with every comparison that involves them
 
 
@@ -114,7 +115,7 @@ def run_sweep(experiment: Experiment, options: SweepOptions = SweepOptions(), re
             if todo:
                 configs = {t.name: t.config for t in [*trials, *models]}
                 _compare(todo, configs, {m.name: m for m in models}, storage, experiment, ray_module, job_gpus,
-                         console, lease, started)
+                         console, lease, started, options.max_failures)
             outcome.jobs_run = len(todo)
             if options.report and storage.is_local:
                 from analysis.report import render_report
@@ -382,9 +383,13 @@ def _similarity_task(task: SimilarityTask, configs: dict[str, TrialConfig], mode
 
 def _compare(todo: list[SimilarityJob], configs: dict[str, TrialConfig], models: dict[str, ModelEntrySpec],
              storage: Storage, experiment: Experiment, ray_module: Any, gpus: float, console: Console, lease: Lease,
-             started: float) -> None:
+             started: float, retries: int = 2) -> None:
     """Run the unfinished jobs as one task per home trial (or model entry), a Ray task each (GPU when asked),
-    with progress bars; ``models``: the model entries among ``configs``."""
+    with progress bars; ``models``: the model entries among ``configs``.
+
+    A task lost to the system (its node or worker died) is submitted again, up to ``retries`` times, with only
+    its jobs whose file is not there yet (`_lost`): a job written before the loss is never computed twice.
+    """
     tasks = plan_tasks(todo)
     with _Progress(console, "comparisons", started, lease.check) as progress:
         progress.add("compare", "similarity", len(todo))
@@ -394,12 +399,18 @@ def _compare(todo: list[SimilarityJob], configs: dict[str, TrialConfig], models:
                     progress.similarity(task, event)
                 progress.similarity_done(task)
             return
-        remote = ray_module.remote(num_cpus=experiment.resources.cpus_per_job, num_gpus=gpus)(_similarity_task)
-        streams = {
-            remote.remote(task, {name: configs[name] for name in task.trials},
-                          {name: models[name] for name in task.trials if name in models}, storage.root): task
-            for task in tasks
-        }
+        # Ray's own retry (max_retries) would replay the generator from its start on another node, recomputing
+        # (and rewriting) every job the lost attempt had finished; the driver resubmits the rest instead.
+        remote = ray_module.remote(num_cpus=experiment.resources.cpus_per_job, num_gpus=gpus,
+                                   max_retries=0)(_similarity_task)
+
+        def submit(task: SimilarityTask) -> Any:
+            return remote.remote(task, {name: configs[name] for name in task.trials},
+                                 {name: models[name] for name in task.trials if name in models}, storage.root)
+
+        streams = {submit(task): task for task in tasks}
+        losses: dict[str, int] = {task.trial: 0 for task in tasks}
+        reported: set[str] = set()  # ids of the jobs whose JobDone reached the driver
         while streams:
             (stream,), _ = ray_module.wait(list(streams), num_returns=1)
             task = streams[stream]
@@ -413,8 +424,28 @@ def _compare(todo: list[SimilarityJob], configs: dict[str, TrialConfig], models:
                 cause = _unwrap(error)
                 if isinstance(cause, UserError):
                     raise UserError(f"comparisons of trial {task.trial!r}: {cause}") from None
-                raise
+                if not _lost(error, ray_module) or losses[task.trial] >= retries:
+                    raise
+                losses[task.trial] += 1
+                del streams[stream]
+                progress.similarity_done(task)
+                rest = tuple(job for job in task.jobs if not storage.exists(job.output))
+                # Jobs the lost attempt wrote but whose JobDone was lost with it count as done all the same.
+                progress.advance("compare", sum(job not in rest and job.id not in reported for job in task.jobs))
+                if rest:
+                    again = SimilarityTask(task.trial, rest)
+                    streams[submit(again)] = again
+                continue
+            if isinstance(event, JobDone):
+                reported.add(event.job.id)
             progress.similarity(task, event)
+
+
+def _lost(error: BaseException, ray_module: Any) -> bool:
+    """Whether a Ray task failed for the system's reasons (its worker, node or objects lost), not its own code's."""
+    lost = ray_module.exceptions
+    return isinstance(error, (lost.WorkerCrashedError, lost.NodeDiedError, lost.LocalRayletDiedError,
+                              lost.ObjectLostError, lost.OutOfMemoryError))
 
 
 # -- progress -------------------------------------------------------------------------------------------------------

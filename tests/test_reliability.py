@@ -186,3 +186,152 @@ def test_a_lost_node_costs_no_finished_epoch(tmp_path):
     assert metas[("trial", 1)] == removal["epoch_1"]  # epoch 1 was not retrained after the node was lost
     assert json.loads(metas[("trial", 4)])["ray_node"] != removal["removed"]  # finished on the surviving node
     assert finish["trained"] == ["trial"]
+
+
+# The similarity stage on a head (no CPUs: it runs nothing) and two 1-CPU workers: each home trial's task (here
+# 2 jobs, cross_layer at epochs 1 and 2) takes a worker's only CPU, so the two tasks run on different nodes. A
+# setup hook in every Ray worker logs each task attempt (its jobs) and each file written, and holds a worker
+# after each write until the driver says go: so the first task to write a job stops there, its node is removed
+# (it has one job written, one not), and only then do the others go on. No sleeping on a guess.
+CKA_NODE_LOSS = """
+import json, os, sys, threading, time
+from pathlib import Path
+
+import ray
+from ray.cluster_utils import Cluster
+
+from rayrs.config import expand, load_experiment
+from rayrs.sweep import SweepOptions, experiment_storage, run_sweep
+from rayrs.train import train_trial
+
+sweep, results, events = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+go = events.with_name("go")
+
+
+def worker_hook():
+    # Runs in every Ray worker process (runtime_env's worker_process_setup_hook), so it patches the workers.
+    import ray
+    from rayrs.similarity import run
+    from rayrs.storage import Storage
+
+    node = ray.get_runtime_context().get_node_id()
+
+    def log(**event):  # one short line per append: lines from several processes never interleave
+        with open(events, "a") as out:
+            out.write(json.dumps({**event, "node": node, "pid": os.getpid()}) + "\\n")
+
+    start, write_table = run._TaskRun.__init__, Storage.write_table
+
+    def logged_start(self, task, *args, **kwargs):
+        log(event="start", trial=task.trial, jobs=[job.id for job in task.jobs])
+        start(self, task, *args, **kwargs)
+
+    def held_write(self, rel, table):
+        write_table(self, rel, table)
+        log(event="wrote", path=rel)
+        deadline = time.monotonic() + 120
+        while not go.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    run._TaskRun.__init__, Storage.write_table = logged_start, held_write
+
+
+def read_events():
+    return [json.loads(line) for line in events.read_text().splitlines()] if events.exists() else []
+
+
+experiment = load_experiment(sweep)
+storage = experiment_storage(experiment, results)
+for trial in expand(experiment):  # trained here, in this process: the test is about the comparisons
+    train_trial(trial, storage, "cpu", threads=1)
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+try:
+    ray.init(address=cluster.address, runtime_env={"worker_process_setup_hook": worker_hook},
+             logging_level="ERROR", log_to_driver=False)
+    outcome = {}
+
+    def compare():
+        try:
+            outcome["run"] = run_sweep(experiment, SweepOptions(address=cluster.address, resume=True, report=False),
+                                       results)
+        except BaseException as error:
+            outcome["error"] = repr(error)
+
+    thread = threading.Thread(target=compare)
+    thread.start()
+    deadline = time.monotonic() + 240
+    while not any(e["event"] == "wrote" for e in read_events()):
+        assert time.monotonic() < deadline and thread.is_alive(), ("no job written", outcome, read_events())
+        time.sleep(0.05)
+    first = next(e for e in read_events() if e["event"] == "wrote")
+    cluster.remove_node(next(w for w in workers if w.node_id == first["node"]))
+    while True:  # the lost worker process is gone before anyone goes on: it can write nothing more
+        try:
+            os.kill(first["pid"], 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "the removed node's worker is still alive"
+        time.sleep(0.05)
+    go.touch()
+    thread.join(timeout=240)
+    print(json.dumps({"removed": first["node"], "lost_pid": first["pid"], "error": outcome.get("error"),
+                      "alive": thread.is_alive(),
+                      "jobs_run": outcome["run"].jobs_run if "run" in outcome else None}), flush=True)
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+def test_a_lost_node_during_comparisons_reruns_only_its_unfinished_jobs(tmp_path):
+    from rayrs.config import expand, load_experiment
+    from rayrs.models import model_layers
+    from rayrs.similarity.jobs import plan_jobs
+
+    sweep, results, events = sweep_file(tmp_path, epochs=2, seeds=[0, 1]), tmp_path / "results", tmp_path / "events"
+    sweep.write_text(sweep.read_text().replace("method: pgd, eps: 0.1,", "method: standard,")
+                     + "compare: [{kind: cross_layer, epochs: [1, 2]}]\n")
+    script = tmp_path / "cka_node_loss.py"
+    script.write_text(CKA_NODE_LOSS)
+    done = subprocess.run([sys.executable, str(script), str(sweep), str(results), str(events)], capture_output=True,
+                          text=True, timeout=400, start_new_session=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (summary,) = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert summary["error"] is None and not summary["alive"], summary
+    log = [json.loads(line) for line in events.read_text().splitlines()]
+    starts = [e for e in log if e["event"] == "start"]
+    writes = [e for e in log if e["event"] == "wrote"]
+
+    experiment = load_experiment(sweep)
+    trials = {t.name: t for t in expand(experiment)}
+    jobs = {job.output: job for job in plan_jobs(experiment, list(trials.values()))}
+    assert len(jobs) == 4 and summary["jobs_run"] == 4  # the stage completed: every job of the sweep
+
+    # The two tasks started on the two workers; the one on the removed node had written one of its two jobs.
+    first = {trial: next(s for s in starts if s["trial"] == trial) for trial in trials}
+    assert len({s["node"] for s in first.values()}) == 2
+    (lost,) = [s for s in first.values() if s["node"] == summary["removed"]]
+    written_before = jobs_of(jobs, [w["path"] for w in writes if w["pid"] == summary["lost_pid"]])
+    assert len(lost["jobs"]) == 2 and len(written_before) == 1
+
+    # Its task ran again, on the surviving node, with only the job it had not written: no finished job twice.
+    (again,) = [s for s in starts if s["trial"] == lost["trial"] and s is not lost]
+    assert again["node"] != summary["removed"]
+    assert again["jobs"] == [job_id for job_id in lost["jobs"] if job_id not in written_before]
+    assert sorted(w["path"] for w in writes) == sorted(jobs)  # every job written exactly once
+
+    # Every file is whole: one row per (layer_a, layer_b) of the job's layer listing, all of this job.
+    for output, job in jobs.items():
+        table = pl.read_parquet(results / "reliable" / output)
+        layers = len(model_layers(trials[job.a.trial].config, job.layer_types))
+        assert table.height == layers * layers
+        assert table["job"].unique().to_list() == [job.id]
+        assert table.select("layer_a", "layer_b").unique().height == layers * layers
+        assert table["value"].is_finite().all()
+
+
+def jobs_of(jobs, outputs):
+    """The ids of the jobs whose files are ``outputs``."""
+    return {jobs[output].id for output in outputs}
