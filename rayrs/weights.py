@@ -10,6 +10,11 @@ trusted; nothing in it runs.
 RobustBench-format checkpoints are accepted as they come: the state dict bare, or under ``state_dict`` /
 ``model_state_dict`` (beside an epoch count or metrics), with the ``module.`` prefix DataParallel adds to every
 name removed.
+
+The WideResNets of the paper's code (``models/wide_resnet.py``) and of RobustBench's CIFAR model zoo name their
+tensors differently from rayrs's ``wrn`` (``block1.layer.0.conv1.weight``, ``convShortcut``, a final ``bn1``)
+but compute the same function: such a file is loaded into ``wrn`` by renaming (`PAPER_WRN_NAMES`), after which
+every name and shape must fit as for any file.
 """
 
 from __future__ import annotations
@@ -24,11 +29,32 @@ from safetensors.torch import load_file
 from torch import nn
 
 from rayrs.errors import UserError
+from rayrs.models import WideResNet
 
 SAFETENSORS_SUFFIX = ".safetensors"
 # Where a training script usually puts the state dict in the dict it saves (RobustBench, Lightning-free loops).
 STATE_DICT_KEYS = ("state_dict", "model_state_dict")
 DATA_PARALLEL_PREFIX = "module."
+
+# The paper's WideResNet (its models/wide_resnet.py; RobustBench's CIFAR WideResNets use the same names) -> rayrs's
+# `wrn`, one (pattern, replacement) per difference; the first pattern matching the whole name applies, a name no
+# pattern matches (conv1.*, fc.*) is the same in both. A replacement of None drops the tensor.
+# Both blocks compute bn1 -> relu -> conv1 -> bn2 -> relu -> conv2, plus x, or plus a 1x1 conv of relu(bn1(x))
+# where channels change (the paper's `equalInOut` false, which in a WRN is exactly where rayrs's shape changes).
+PAPER_WRN_NAMES: tuple[tuple[re.Pattern[str], str | None], ...] = (
+    # NetworkBlock keeps its blocks in a Sequential named `layer`; the 1x1 shortcut conv is `convShortcut`.
+    (re.compile(r"(block\d+)\.layer\.(\d+)\.convShortcut\.(.+)"), r"\1.\2.shortcut.\3"),
+    (re.compile(r"(block\d+)\.layer\.(\d+)\.(.+)"), r"\1.\2.\3"),
+    # The final BatchNorm before pooling (rayrs: `bn`; inside blocks both say bn1).
+    (re.compile(r"bn1\.(.+)"), r"bn.\1"),
+    # TRADES's WideResNet (and RobustBench's with sub_block1=True) builds a second first group that its forward
+    # never runs: its tensors do not change the network's function.
+    (re.compile(r"sub_block1\..+"), None),
+)
+# Which architectures read files written under another code's names: rayrs's class -> (whose names, the table).
+FOREIGN_NAMES: dict[type[nn.Module], tuple[str, tuple[tuple[re.Pattern[str], str | None], ...]]] = {
+    WideResNet: ("the paper's / RobustBench's WideResNet", PAPER_WRN_NAMES),
+}
 
 
 def _convert_hint(path: Path) -> str:
@@ -96,12 +122,15 @@ def _state_dict(content: object, path: Path) -> dict[str, torch.Tensor]:
 def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
     """Load ``state`` into ``model`` (on the model's device, in its dtypes) and return the model in eval mode.
 
-    Names must match exactly, shapes too; ``source`` (the file) and the first difference are named in one line.
+    Names must match exactly, shapes too, after renaming a file written under another code's names
+    (`FOREIGN_NAMES`: the paper's WideResNet into rayrs's ``wrn``); ``source`` (the file) and the first
+    difference are named in one line.
 
     Raises:
         UserError: missing or unexpected names, or a tensor of another shape.
     """
     expected = model.state_dict()
+    state, source = _renamed(model, state, expected, source)
     missing = [name for name in expected if name not in state]
     unexpected = [name for name in state if name not in expected]
     if missing or unexpected:
@@ -118,6 +147,41 @@ def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], source: 
                             f"{tuple(state[name].shape)} there, {tuple(tensor.shape)} in the model)")
     model.load_state_dict(state)
     return model.eval()
+
+
+def _renamed(model: nn.Module, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+             source: str) -> tuple[dict[str, torch.Tensor], str]:
+    """``state`` under ``model``'s names where it uses another code's (`FOREIGN_NAMES`), and how to name it.
+
+    Nothing changes when the names already fit or no table applies; when one does, ``source`` says so, so that
+    a mismatch left after renaming is reported under the names the model expects.
+    """
+    if state.keys() == expected.keys() or type(model) not in FOREIGN_NAMES:
+        return state, source
+    whose, table = FOREIGN_NAMES[type(model)]
+    renamed: dict[str, torch.Tensor] = {}
+    changed = False
+    for name, tensor in state.items():
+        new = _rename(name, table)
+        changed = changed or new != name
+        if new is None:
+            continue
+        if new in renamed:
+            raise UserError(f"weights file {source} does not fit the architecture (two of its tensors become "
+                            f"{new} under {whose} names); check the file")
+        renamed[new] = tensor
+    if not changed:
+        return state, source
+    return renamed, f"{source} (read with {whose} names)"
+
+
+def _rename(name: str, table: tuple[tuple[re.Pattern[str], str | None], ...]) -> str | None:
+    """``name`` after the first entry of ``table`` whose pattern matches all of it (None: dropped); else as is."""
+    for pattern, replacement in table:
+        match = pattern.fullmatch(name)
+        if match:
+            return None if replacement is None else match.expand(replacement)
+    return name
 
 
 __all__ = ["load_weights_into", "read_weights"]

@@ -159,3 +159,68 @@ def test_a_rayrs_wrn_from_a_weights_file_and_unknown_names_are_one_line(tmp_path
         WeightsFileModel.of("timmm:vit", path, num_classes=10, image_size=32).load()
     with pytest.raises(UserError, match=r"no weights file for epoch 5 \(have \[0\]\)"):
         WeightsFileModel.of("wrn", path, num_classes=10, image_size=32, depth=10, width=1).load(5)
+
+
+# -- the paper's / RobustBench's WideResNet names -------------------------------------------------------------
+PAPER_WRN = Path(__file__).parent / "fixtures" / "paper_code" / "wrn_paper_keys.safetensors"
+
+
+def _paper_wrn() -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The reference's WRN-10-1 state dict under its own names, its (8, 3, 32, 32) inputs and (8, 10) logits
+    (tests/fixtures/paper_code/make_wrn_keys.py ran the paper's models/wide_resnet.py)."""
+    from safetensors.torch import load_file
+
+    state = load_file(PAPER_WRN)
+    return state, state.pop("inputs"), state.pop("logits")
+
+
+def _paper_wrn_model(path: Path) -> torch.nn.Module:
+    from rayrs.sources import WeightsFileModel  # the path a sweep file's `models:` entry loads through
+
+    return WeightsFileModel.of("wrn", path, num_classes=10, image_size=32, depth=10, width=1).load()
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "data_parallel"])
+def test_the_papers_wideresnet_checkpoint_loads_into_wrn_and_gives_the_references_logits(
+        tmp_path: Path, layout: str) -> None:
+    state, inputs, logits = _paper_wrn()
+    assert "block1.layer.0.conv1.weight" in state and "block2.layer.0.convShortcut.weight" in state
+    if layout == "safetensors":
+        path = tmp_path / "paper_wrn.safetensors"
+        save_file(state, path)
+    else:  # the paper's cka.py: torch.load(path)["state_dict"] into nn.DataParallel(models.<arch>); RobustBench alike
+        path = tmp_path / "paper_wrn.pt"
+        torch.save({"state_dict": {f"module.{name}": t for name, t in state.items()}, "epoch": 100}, path)
+    model = _paper_wrn_model(path)
+    # The fixture's network has an identity-shortcut block (block1: 16 -> 16 channels) and two 1x1-shortcut
+    # blocks, with BatchNorm statistics far from the identity: a swapped or misplaced tensor moves the logits by
+    # far more than float32 rounding, which is all that separates the two implementations.
+    with torch.no_grad():
+        torch.testing.assert_close(model(inputs), logits, rtol=0, atol=1e-5)
+
+
+def test_a_papers_wideresnet_file_that_does_not_fit_is_one_line_under_wrns_names(tmp_path: Path) -> None:
+    state, inputs, logits = _paper_wrn()
+    missing = dict(state)
+    del missing["block3.layer.0.convShortcut.weight"]
+    save_file(missing, tmp_path / "missing.safetensors")
+    with pytest.raises(UserError, match=r"^weights file \S+missing.safetensors \(read with the paper's / RobustBench's "
+                                        r"WideResNet names\) does not fit the architecture \(1 of the model's tensors "
+                                        r"missing, first block3\.0\.shortcut\.weight\); check"):
+        _paper_wrn_model(tmp_path / "missing.safetensors")
+    extra = dict(state, **{"block1.layer.0.convShortcut.weight": torch.zeros(16, 16, 1, 1)})
+    save_file(extra, tmp_path / "extra.safetensors")
+    with pytest.raises(UserError, match=r"\(1 the model lacks, first block1\.0\.shortcut\.weight\)"):
+        _paper_wrn_model(tmp_path / "extra.safetensors")
+    with pytest.raises(UserError, match=r"\(read with the paper's / RobustBench's WideResNet names\) does not fit the "
+                                        r"architecture \(fc\.weight is \(10, 64\) there, \(100, 64\) in the model\)"):
+        from rayrs.sources import WeightsFileModel
+
+        save_file(state, tmp_path / "w1.safetensors")  # a 10-class checkpoint, a 100-class wrn
+        WeightsFileModel.of("wrn", tmp_path / "w1.safetensors", num_classes=100, image_size=32, depth=10,
+                            width=1).load()
+    # TRADES's WideResNet also saves `sub_block1`, a group its forward never runs: dropped, the logits unchanged.
+    trades = dict(state, **{"sub_block1.layer.0.conv1.weight": torch.ones(16, 16, 3, 3)})
+    save_file(trades, tmp_path / "trades.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(_paper_wrn_model(tmp_path / "trades.safetensors")(inputs), logits, rtol=0, atol=1e-5)

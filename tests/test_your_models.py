@@ -319,9 +319,8 @@ def test_dry_run_lists_the_models_and_their_jobs(tmp_path: Path, monkeypatch) ->
 
 def test_a_wrn_28_10_dict_in_robustbench_layout_fits_rayrs_wrn_28_10() -> None:
     """The issue's WRN-28-10 in RobustBench's container layout (nested under state_dict, DataParallel's prefixes),
-    checked for structure alone on the meta device (its 36.5M parameters are never allocated). Its tensor names
-    are rayrs's: RobustBench's own WideResNet names them otherwise (block1.layer.0..., bn1, convShortcut), which
-    `rayrs.weights` does not map (yet)."""
+    checked for structure alone on the meta device (its 36.5M parameters are never allocated), under rayrs's
+    names here; under RobustBench's / the paper's own names in the test below."""
     from rayrs.weights import _state_dict, load_weights_into
 
     with torch.device("meta"):
@@ -331,3 +330,22 @@ def test_a_wrn_28_10_dict_in_robustbench_layout_fits_rayrs_wrn_28_10() -> None:
     state = _state_dict(checkpoint, Path("Carmon2019Unlabeled.pt"))
     assert list(state) == list(model.state_dict()) and len(state) > 100  # 28 layers deep: 155 tensors
     load_weights_into(model, state, "Carmon2019Unlabeled.pt")  # raises on any missing, unexpected or reshaped tensor
+
+
+@pytest.mark.parametrize("depth", [28, 34])
+def test_a_full_size_wrn_under_the_papers_and_robustbenchs_names_fits_rayrs_wrn(depth: int) -> None:
+    """Every tensor of the reference's WRN-28-10 / WRN-34-10 (names and shapes listed by running its
+    models/wide_resnet.py: tests/fixtures/paper_code/make_wrn_keys.py), in RobustBench's container layout, maps
+    onto rayrs's wrn of that size, shapes too, none left over (on the meta device: nothing allocated)."""
+    from rayrs.weights import _state_dict, load_weights_into
+
+    listing = json.loads((Path(__file__).parent / "fixtures" / "paper_code" / "wrn_paper_names.json").read_text())
+    with torch.device("meta"):
+        saved = {f"module.{name}": torch.empty(shape, dtype=torch.int64 if name.endswith("num_batches_tracked")
+                                               else torch.float32)
+                 for name, shape in listing[f"{depth}-10"].items()}
+        model = build_model("wrn", num_classes=10, depth=depth, width=10)
+    assert "block3.layer.0.convShortcut.weight" in listing[f"{depth}-10"]
+    state = _state_dict({"state_dict": saved, "epoch": 200}, Path("Gowal2020Uncovering.pt"))
+    load_weights_into(model, state, "Gowal2020Uncovering.pt")  # raises on any missing, unexpected or reshaped tensor
+    assert len(state) == len(model.state_dict()) == (155 if depth == 28 else 191)
