@@ -145,7 +145,11 @@ def _print_plan(experiment, results: str | None, gpu_tflops: float) -> None:
 def analyze(
     results_dir: Annotated[str, typer.Argument(help="An experiment's results folder, e.g. results/quickstart.")],
     out: Annotated[Path | None, typer.Option(help="Where to write the report (default: RESULTS_DIR/report).")] = None,
-    format: Annotated[str, typer.Option(help="Comma-separated outputs: png, svg, html.")] = "png,html",
+    format: Annotated[str, typer.Option(help=(
+        "Comma-separated outputs: png, svg, pdf (one file per figure each), html (index.html, with why each "
+        "skipped figure was skipped), parquet (similarity_view.parquet: the similarity rows with each layer's "
+        "block and each model's training). Table 1 is also written as table1.csv and table1.tex."
+    ))] = "png,html",
 ) -> None:
     """Render the report of an experiment from its Parquet files alone."""
     with user_errors():
@@ -165,6 +169,8 @@ def analyze(
         foreign = similarity_files(storage).note(storage)  # the report read only the sweep's own comparisons
         if foreign is not None:
             console.print(f"[yellow]comparisons:[/] {escape(foreign)}", soft_wrap=True)
+        if report.view is not None:
+            console.print(f"similarity view: {report.view}", soft_wrap=True)
         console.print(f"report: {report.out_dir}")
 
 

@@ -6,12 +6,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import polars as pl
 import pytest
+from typer.testing import CliRunner
 
 import rayrs
 import synthetic
+from rayrs.cli import app
 from rayrs.config import TrialConfig
 from rayrs.errors import UserError
 from rayrs.models import ALL_LAYER_TYPES, PAPER_LAYER_TYPES, layer_types, model_layers
@@ -77,6 +80,22 @@ def test_blocks_are_found_within_each_job_where_layer_indices_disagree(tmp_path)
 def test_a_folder_without_results_is_one_line():
     with pytest.raises(UserError, match=r"no metrics.parquet or sweep.json here; point at an experiment's results"):
         rayrs.similarity_view("/nonexistent/results/quickstart")
+
+
+def test_analyze_writes_the_view_beside_the_report_and_not_into_the_results(digits_results, tmp_path):
+    storage, _ = digits_results
+    results = shutil.copytree(storage.local_path(), tmp_path / "results")
+    before = sorted(p.relative_to(results) for p in results.rglob("*"))
+
+    outcome = CliRunner().invoke(app, ["analyze", str(results), "--out", str(tmp_path / "report"), "--format", "parquet"],
+                                 terminal_width=400)
+
+    assert outcome.exit_code == 0, outcome.output
+    written = pl.read_parquet(tmp_path / "report" / "similarity_view.parquet")
+    expected = rayrs.similarity_view(Storage(results))
+    assert written.columns == expected.columns and written.height == expected.height
+    assert written.sort(["job", "layer_a", "layer_b", "epoch_b"]).equals(expected.sort(["job", "layer_a", "layer_b", "epoch_b"]))
+    assert sorted(p.relative_to(results) for p in results.rglob("*")) == before
 
 
 def test_load_model_refuses_a_trial_or_epoch_that_is_not_there_naming_what_is(digits_results):
