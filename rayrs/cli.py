@@ -164,8 +164,12 @@ def analyze(
             raise UserError(f"{storage.root}: no {layout.METRICS} here; point at an experiment's results folder, e.g. results/quickstart")
         formats = [f.strip() for f in format.split(",") if f.strip()]
         report = render_report(storage, out, formats)
-        for name, reason in report.skipped.items():
-            console.print(f"[yellow]skipped figure[/] {name}: {escape(reason)}")
+        from rayrs.console import figures_line
+
+        console.print(figures_line(len(report.written), len(report.skipped), report.index), highlight=False, soft_wrap=True)
+        if report.index is None:  # no page to hold the reasons: they are said here, one line each
+            for name, reason in report.skipped.items():
+                console.print(f"[yellow]skipped figure[/] {name}: {escape(reason)}")
         foreign = similarity_files(storage).note(storage)  # the report read only the sweep's own comparisons
         if foreign is not None:
             console.print(f"[yellow]comparisons:[/] {escape(foreign)}", soft_wrap=True)

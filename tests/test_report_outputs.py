@@ -1,7 +1,7 @@
 """What `rayrs analyze` writes for a paper: every figure as a PDF beside its PNG (vector, text kept as text),
-Table 1 as CSV and LaTeX with the numbers and intervals of the PNG/HTML table. On the synthetic tree's metrics
-(`tests/synthetic.py`: 17 trials, two seeds for some configurations, ℓ2 / Snow / Gabor labels that LaTeX must
-be given escaped).
+Table 1 as CSV and LaTeX with the numbers and intervals of the PNG/HTML table, and one console line about
+skipped figures. On the synthetic tree's metrics (`tests/synthetic.py`: 17 trials, two seeds for some
+configurations, ℓ2 / Snow / Gabor labels that LaTeX must be given escaped).
 """
 
 from __future__ import annotations
@@ -11,15 +11,19 @@ import re
 import shutil
 import subprocess
 import zlib
+from pathlib import Path
 
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
+from typer.testing import CliRunner
 
 import synthetic
 from analysis.load import read_metrics, trial_info
-from analysis.report import render_report
+from analysis.report import FIGURES, render_report
 from analysis.table1 import COLUMNS, latex_text, table1_frame
+from rayrs.cli import app
+from rayrs.console import figures_line
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +154,18 @@ def test_table1_latex_compiles(table_report, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:]
     assert (tmp_path / "paper.pdf").read_bytes().startswith(b"%PDF-")
+
+
+# -- the console ---------------------------------------------------------------------------------------------
+def test_analyze_prints_one_line_about_skipped_figures_their_reasons_on_the_page(table_report, tmp_path):
+    results, _ = table_report
+    out = tmp_path / "report"
+    done = CliRunner().invoke(app, ["analyze", str(Path(results.root)), "--out", str(out), "--format", "html"],
+                              terminal_width=400)
+
+    assert done.exit_code == 0, done.output
+    skipped = len(FIGURES) - 2
+    assert figures_line(2, skipped, out / "index.html") in " ".join(done.output.split())
+    assert "skipped figure" not in done.output
+    page = (out / "index.html").read_text()
+    assert page.count("Not drawn:") == skipped and "Fig 6 needs a cross_epoch comparison" in page
