@@ -10,4 +10,9 @@
 - `summary`: the numbers the paper only shows as pictures (``summary.parquet``)
 - `uncertainty`: the 95% interval of every number, and the rule that turns one into a claim
 - `findings`: what this run shows, in words; `report`: the registry of figures and the offline page
+- `view`: `similarity_view`, the similarity rows joined with each layer's block and each model's training
 """
+
+from analysis.view import similarity_view
+
+__all__ = ["similarity_view"]

@@ -30,12 +30,14 @@ import vl_convert
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from analysis import adversarial, curves, dynamics, findings, heatmaps, layers, load, measures, summary, table1
+from analysis import adversarial, curves, dynamics, findings, heatmaps, layers, load, measures, summary, table1, view
 from analysis.load import NoData, read_metrics, read_similarity
 from rayrs.errors import UserError
 from rayrs.storage import REPORT_DIR, Storage
 
-FORMATS = ("png", "svg", "html")  # html: the index.html page that embeds every figure
+# html: the index.html page that embeds every figure; parquet: the joined similarity rows (`analysis.view`)
+FORMATS = ("png", "svg", "pdf", "html", "parquet")
+IMAGE_FORMATS = ("png", "svg", "pdf")  # one file per figure each, rendered from one SVG (`_write_images`)
 PNG_SCALE = 2  # twice the chart's CSS size: sharp on high-density screens and in papers
 INDEX = "index.html"
 MANIFEST = "manifest.json"
@@ -66,6 +68,8 @@ class Figure:
     reads: tuple[str, ...]
     code: tuple[ModuleType, ...]
     html_table: Callable[[Inputs], str] | None = None  # a table the page shows above the chart
+    # Files written beside the figure's images whatever the formats (name -> text), e.g. Table 1 as CSV and LaTeX.
+    tables: Callable[[Inputs], dict[str, str]] | None = None
 
 
 FIGURES: dict[str, Figure] = {
@@ -81,6 +85,7 @@ FIGURES: dict[str, Figure] = {
         reads=(),
         code=(table1,),
         html_table=lambda i: table1.table1_html(i.metrics),
+        tables=lambda i: {"table1.csv": table1.table1_csv(i.metrics), "table1.tex": table1.table1_latex(i.metrics)},
     ),
     "accuracy_curves": Figure(
         title="Accuracy over training (Table 1, per epoch)",
@@ -244,10 +249,12 @@ class Report:
 
     out_dir: Path
     written: dict[str, list[Path]] = field(default_factory=dict)  # figure name -> its image files
+    tables: dict[str, list[Path]] = field(default_factory=dict)  # figure name -> its `Figure.tables` files
     skipped: dict[str, str] = field(default_factory=dict)  # figure name -> why it was not drawn
     unchanged: list[str] = field(default_factory=list)  # figures whose inputs and code had not changed: not redrawn
     index: Path | None = None
     summary: str | None = None  # where summary.parquet was written
+    view: str | None = None  # where similarity_view.parquet was written (format "parquet")
 
     def __str__(self) -> str:
         lines = [f"{name}: {', '.join(p.name for p in paths)}" for name, paths in self.written.items()]
@@ -261,9 +268,11 @@ def render_report(storage: Storage, out_dir: Path | None = None, formats: Sequen
     """Draw every figure in `FIGURES` from ``storage``'s Parquet files into ``out_dir``.
 
     ``out_dir`` defaults to the results' ``report/`` folder; it is required when the results are not local.
-    ``formats``: any of ``png`` (vl-convert, scale 2), ``svg`` and ``html`` (one ``index.html``).
-    A figure without data is skipped, with the reason, rather than drawn empty; one whose inputs and code are
-    as at the last render (``manifest.json``) is not redrawn. ``summary.parquet`` is written next to the page,
+    ``formats``: any of ``png`` (vl-convert, scale 2), ``svg``, ``pdf`` (text kept as text) and ``html`` (one
+    ``index.html``), and ``parquet``: `analysis.view.similarity_view`'s rows as ``similarity_view.parquet``.
+    Table 1 is written as ``table1.csv`` and ``table1.tex`` too, whatever the formats. A figure without data
+    is skipped, with the reason, rather than drawn empty; one whose inputs and code are as at the last render
+    (``manifest.json``) is not redrawn. ``summary.parquet`` is written next to the page,
     in ``out_dir`` (`analysis.summary.SUMMARY`): reading results never writes into them, so results on a
     read-only disk or another user's folder render to any ``out_dir``.
     """
@@ -285,11 +294,14 @@ def render_report(storage: Storage, out_dir: Path | None = None, formats: Sequen
     inputs = Inputs(metrics, similarity, summarized)
     compared_inputs = Inputs(compared, similarity, summarized)
     report.summary = summary.write_summary(out, inputs.summary)
+    if "parquet" in formats:
+        out.write_table(view.VIEW_FILE, view.joined_view(similarity, compared).to_arrow())
+        report.view = out.full_path(view.VIEW_FILE)
     manifest = _read_manifest(out)
     entries: dict[str, dict] = {}
     specs: dict[str, dict] = {}
     captions: dict[str, str] = {}
-    images = [fmt for fmt in formats if fmt in ("png", "svg")]
+    images = [fmt for fmt in formats if fmt in IMAGE_FORMATS]
     with Progress(
         TextColumn("[bold]report[/]"),
         BarColumn(),
@@ -307,7 +319,8 @@ def render_report(storage: Storage, out_dir: Path | None = None, formats: Sequen
             previous = manifest.get(name, {})
             files = {fmt: f"{name}.{fmt}" for fmt in images}
             spec_file = f"{name}.vl.json"
-            if previous.get("key") == key and all(out.exists(f) for f in [spec_file, *files.values()]):
+            tables = previous.get("tables", []) if figure.tables is not None else []
+            if previous.get("key") == key and all(out.exists(f) for f in [spec_file, *files.values(), *tables]):
                 specs[name] = json.loads(out.read_bytes(spec_file))
                 report.unchanged.append(name)
             else:
@@ -320,8 +333,11 @@ def render_report(storage: Storage, out_dir: Path | None = None, formats: Sequen
                 specs[name] = spec
                 out.write_bytes(spec_file, _script_json(spec).encode())
                 _write_images(out, {fmt: files[fmt] for fmt in images}, spec)
-            entries[name] = {"key": key, "files": [spec_file, *files.values()]}
+                tables = _write_tables(out, figure, figure_inputs)
+            entries[name] = {"key": key, "files": [spec_file, *files.values()], "tables": tables}
             report.written[name] = [Path(out.full_path(files[fmt])) for fmt in images]
+            if tables:
+                report.tables[name] = [Path(out.full_path(table)) for table in tables]
             captions[name] = _finding(figure, figure_inputs)
             progress.advance(task)
     out.write_json(MANIFEST, {"version": MANIFEST_VERSION, "figures": entries})
@@ -408,8 +424,23 @@ def _write_images(out: Storage, files: dict[str, str], spec: dict) -> None:
     if not files:
         return
     svg = vl_convert.vegalite_to_svg(spec, vl_version=_vl_version(), allowed_base_urls=[])
+    render = {
+        "svg": lambda: svg.encode(),
+        "png": lambda: vl_convert.svg_to_png(svg, scale=PNG_SCALE),
+        "pdf": lambda: vl_convert.svg_to_pdf(svg),  # vector, its text as text (searchable, selectable)
+    }
     for fmt, name in files.items():
-        out.write_bytes(name, svg.encode() if fmt == "svg" else vl_convert.svg_to_png(svg, scale=PNG_SCALE))
+        out.write_bytes(name, render[fmt]())
+
+
+def _write_tables(out: Storage, figure: Figure, inputs: Inputs) -> list[str]:
+    """Write ``figure``'s `Figure.tables` files into ``out``; returns their names."""
+    if figure.tables is None:
+        return []
+    files = figure.tables(inputs)
+    for name, text in files.items():
+        out.write_bytes(name, text.encode())
+    return list(files)
 
 
 @functools.cache

@@ -220,6 +220,80 @@ def table1_html(metrics: pl.DataFrame) -> str:
     return f'<table class="numbers table1">{caption}{head}<tbody>{"".join(body)}</tbody></table>'
 
 
+def table1_csv(metrics: pl.DataFrame) -> str:
+    """Table 1 as CSV: `table1_frame`'s rows and columns (accuracies and their 95% interval bounds as fractions in
+    [0, 1], full precision; empty where unknown), less the internal ``config_order``."""
+    return table1_frame(metrics).drop("config_order").write_csv()
+
+
+LATEX_NOTE = "needs \\usepackage{booktabs}; \\input{table1.tex} inside a table environment"
+
+
+def table1_latex(metrics: pl.DataFrame) -> str:
+    """Table 1 as a LaTeX ``tabular`` (booktabs rules), laid out like `table1_html`: one row per dataset x
+    configuration x checkpoint, accuracies in percent with their 95% interval in brackets, as on the PNG."""
+    table = table1_frame(metrics)
+    lines = [
+        f"% Table 1 (rayrs analyze): accuracy (%), Delta = train - test. {INTERVAL_NOTE}.",
+        f"% {LATEX_NOTE}",
+        "\\begin{tabular}{lll" + "r" * len(COLUMNS) + "r}",
+        "\\toprule",
+        " & & & \\multicolumn{3}{c}{benign accuracy (\\%)} & \\multicolumn{3}{c}{robust accuracy (\\%)} & \\\\",
+        "\\cmidrule(lr){4-6} \\cmidrule(lr){7-9}",
+        "dataset & network & checkpoint & train & test & $\\Delta$ & train & test & $\\Delta$ & seeds \\\\",
+        "\\midrule",
+    ]
+    for row in table.iter_rows(named=True):
+        cells = [
+            latex_text(row["dataset"] or ""),
+            latex_text(row["config"]),
+            latex_text(f"{row['checkpoint']} (epoch {row['epochs']})"),
+        ]
+        for column in COLUMNS:
+            cell = _percent(row[column]).removesuffix("%")
+            if row[f"{column}_lower"] is not None:
+                cell += " {\\scriptsize " + _interval(row[f"{column}_lower"], row[f"{column}_upper"]) + "}"
+            cells.append(latex_text(cell) if row[column] is None else cell.replace("–", "--"))
+        cells.append(str(row["seeds"]))
+        lines.append(" & ".join(cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+# LaTeX's special characters, and the symbols rayrs's labels use, as pdfLaTeX reads them with no extra package.
+_LATEX = [
+    ("\\", "\\textbackslash{}"),
+    *[(char, "\\" + char) for char in "&%$#_{}"],
+    ("~", "\\textasciitilde{}"),
+    ("^", "\\textasciicircum{}"),
+    ("ℓ∞", "$\\ell_\\infty$"),
+    ("ℓ", "$\\ell$"),
+    ("∞", "$\\infty$"),
+    ("ε", "$\\varepsilon$"),
+    ("Δ", "$\\Delta$"),
+    ("−", "$-$"),
+    ("–", "--"),
+    ("·", "$\\cdot$"),
+    ("×", "$\\times$"),
+]
+
+
+def latex_text(text: str) -> str:
+    """``text`` as LaTeX text: its special characters escaped, the labels' Greek and math symbols in math mode."""
+    out = []
+    i = 0
+    while i < len(text):  # one pass, so that a replacement is never escaped again
+        for plain, latex in _LATEX:
+            if text.startswith(plain, i):
+                out.append(latex)
+                i += len(plain)
+                break
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
 def _percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 

@@ -17,14 +17,21 @@ os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
-def __getattr__(name: str):
-    # `rayrs.compare` imports torch and the similarity stage on first use, so `import rayrs` (the CLI's
-    # start) stays light.
-    if name == "compare":
-        from rayrs.similarity.compare import compare
+# The notebook entry points (README, "Python"): name -> the module defining it. Imported on first use, so that
+# `import rayrs` (the CLI's start) stays light: they import torch, the similarity stage, Polars.
+_ENTRY_POINTS = {
+    "compare": "rayrs.similarity.compare",  # two models' layers on images, without Ray
+    "load_model": "rayrs.results",  # a trial's checkpoint as a model
+    "similarity_view": "analysis.view",  # the similarity rows with blocks and each model's training
+}
 
-        return compare
+
+def __getattr__(name: str):
+    if name in _ENTRY_POINTS:
+        import importlib
+
+        return getattr(importlib.import_module(_ENTRY_POINTS[name]), name)
     raise AttributeError(f"module 'rayrs' has no attribute {name!r}")
 
 
-__all__ = ["compare"]
+__all__ = list(_ENTRY_POINTS)

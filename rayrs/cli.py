@@ -159,7 +159,11 @@ def _print_plan(experiment, results: str | None, gpu_tflops: float) -> None:
 def analyze(
     results_dir: Annotated[str, typer.Argument(help="An experiment's results folder, e.g. results/quickstart.")],
     out: Annotated[Path | None, typer.Option(help="Where to write the report (default: RESULTS_DIR/report).")] = None,
-    format: Annotated[str, typer.Option(help="Comma-separated outputs: png, svg, html.")] = "png,html",
+    format: Annotated[str, typer.Option(help=(
+        "Comma-separated outputs: png, svg, pdf (one file per figure each), html (index.html, with why each "
+        "skipped figure was skipped), parquet (similarity_view.parquet: the similarity rows with each layer's "
+        "block and each model's training). Table 1 is also written as table1.csv and table1.tex."
+    ))] = "png,html",
 ) -> None:
     """Render the report of an experiment from its Parquet files alone."""
     with user_errors():
@@ -174,11 +178,17 @@ def analyze(
             raise UserError(f"{storage.root}: no {layout.METRICS} here; point at an experiment's results folder, e.g. results/quickstart")
         formats = [f.strip() for f in format.split(",") if f.strip()]
         report = render_report(storage, out, formats)
-        for name, reason in report.skipped.items():
-            console.print(f"[yellow]skipped figure[/] {name}: {escape(reason)}")
+        from rayrs.console import figures_line
+
+        console.print(figures_line(len(report.written), len(report.skipped), report.index), highlight=False, soft_wrap=True)
+        if report.index is None:  # no page to hold the reasons: they are said here, one line each
+            for name, reason in report.skipped.items():
+                console.print(f"[yellow]skipped figure[/] {name}: {escape(reason)}")
         foreign = similarity_files(storage).note(storage)  # the report read only the sweep's own comparisons
         if foreign is not None:
             console.print(f"[yellow]comparisons:[/] {escape(foreign)}", soft_wrap=True)
+        if report.view is not None:
+            console.print(f"similarity view: {report.view}", soft_wrap=True)
         console.print(f"report: {report.out_dir}")
 
 

@@ -169,5 +169,5 @@ def test_without_similarity_the_report_draws_the_accuracy_figures_and_says_why_t
 
 
 def test_render_report_rejects_an_unknown_format(tmp_path):
-    with pytest.raises(UserError, match="pdf unknown; choose from png, svg, html"):
-        render_report(Storage(tmp_path), out_dir=tmp_path, formats=("pdf",))
+    with pytest.raises(UserError, match="jpg unknown; choose from png, svg, pdf, html, parquet"):
+        render_report(Storage(tmp_path), out_dir=tmp_path, formats=("jpg",))
