@@ -410,6 +410,7 @@ def is_name_pattern(item: str) -> bool:
     return item.startswith(NAME_PATTERN) and len(item) > len(NAME_PATTERN)
 
 
+@lru_cache(maxsize=256)
 def name_pattern(item: str) -> re.Pattern[str]:
     """The regular expression of a ``name:<glob>`` item: ``**`` any characters, ``*`` any within one dotted
     part, ``?`` one character but a dot; the whole module path must match."""
@@ -418,6 +419,14 @@ def name_pattern(item: str) -> re.Pattern[str]:
     for piece in re.split(r"(\*\*|\*|\?)", glob):
         parts.append({"**": ".*", "*": r"[^.]*", "?": r"[^.]"}.get(piece, re.escape(piece)))
     return re.compile("".join(parts))
+
+
+def selects(types: Iterable[str], layer: Layer) -> bool:
+    """Whether the layer spec ``types`` selects ``layer``: its type is listed, or its module path matches one of
+    the spec's ``name:<glob>`` patterns (as `comparable_layers` selects). Picks a job's layers out of a listing
+    made for a wider spec."""
+    return any(item == layer.type or (is_name_pattern(item) and name_pattern(item).fullmatch(layer.module_name))
+               for item in types)
 
 
 def check_layer_spec(items: Iterable[str]) -> tuple[str, ...]:

@@ -245,3 +245,29 @@ def test_a_sweep_file_selects_layers_by_name_into_the_jobs(tmp_path: Path) -> No
         load_experiment(path)
     assert str(bad.value).startswith(f"{path}: compare.0.cross_layer.layer_types.1: Input should be 'conv', 'bn', "
                                      "'act', 'pool', 'linear' or 'block', or name:<glob> for modules by path")
+
+
+def test_a_job_with_a_name_pattern_keeps_the_layers_it_names(tmp_path: Path) -> None:
+    """A comparison job records its views' layers by type and pattern, then picks its own out of them: the
+    blocks a pattern names are kept although their type ("block") is not in the spec."""
+    import pyarrow.parquet as pq
+    from test_data import write_cifar10
+    from test_sources import _cifar10_trial
+
+    from rayrs.similarity.jobs import ModelRef, SimilarityJob, run_job
+    from rayrs.storage import Storage
+    from rayrs.train import train_trial
+
+    write_cifar10(tmp_path / "data", per_batch=8, test=12)
+    spec = _cifar10_trial(tmp_path / "data")
+    storage = Storage(tmp_path / "results")
+    train_trial(spec, storage, "cpu")
+    final = ModelRef(spec.name, spec.config.train.epochs, spec.fingerprint)
+    job = SimilarityJob("cross_layer", final, final, 12, batch_size=12, passes=1,
+                        layer_types=layer_types(["linear", "name:block*.0"]))
+    run_job(job, {spec.name: spec.config}, storage, "cpu")
+    rows = pq.read_table(tmp_path / "results" / job.output).to_pylist()
+    names = [row["name_b"] for row in rows if row["layer_a"] == 0]
+    assert names == ["block1.0", "block2.0", "block3.0", "fc"]  # WRN-10-1: one block a group, then the fc
+    assert {(row["name_a"], row["type_a"]) for row in rows} == {("block1.0", "block"), ("block2.0", "block"),
+                                                                ("block3.0", "block"), ("fc", "linear")}
