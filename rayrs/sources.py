@@ -192,6 +192,10 @@ def _user_factory(arch: str, num_classes: int, in_channels: int) -> nn.Module:
 
     ``function`` is called with ``num_classes=`` and, when its signature takes it (or ``**kwargs``),
     ``in_channels=``; it must return an ``nn.Module`` taking [0, 1] pixels (normalisation: `build_architecture`).
+    A module that cannot be found, a missing or non-callable name and a return value that is no ``nn.Module``
+    are one-line UserErrors; an exception raised inside the user's function is left as it is, with its
+    traceback, since it points into their code. Where the similarity stage runs on Ray workers, the package
+    must be importable there too (installed, or on their PYTHONPATH).
     """
     module_name, _, function_name = arch.partition(":")
     try:
