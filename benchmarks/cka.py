@@ -4,6 +4,8 @@ Usage (from the repository root):
     uv run --group bench python benchmarks/cka.py --quick                  # ~10 min on 2 idle CPU cores
     uv run --group bench python benchmarks/cka.py                          # WRN-16-2, n = 1024, CPU (~1 hour)
     uv run --group bench python benchmarks/cka.py --device cuda --depth 28 --width 10 [--bf16]
+    uv run --group bench python benchmarks/cka.py --model resnet50    # torchvision ResNet-50, 224 px, n = 256
+    uv run --group bench python benchmarks/cka.py --model vit_s       # timm ViT-S/16 blocks, 224 px, n = 256
 
 What is measured (same model, same probe inputs, same device; every measurement runs in its own subprocess,
 started as `benchmarks/cka.py --measure NAME --config JSON`, so its peak memory is its own):
@@ -28,7 +30,12 @@ On a CPU every measurement's process first runs `rayrs.similarity.grams.reuse_fr
 freed memory for reuse instead of unmapping it), as rayrs's own CPU workers do, so the allocator is not what
 separates the contenders.
 
-The model is a seeded random-init network in eval mode; the probe is seeded uniform [0, 1] pixels (n, 3, 32, 32).
+The model is a seeded random-init network in eval mode; the probe is seeded uniform [0, 1] pixels (n, 3, 32, 32),
+or (n, 3, 224, 224) for the large models (`--model`, `MODEL_CASES`): torchvision's ResNet-50 with the paper's
+layer types (~160 layers) and timm's ViT-S/16 with its transformer blocks' outputs (``name:blocks.*``), at
+n = 256 by default and without the cross_epoch workloads (10 checkpoints of a large model) unless --only asks.
+A peer that keeps every activation is not started where those activations would not fit in the memory the
+machine has available (ResNet-50 at 224 px holds ~28M features an example): its row says so, with the figure.
 Checkpoints for the cross_epoch workload are a seeded random walk from that model: checkpoint e adds e steps of
 Gaussian noise, each step 5% of every weight tensor's standard deviation, so nearby epochs are similar.
 
@@ -80,6 +87,15 @@ QUICK_TORCH_CKA_ROWS = 2
 QUICK_WORKLOAD_N = 512
 QUICK_PYTORCH_CKA_EPOCH_PAIRS = 3
 JACKKNIFE_REPEATS = 5  # updates with and without the jackknife timed to tell what it adds (`jackknife_seconds`)
+# The large models of issue 16 (`--model`): architecture (`rayrs.sources.build_architecture`), probe image
+# side, compared layers (`rayrs.models.comparable_layers` spec) and the default n.
+MODEL_CASES: dict[str, dict[str, Any]] = {
+    "resnet50": {"arch": "torchvision:resnet50", "image_size": 224,
+                 "layers": ["conv", "bn", "act", "pool", "linear"], "n": 256},
+    "vit_s": {"arch": "timm:vit_small_patch16_224", "image_size": 224, "layers": ["name:blocks.*"], "n": 256},
+}
+# A peer is not started where the activations it keeps would take more than this share of MemAvailable.
+PEER_MEMORY_SHARE = 0.8
 GOALS = {  # name: (goal, "ge" | "le")
     "speedup_vs_torch_cka": (50.0, "ge"),
     "time_over_forward_gram": (1.1, "le"),
@@ -106,23 +122,25 @@ class Bench:
     def __init__(self, cfg: dict[str, Any], *, n: int, batches: int) -> None:
         import torch
 
-        from rayrs.models import build_model, comparable_layers
+        from rayrs.models import PAPER_LAYER_TYPES, comparable_layers
+        from rayrs.sources import build_architecture
 
         self.cfg = cfg
         self.torch = torch
         self.device = torch.device(cfg["device"])
         torch.manual_seed(cfg["seed"])
-        self.model = build_model(
-            cfg["arch"], num_classes=10, in_channels=3, depth=cfg["depth"], width=cfg["width"]
+        size = cfg.get("image_size") or 32
+        self.model = build_architecture(
+            cfg["arch"], num_classes=10, in_channels=3, depth=cfg["depth"], width=cfg["width"], image_size=size,
         ).to(self.device).eval()
         generator = torch.Generator().manual_seed(cfg["seed"] + 1)
-        probe = torch.rand(cfg["batches"] * cfg["n"], 3, 32, 32, generator=generator)  # same pixels for any n
+        probe = torch.rand(cfg["batches"] * cfg["n"], 3, size, size, generator=generator)  # same pixels for any n
         # Every contender gets these same tensors, as a data loader gives them (N, C, H, W). rayrs's probing
         # forward pass turns them channels-last itself (`rayrs.similarity.grams.channels_last`), part of its
         # method; the peers' hooks flatten with reshape, which would copy a channels-last activation.
         self.probe = [x.to(self.device) for x in probe[: n * batches].split(n)]
         self.n = n
-        self.layers = comparable_layers(self.model, self.probe[0][:1])
+        self.layers = comparable_layers(self.model, self.probe[0][:1], cfg.get("layers") or PAPER_LAYER_TYPES)
         last_call: dict[str, Any] = {}
         for layer in self.layers:
             last_call[layer.module_name] = layer  # dict keeps first-seen order, value = last call
@@ -130,6 +148,26 @@ class Bench:
         self.peer_names = [layer.module_name for layer in self.peer_layers]
         self.peer_index = [layer.index for layer in self.peer_layers]
         self.cpu_seconds: float | None = None  # CPU time (all threads) of the last `timed` call
+
+    def peer_activation_bytes(self) -> int:
+        """Bytes of float32 activations a peer keeps for one minibatch: every peer layer's output, n examples."""
+        sizes: dict[int, int] = {}
+        handles = hook_layers(self.model, self.peer_layers, lambda slot, output: sizes.__setitem__(slot, output[0].numel()))
+        with self.torch.no_grad():
+            self.model(self.probe[0][:1])
+        for handle in handles:
+            handle.remove()
+        return sum(sizes.values()) * self.n * 4
+
+    def peer_fits(self) -> str | None:
+        """None where a peer's kept activations fit in `PEER_MEMORY_SHARE` of MemAvailable, else why not."""
+        if self.device.type != "cpu":
+            return None
+        needed, available = self.peer_activation_bytes(), _mem_available_bytes()
+        if available is None or needed <= PEER_MEMORY_SHARE * available:
+            return None
+        return (f"not run: it keeps every layer's activation, {needed / 2**30:.1f} GiB at n = {self.n}, and "
+                f"{available / 2**30:.1f} GiB are available")
 
     def autocast(self):
         return self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=self.cfg["bf16"])
@@ -689,6 +727,18 @@ MEASUREMENTS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "reference": measure_reference,
 }
 WORKLOADS = {"rayrs_cross_epoch", "pytorch_cka_cross_epoch"}
+PEERS = {"pytorch_cka", "torch_cka", "pytorch_cka_cross_epoch"}  # they keep every layer's activation
+
+
+def _mem_available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _rss_mb_now() -> float | None:
@@ -715,6 +765,9 @@ def _child(name: str, cfg: dict[str, Any]) -> None:
     workload = name in WORKLOADS
     bench = Bench(cfg, n=cfg["workload_n"] if workload else cfg["n"],
                   batches=cfg["workload_batches"] if workload else cfg["batches"])
+    if name in PEERS and (too_big := bench.peer_fits()) is not None:
+        print(RESULT_MARK + json.dumps({"error": too_big}), flush=True)
+        return
     bench.warm_up()
     setup_rss = _rss_mb_now()
     result = MEASUREMENTS[name](bench)
@@ -1085,9 +1138,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--arch", default="wrn", help="a rayrs.models.MODELS name (default wrn)")
+    p.add_argument("--model", choices=list(MODEL_CASES), default=None,
+                   help="a large model at 224 px instead of --arch: " + "; ".join(
+                       f"{name}: {case['arch']} ({', '.join(case['layers'])})" for name, case in MODEL_CASES.items()))
     p.add_argument("--depth", type=int, default=None, help="default 16 for wrn")
     p.add_argument("--width", type=int, default=None, help="default 2 for wrn")
-    p.add_argument("--n", type=int, default=1024, help="examples per minibatch (paper: 1024)")
+    p.add_argument("--n", type=int, default=None, help="examples per minibatch (paper: 1024; 256 with --model)")
     p.add_argument("--batches", type=int, default=None, help="minibatches of n (default 2; 1 with --quick)")
     p.add_argument("--bf16", action="store_true", help="forward under bf16 autocast (rayrs Grams stay float32)")
     p.add_argument("--quick", action="store_true",
@@ -1112,7 +1168,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
-    wrn = args.arch == "wrn"
+    case = MODEL_CASES.get(args.model, {})
+    arch = case.get("arch", args.arch)
+    n = args.n if args.n is not None else case.get("n", 1024)
+    wrn = arch == "wrn"
     depth = args.depth if args.depth is not None else (16 if wrn else None)
     width = args.width if args.width is not None else (2 if wrn else None)
     batches = args.batches if args.batches is not None else (1 if args.quick else 2)
@@ -1120,11 +1179,12 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     if rows_wanted is None and args.quick:
         rows_wanted = QUICK_TORCH_CKA_ROWS
     return {
-        "device": args.device, "arch": args.arch, "depth": depth, "width": width, "n": args.n, "batches": batches,
+        "device": args.device, "arch": arch, "depth": depth, "width": width, "n": n, "batches": batches,
+        "image_size": case.get("image_size"), "layers": case.get("layers"), "model": args.model,
         "bf16": args.bf16, "quick": args.quick, "seed": args.seed,
         "rounds": args.rounds,
         "round": 0,  # set for each child: which round it belongs to (torch-cka's rows, pytorch-cka's pairs)
-        "workload_n": min(args.n, QUICK_WORKLOAD_N) if args.quick else args.n,
+        "workload_n": min(n, QUICK_WORKLOAD_N) if args.quick else n,
         "workload_batches": batches,
         "torch_cka_rows": rows_wanted,  # per round; None: every row once over the rounds
         "pytorch_cka_epoch_pairs": (args.pytorch_cka_epoch_pairs if args.pytorch_cka_epoch_pairs is not None
@@ -1137,15 +1197,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.measure:
         _child(args.measure, json.loads(args.config))
         return
-    if args.n < 4:
-        raise SystemExit(f"--n {args.n}: the unbiased HSIC needs minibatches of at least 4 examples (paper: 1024)")
     check_rounds(args.rounds)
     cfg = resolve_config(args)
+    if cfg["n"] < 4:
+        raise SystemExit(f"--n {cfg['n']}: the unbiased HSIC needs minibatches of at least 4 examples (paper: 1024)")
     started = time.perf_counter()
-    order = [name for name in ROUND_ORDER if not args.only or name in args.only]
+    # A large model's cross_epoch workloads (10 checkpoints) run only when --only names them.
+    skipped = WORKLOADS if args.model and not args.only else set()
+    order = [name for name in ROUND_ORDER if (not args.only or name in args.only) and name not in skipped]
     with_reference = not args.only or "reference" in args.only
     R = cfg["rounds"]
     print(f"benchmarks/cka.py: {cfg['arch']} depth={cfg['depth']} width={cfg['width']} on {cfg['device']}, "
+          f"{cfg['image_size'] or 32} px, layers {', '.join(cfg['layers'] or ['conv', 'bn', 'act', 'pool', 'linear'])}, "
           f"n={cfg['n']} x {cfg['batches']} minibatch(es), workload n={cfg['workload_n']}, bf16={cfg['bf16']}, "
           f"quick={cfg['quick']}; {R} rounds of {', '.join(order)} ({ORDER_NOTE}), one process each; "
           f"{machine()['cpu']}, load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)

@@ -134,8 +134,8 @@ class ModelConfig(Section):
     arch: str = "wrn"
     depth: Int | None = Field(default=None, ge=1, le=MAX_DEPTH)  # None: the architecture's default (WRN: 28)
     width: Int | None = Field(default=None, ge=1, le=MAX_WIDTH)  # WRN widening factor k; None: default (WRN: 10)
-    # What the model does to its [0, 1] pixels first (rayrs.models.NORMALIZATIONS): none (the paper's code) or
-    # imagenet (ResNets only). Left out of the trial fingerprint when none: trials from before it keep theirs.
+    # What the model does to its [0, 1] pixels first (rayrs.models.NORMALIZATIONS): none (the paper's code), or
+    # imagenet or cifar10 (ResNets only). Left out of the trial fingerprint when none: trials from before it keep theirs.
     normalize: str = "none"
 
     @field_validator("arch")
@@ -418,6 +418,19 @@ Measure = Literal["cka", "procrustes", "svcca", "svcca_variance"]
 # sweep file needs no torch import. A test checks that the two lists agree.
 LayerType = Literal["conv", "bn", "act", "pool", "linear", "block"]
 PAPER_LAYERS: tuple[str, ...] = ("conv", "bn", "act", "pool", "linear")
+NAME_PATTERN = "name:"  # rayrs.models.NAME_PATTERN, spelled out for the same reason
+
+
+def _layer_spec(value: Any) -> Any:
+    """A layer type, or ``name:<glob>``: the modules whose path matches (`rayrs.models.name_pattern`)."""
+    if value in typing.get_args(LayerType) or (isinstance(value, str) and value.startswith(NAME_PATTERN)
+                                               and len(value) > len(NAME_PATTERN)):
+        return value
+    raise ValueError("Input should be 'conv', 'bn', 'act', 'pool', 'linear' or 'block', or name:<glob> for modules "
+                     "by path (name:blocks.* for a ViT's transformer blocks; * stays within a dotted part, ** crosses)")
+
+
+LayerSpec = Annotated[str, BeforeValidator(_layer_spec)]
 
 
 def _each_once(value: list[Any]) -> list[Any]:
@@ -439,12 +452,13 @@ class ComparisonSection(Section):
     minibatch of at most 1024 probe inputs (`rayrs.similarity.measures`).
 
     ``layer_types``: which layers are compared, in execution order: by default the paper's "all layers"
-    (conv, bn, act, pool, linear; §2); ``block`` adds each residual block's output (after the addition).
+    (conv, bn, act, pool, linear; §2); ``block`` adds each residual block's output (after the addition), and
+    ``name:<glob>`` the modules whose path matches (``name:blocks.*``: a ViT's transformer blocks).
     The rows' ``layer_*`` indices count the compared layers only (`rayrs.schema`).
     """
 
     measures: list[Measure] = Field(default_factory=lambda: ["cka"], min_length=1)
-    layer_types: list[LayerType] = Field(default_factory=lambda: list(PAPER_LAYERS), min_length=1)
+    layer_types: list[LayerSpec] = Field(default_factory=lambda: list(PAPER_LAYERS), min_length=1)
 
     @field_validator("measures", "layer_types")
     @classmethod
@@ -505,7 +519,7 @@ class CrossEpoch(ComparisonSection):
     """
 
     kind: Literal["cross_epoch"] = "cross_epoch"
-    layer_types: list[LayerType] = Field(default_factory=lambda: [*PAPER_LAYERS, "block"], min_length=1)
+    layer_types: list[LayerSpec] = Field(default_factory=lambda: [*PAPER_LAYERS, "block"], min_length=1)
     trials: Trials = "all"
     probes: list[Literal["benign", "adversarial"]] = Field(default_factory=lambda: ["benign"], min_length=1)
     epochs: Literal["all"] | Epochs = "all"

@@ -14,7 +14,9 @@ pooling, activation, and batch-normalization layers" (§2, "Representation simil
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import difflib
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -157,14 +159,29 @@ def build_wrn(
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# CIFAR-10's training-set channel statistics as RobustBench writes them (robustbench/model_zoo/architectures/
+# dm_wide_resnet.py, CIFAR10_MEAN / CIFAR10_STD): the normalisation its DeepMind WideResNets (Gowal et al. 2020,
+# Rebuffi et al. 2021) apply inside the model, from deepmind-research's adversarial_robustness model zoo.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 
 # What a model does to its [0, 1] pixels before its first layer (``model.normalize``). The paper's code feeds
 # [0, 1] pixels straight to torchvision's resnet18 / resnet50: its data.py ends every transform in ToTensor()
 # with no Normalize, and cka.py asserts inputs in [0, 1] and calls the models on them. So "none" is the
-# default, and the usual torchvision preprocessing is the separately named "imagenet".
+# default, and the usual torchvision preprocessing is the separately named "imagenet". A model rayrs did not
+# train takes what its zoo's convention is: RobustBench's CIFAR-10 models take [0, 1] pixels, most with no
+# normalisation ("none"), its DeepMind WideResNets with CIFAR-10's ("cifar10"); its ImageNet models and
+# torchvision's / timm's ImageNet weights with ImageNet's ("imagenet"). Any other statistics are written out
+# as ``{"mean": [...], "std": [...]}`` (`normalization_stats`).
 NORMALIZATIONS: dict[str, str] = {
     "none": "[0, 1] pixels straight into the first layer, as the paper's code feeds its ResNets",
     "imagenet": "(x - ImageNet mean) / ImageNet std inside the model first (torchvision's usual preprocessing)",
+    "cifar10": "(x - CIFAR-10 mean) / CIFAR-10 std inside the model first (RobustBench's DeepMind WideResNets)",
+}
+# The per-channel RGB statistics of each named normalisation but "none".
+NORMALIZATION_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
 }
 
 
@@ -186,10 +203,43 @@ class Normalize(nn.Module):
 
 def imagenet_stats(in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """ImageNet mean/std for RGB; for any other channel count every channel gets the RGB average."""
+    return _stats_for(NORMALIZATION_STATS["imagenet"], in_channels)
+
+
+def _stats_for(stats: tuple[tuple[float, ...], tuple[float, ...]],
+               in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """RGB ``(mean, std)`` as they are for 3 channels; for any other count, every channel gets the RGB average."""
+    mean, std = stats
     if in_channels == 3:
-        return IMAGENET_MEAN, IMAGENET_STD
-    mean, std = sum(IMAGENET_MEAN) / 3, sum(IMAGENET_STD) / 3
-    return (mean,) * in_channels, (std,) * in_channels
+        return mean, std
+    return (sum(mean) / 3,) * in_channels, (sum(std) / 3,) * in_channels
+
+
+def normalization_stats(normalize: Any, in_channels: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The ``(mean, std)`` per channel (``in_channels`` of each) that ``normalize`` names, or None for "none".
+
+    ``normalize``: a name of `NORMALIZATIONS`, or a mapping ``{"mean": [...], "std": [...]}`` of one value or
+    ``in_channels`` values each (std > 0). Raises a one-line UserError for anything else.
+    """
+    if isinstance(normalize, str):
+        if normalize not in NORMALIZATIONS:
+            raise UserError(f"unknown normalize {normalize!r}: choose one of {', '.join(NORMALIZATIONS)}, "
+                            "or write {mean: [...], std: [...]}")
+        return None if normalize == "none" else _stats_for(NORMALIZATION_STATS[normalize], in_channels)
+    if not isinstance(normalize, Mapping) or set(normalize) != {"mean", "std"}:
+        raise UserError(f"normalize {normalize!r}: write one of {', '.join(NORMALIZATIONS)}, "
+                        "or {mean: [...], std: [...]} with nothing else")
+    stats = []
+    for key in ("mean", "std"):
+        value = normalize[key]
+        values = [value] if isinstance(value, int | float) else value
+        if (not isinstance(values, Sequence) or isinstance(values, str) or len(values) not in (1, in_channels)
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)):
+            raise UserError(f"normalize {key} {value!r}: give 1 or {in_channels} numbers (one per input channel)")
+        if key == "std" and min(values) <= 0:
+            raise UserError(f"normalize std {value!r}: every std must be positive")
+        stats.append(tuple(float(v) for v in values) * (in_channels if len(values) == 1 else 1))
+    return stats[0], stats[1]
 
 
 def _resnet_builder(fixed_depth: int) -> Callable[..., nn.Module]:
@@ -253,13 +303,13 @@ MODELS: dict[str, ModelInfo] = {
 
 def build_model(
     arch: str, *, num_classes: int, in_channels: int = 3, depth: int | None = None, width: int | None = None,
-    normalize: str = "none",
+    normalize: str | Mapping[str, Any] = "none",
 ) -> nn.Module:
     """A freshly initialised model (deterministic under ``torch.manual_seed``) taking [0, 1] pixels.
 
     ``depth`` / ``width`` default to the architecture's ``default_depth`` / ``default_width``. The ResNets have
     a fixed depth and no width: ``depth`` must be None or their own depth, ``width`` None. ``normalize`` names
-    what the model does to its pixels first (`NORMALIZATIONS`; the ResNets only take "imagenet"). An unknown
+    what the model does to its pixels first (`NORMALIZATIONS`; wrn takes "none" only). An unknown
     ``arch`` or normalisation, or an invalid depth/width, raises a ``UserError`` naming the valid values.
     Validation happens before any allocation; to validate without the cost of initialising, build under
     ``torch.device("meta")``.
@@ -267,8 +317,7 @@ def build_model(
     info = MODELS.get(arch)
     if info is None:
         raise UserError(f"unknown architecture {arch!r}: choose one of {', '.join(MODELS)}")
-    if normalize not in NORMALIZATIONS:
-        raise UserError(f"unknown normalize {normalize!r}: choose one of {', '.join(NORMALIZATIONS)}")
+    normalization_stats(normalize, in_channels)  # a UserError for an unknown name or bad statistics
     return info.build(
         num_classes=num_classes,
         in_channels=in_channels,
@@ -324,13 +373,21 @@ def register_residual_block(cls: type[nn.Module]) -> type[nn.Module]:
     return cls
 
 
+# A layer spec item that selects modules by name rather than type: "name:<glob>" over the module paths of
+# ``model.named_modules()``. ``*`` matches within one dotted part and ``**`` across parts, so "name:blocks.*"
+# is a ViT's transformer blocks (blocks.0 .. blocks.11) and not their insides; "name:**.mlp" every block's MLP.
+NAME_PATTERN = "name:"
+# The type of a layer selected by name whose module is none of the types above (a transformer block, a stage).
+NAMED = "named"
+
+
 @dataclass(frozen=True)
 class Layer:
     """One compared layer: the output of one call of one module (a leaf, or a residual block) in one forward pass."""
 
     index: int  # position in execution order among the listed layers, 0..L-1
     name: str  # module path, with "#k" appended for the k-th call (k >= 1) of a module that runs repeatedly
-    type: str  # "conv" | "bn" | "act" | "pool" | "linear" (the paper's) | "block"
+    type: str  # "conv" | "bn" | "act" | "pool" | "linear" (the paper's) | "block" | "named" (by name only)
     module_name: str  # path of the nn.Module, as in model.named_modules()
     call: int  # which call of that module in one forward pass (0 for most layers)
 
@@ -351,6 +408,41 @@ def layer_type(module: nn.Module) -> str | None:
     return None
 
 
+def is_name_pattern(item: str) -> bool:
+    """Whether a layer spec item selects by module name (``name:<glob>``, `NAME_PATTERN`) rather than by type."""
+    return item.startswith(NAME_PATTERN) and len(item) > len(NAME_PATTERN)
+
+
+@lru_cache(maxsize=256)
+def name_pattern(item: str) -> re.Pattern[str]:
+    """The regular expression of a ``name:<glob>`` item: ``**`` any characters, ``*`` any within one dotted
+    part, ``?`` one character but a dot; the whole module path must match."""
+    glob = item[len(NAME_PATTERN):]
+    parts = []
+    for piece in re.split(r"(\*\*|\*|\?)", glob):
+        parts.append({"**": ".*", "*": r"[^.]*", "?": r"[^.]"}.get(piece, re.escape(piece)))
+    return re.compile("".join(parts))
+
+
+def selects(types: Iterable[str], layer: Layer) -> bool:
+    """Whether the layer spec ``types`` selects ``layer``: its type is listed, or its module path matches one of
+    the spec's ``name:<glob>`` patterns (as `comparable_layers` selects). Picks a job's layers out of a listing
+    made for a wider spec."""
+    return any(item == layer.type or (is_name_pattern(item) and name_pattern(item).fullmatch(layer.module_name))
+               for item in types)
+
+
+def check_layer_spec(items: Iterable[str]) -> tuple[str, ...]:
+    """The layer spec ``items`` (types of `ALL_LAYER_TYPES` and ``name:<glob>`` patterns) in canonical order
+    (`layer_types`); a ValueError naming the first item that is neither, or for an empty spec."""
+    items = list(items)
+    unknown = [item for item in items if item not in ALL_LAYER_TYPES and not is_name_pattern(item)]
+    if unknown or not items:
+        raise ValueError(f"unknown layer types {unknown}; choose from {', '.join(ALL_LAYER_TYPES)}, "
+                         f"or select modules by name with {NAME_PATTERN}<glob> (e.g. {NAME_PATTERN}blocks.*)")
+    return layer_types(items)
+
+
 def comparable_layers(
     model: nn.Module, example: torch.Tensor, types: Iterable[str] = PAPER_LAYER_TYPES
 ) -> list[Layer]:
@@ -364,15 +456,21 @@ def comparable_layers(
 
     ``example``: ``(n, c, h, w)`` input on the model's device; n = 1 is enough.
     ``types``: some of `ALL_LAYER_TYPES`; default the paper's five (`PAPER_LAYER_TYPES`), without blocks.
+    Items ``name:<glob>`` (`NAME_PATTERN`, `name_pattern`) add the modules whose path matches, whatever
+    their type (type `NAMED` if they have none); a pattern that matches no module that runs is a UserError
+    naming a few of the model's modules.
     """
     wanted = set(types)
-    unknown = wanted - set(ALL_LAYER_TYPES)
+    patterns = {item: name_pattern(item) for item in wanted if is_name_pattern(item)}
+    unknown = wanted - set(ALL_LAYER_TYPES) - set(patterns)
     if unknown:
-        raise ValueError(f"unknown layer types {sorted(unknown)}; choose from {', '.join(ALL_LAYER_TYPES)}")
+        raise ValueError(f"unknown layer types {sorted(unknown)}; choose from {', '.join(ALL_LAYER_TYPES)}, "
+                         f"or {NAME_PATTERN}<glob>")
     executed: list[str] = []
     handles = []
     for module_name, module in model.named_modules():
-        if layer_type(module) in wanted:
+        by_name = module_name and any(p.fullmatch(module_name) for p in patterns.values())  # never the model itself
+        if layer_type(module) in wanted or by_name:
             handles.append(module.register_forward_hook(_recorder(executed, module_name)))
     modes = {module: module.training for module in model.modules()}
     try:
@@ -384,12 +482,26 @@ def comparable_layers(
             handle.remove()
         for module, training in modes.items():
             module.training = training
+    for item, pattern in sorted(patterns.items()):
+        if not any(pattern.fullmatch(name) for name in executed):
+            raise UserError(f"layer pattern {item!r} matches no module that runs; {_some_names(model, item)} "
+                            "(in a pattern * stays within one dotted part, ** crosses parts)")
     return _layers_from_calls(model, executed)
 
 
+def _some_names(model: nn.Module, item: str) -> str:
+    """A few of the model's module names for an error line: those closest to the pattern, else the first ones."""
+    names = [name for name, _ in model.named_modules() if name]
+    close = difflib.get_close_matches(item[len(NAME_PATTERN):], names, n=5, cutoff=0.3)
+    shown = close or names[:5]
+    return f"the model's modules are named like {', '.join(shown)}" + (", ..." if len(names) > len(shown) else "")
+
+
 def layer_types(types: Any) -> tuple[str, ...]:
-    """Layer types in canonical order (`ALL_LAYER_TYPES`): one set, one spelling (and one job id)."""
-    return tuple(t for t in ALL_LAYER_TYPES if t in types)
+    """A layer spec in canonical order: its types in `ALL_LAYER_TYPES` order, then its ``name:<glob>``
+    patterns sorted, each once. One set, one spelling (and one job id)."""
+    return (*(t for t in ALL_LAYER_TYPES if t in types),
+            *sorted({t for t in types if isinstance(t, str) and is_name_pattern(t)}))
 
 
 def model_layers(config: TrialConfig, types: Any = PAPER_LAYER_TYPES) -> list[Layer]:
@@ -429,7 +541,6 @@ def _layers_from_calls(model: nn.Module, executed: list[str]) -> list[Layer]:
         call = calls.get(module_name, 0)
         calls[module_name] = call + 1
         name = module_name if call == 0 else f"{module_name}#{call}"
-        kind = layer_type(modules[module_name])
-        assert kind is not None  # only compared modules were hooked
+        kind = layer_type(modules[module_name]) or NAMED  # a module of no type was selected by name
         layers.append(Layer(index=index, name=name, type=kind, module_name=module_name, call=call))
     return layers

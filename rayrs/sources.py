@@ -7,8 +7,8 @@ the other. Two kinds of source feed a comparison:
   and the input normalisation it applies to its [0, 1] pixels. `TrialModel` is a trial's checkpoints: the
   architecture from the trial's configuration (`build_for`, the very network training builds) and the weights
   of an epoch from storage (`rayrs.checkpoint`). A user's network is another model source with the same three
-  answers: `WeightsFileModel` (``torchvision:<name>`` or a rayrs architecture, and a safetensors or
-  weights-only PyTorch file per epoch, `rayrs.weights`).
+  answers: `WeightsFileModel` (``torchvision:<name>``, ``timm:<name>``, a rayrs architecture or the user's
+  own ``package.module:function``, and a safetensors or weights-only PyTorch file per epoch, `rayrs.weights`).
 - a **probe source** holds the probe: the same test images, in the same order, for every compared model
   (`ProbeSource`: the TEST split alone, `rayrs.data.load_test_split`, so a comparison never reads or holds the
   training split), and the attack that crafts adversarial probes on a checkpoint (`probe_attack`: the source
@@ -17,6 +17,9 @@ the other. Two kinds of source feed a comparison:
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property, partial
@@ -34,15 +37,13 @@ from rayrs.errors import UserError
 from rayrs.methods import Attack
 from rayrs.models import (
     MODELS,
-    NORMALIZATIONS,
     PAPER_LAYER_TYPES,
     Layer,
-    Normalize,
     build_model,
     comparable_layers,
-    imagenet_stats,
     layer_types,
     model_layers,
+    normalization_stats,
 )
 from rayrs.storage import Storage
 from rayrs.weights import load_weights_into, read_weights
@@ -100,7 +101,8 @@ def fixed_subset(size: int, population: int, device: torch.device) -> torch.Tens
 class ModelSource(Protocol):
     """A network to compare: its layers, what it does to its pixels, and its weights after an epoch."""
 
-    normalize: str  # `rayrs.models.NORMALIZATIONS`: applied inside the model to its [0, 1] pixel inputs
+    # `rayrs.models.NORMALIZATIONS` (or explicit statistics): applied inside the model to its [0, 1] pixel inputs
+    normalize: str | Mapping[str, Any]
 
     def layers(self, types: Any = PAPER_LAYER_TYPES) -> list[Layer]:
         """The compared layers of ``types``, in execution order (`rayrs.models.comparable_layers`)."""
@@ -137,8 +139,11 @@ class TrialModel:
         return model.eval()
 
 
-def _torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
-    """torchvision's classification model ``name`` (``torchvision.models.get_model``), randomly initialised."""
+def _torchvision_model(name: str, num_classes: int, in_channels: int, image_size: int | None = None) -> nn.Module:
+    """torchvision's classification model ``name`` (``torchvision.models.get_model``), randomly initialised.
+
+    ``image_size`` is unused: torchvision's classifiers pool globally and take any size their strides allow.
+    """
     import torchvision
 
     import rayrs.resnets  # noqa: F401  (its BasicBlock / Bottleneck outputs become `block` layers)
@@ -152,32 +157,140 @@ def _torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Modu
         raise UserError(f"unknown torchvision model {name!r}: choose one of {names}") from None
 
 
-# Architecture families a weights file can name as ``<family>:<name>``; a bare name is one of rayrs's own
-# (`rayrs.models.MODELS`: wrn with its depth and width, the ResNets).
-ARCHITECTURE_FAMILIES: dict[str, Callable[[str, int, int], nn.Module]] = {"torchvision": _torchvision_model}
+def _timm_model(name: str, num_classes: int, in_channels: int, image_size: int | None = None) -> nn.Module:
+    """timm's model ``name`` (``timm.create_model``, no pretrained download), randomly initialised.
+
+    timm is an optional extra (``uv sync --extra timm``). Its vision transformers fix their patch grid at
+    construction (``fixed_input_size`` in their pretrained config): they are built for ``image_size`` (timm's
+    ``img_size=``) when given; its CNNs pool globally, take any size and refuse the argument: built without it.
+    """
+    try:
+        import timm
+    except ImportError:
+        raise UserError(f"timm:{name} needs timm, an optional extra of rayrs: uv sync --extra timm "
+                        "(or pip install timm)") from None
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5)
+        hint = f"close names: {', '.join(close)}" if close else "timm.list_models() lists them"
+        raise UserError(f"unknown timm model {name!r}; {hint}")
+    settings = {"pretrained": False, "num_classes": num_classes, "in_chans": in_channels}
+    if image_size is not None and _takes_img_size(timm, name):
+        settings["img_size"] = image_size
+    return timm.create_model(name, **settings)
+
+
+def _takes_img_size(timm: Any, name: str) -> bool:
+    """Whether timm's model ``name`` is built for one input size: its pretrained config says
+    ``fixed_input_size`` (timm's vision transformers, which then take ``img_size=``)."""
+    return bool(timm.models.get_pretrained_cfg_value(name, "fixed_input_size"))
+
+
+def _user_factory(arch: str, num_classes: int, in_channels: int) -> nn.Module:
+    """The network ``package.module:function`` returns: the user's own code, named in their own sweep file or
+    call. Importing a module runs it, by design, as ``python -c "import package.module"`` would; this is the
+    user's code, never anything read from a results or data folder (weights come from `rayrs.weights` only).
+
+    ``function`` is called with ``num_classes=`` and, when its signature takes it (or ``**kwargs``),
+    ``in_channels=``; it must return an ``nn.Module`` taking [0, 1] pixels (normalisation: `build_architecture`).
+    A module that cannot be found, a missing or non-callable name and a return value that is no ``nn.Module``
+    are one-line UserErrors; an exception raised inside the user's function is left as it is, with its
+    traceback, since it points into their code. Where the similarity stage runs on Ray workers, the package
+    must be importable there too (installed, or on their PYTHONPATH).
+    """
+    module_name, _, function_name = arch.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name is not None and (module_name == err.name or module_name.startswith(f"{err.name}.")):
+            raise UserError(
+                f"architecture {arch!r}: no module {module_name!r} to import; write "
+                f"{', '.join(f'{f}:<name>' for f in ARCHITECTURE_FAMILIES)}, one of {', '.join(MODELS)}, or "
+                "package.module:function for your own code, its package importable (installed or on PYTHONPATH)"
+            ) from None
+        raise UserError(f"architecture {arch!r}: importing {module_name} failed: {err}") from None
+    function = getattr(module, function_name, None)
+    if function is None:
+        raise UserError(f"architecture {arch!r}: module {module_name} has no {function_name!r}")
+    if not callable(function):
+        raise UserError(f"architecture {arch!r}: {module_name}.{function_name} is a "
+                        f"{type(function).__name__}, not a function returning an nn.Module")
+    settings: dict[str, Any] = {"num_classes": num_classes}
+    if _accepts(function, "in_channels"):
+        settings["in_channels"] = in_channels
+    model = function(**settings)
+    if not isinstance(model, nn.Module):
+        raise UserError(f"architecture {arch!r}: {module_name}.{function_name}(num_classes=...) returned a "
+                        f"{type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _accepts(function: Callable[..., Any], keyword: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: give it the required arguments only
+        return False
+    return any(p.name == keyword or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+# Architecture families a weights file can name as ``<family>:<name>``: family(name, num_classes, in_channels,
+# image_size). A bare name is one of rayrs's own (`rayrs.models.MODELS`: wrn with its depth and width, the
+# ResNets); any other ``module:function`` (the part before the colon not a family) is the user's own factory
+# (`_user_factory`), e.g. ``mypkg.models:make_net``.
+ARCHITECTURE_FAMILIES: dict[str, Callable[[str, int, int, int | None], nn.Module]] = {
+    "torchvision": _torchvision_model,
+    "timm": _timm_model,
+}
 
 
 def build_architecture(arch: str, *, num_classes: int, in_channels: int = 3, depth: int | None = None,
-                       width: int | None = None, normalize: str = "none") -> nn.Module:
-    """A freshly initialised network of ``arch`` taking [0, 1] pixels: ``torchvision:<name>`` or a rayrs
-    architecture (`rayrs.models.build_model`). ``normalize`` (`rayrs.models.NORMALIZATIONS`) is applied to
-    the pixels first, without changing the state dict's names (a non-persistent buffer in a pre-hook)."""
-    family, _, name = arch.partition(":")
-    if not name:
+                       width: int | None = None, normalize: str | Mapping[str, Any] = "none",
+                       image_size: int | None = None) -> nn.Module:
+    """A freshly initialised network of ``arch`` taking [0, 1] pixels: ``torchvision:<name>``, ``timm:<name>``
+    (`ARCHITECTURE_FAMILIES`), a rayrs architecture (`rayrs.models.build_model`), or ``package.module:function``
+    (the user's own factory, `_user_factory`).
+
+    ``normalize`` (a name of `rayrs.models.NORMALIZATIONS`, or ``{"mean": [...], "std": [...]}``) is applied to
+    the pixels first, without changing the state dict's names (`_normalize_inputs`: a pre-hook), for
+    every family and factory (rayrs's own architectures apply it themselves, `rayrs.models.build_model`): a
+    checkpoint's zoo decides it (RobustBench's CIFAR-10 models: mostly none, cifar10 for those that normalise
+    inside; ImageNet weights: imagenet). ``image_size``: the input side the network is built for, where the
+    family fixes it at construction (timm's vision transformers); ignored elsewhere.
+    """
+    family, colon, name = arch.partition(":")
+    if not colon:  # rayrs's own: its builder applies (or, for wrn, refuses) the normalisation
         return build_model(arch, num_classes=num_classes, in_channels=in_channels, depth=depth, width=width,
                            normalize=normalize)
-    if family not in ARCHITECTURE_FAMILIES:
-        raise UserError(f"unknown architecture family {family!r} in {arch!r}: write "
-                        f"{' or '.join(f'{f}:<name>' for f in ARCHITECTURE_FAMILIES)}, or one of {', '.join(MODELS)}")
+    stats = normalization_stats(normalize, in_channels)
     if depth is not None or width is not None:
         raise UserError(f"{arch}: depth and width apply to rayrs's wrn only; leave them unset")
-    if normalize not in NORMALIZATIONS:
-        raise UserError(f"unknown normalize {normalize!r}: choose one of {', '.join(NORMALIZATIONS)}")
-    model = ARCHITECTURE_FAMILIES[family](name, num_classes, in_channels)
-    if normalize == "imagenet":
-        model.add_module("normalize", Normalize(*imagenet_stats(in_channels)))
-        model.register_forward_pre_hook(lambda module, args: (module.normalize(args[0]), *args[1:]))
+    if not name:
+        raise UserError(f"architecture {arch!r} names nothing after the colon: write {family}:<name>")
+    if family in ARCHITECTURE_FAMILIES:
+        model = ARCHITECTURE_FAMILIES[family](name, num_classes, in_channels, image_size)
+    else:
+        model = _user_factory(arch, num_classes, in_channels)
+    if stats is not None:
+        _normalize_inputs(model, arch, stats)
     return model
+
+
+# The names of the statistics `_normalize_inputs` gives a network (non-persistent buffers).
+INPUT_MEAN, INPUT_STD = "input_mean", "input_std"
+
+
+def _normalize_inputs(model: nn.Module, arch: str, stats: tuple[tuple[float, ...], tuple[float, ...]]) -> None:
+    """Make ``model`` compute ``(x - mean) / std`` on its input first: a forward pre-hook with the statistics as
+    non-persistent (1, C, 1, 1) buffers, so they follow ``.to(device)``, stay out of the state dict, and add
+    no submodule (an ``nn.Sequential`` would run a child module as its last layer)."""
+    taken = [name for name in (INPUT_MEAN, INPUT_STD) if hasattr(model, name)]
+    if taken:
+        raise UserError(f"{arch}: the network already has an attribute {taken[0]!r}; leave normalize unset and "
+                        "normalise inside your network instead")
+    mean, std = stats
+    model.register_buffer(INPUT_MEAN, torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+    model.register_buffer(INPUT_STD, torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+    model.register_forward_pre_hook(
+        lambda module, args: ((args[0] - getattr(module, INPUT_MEAN)) / getattr(module, INPUT_STD), *args[1:]))
 
 
 @dataclass(frozen=True, eq=False)
@@ -194,7 +307,7 @@ class WeightsFileModel:
     num_classes: int
     image_size: int
     in_channels: int = 3
-    normalize: str = "none"
+    normalize: str | Mapping[str, Any] = "none"  # `rayrs.models.normalization_stats`
     depth: int | None = None
     width: int | None = None
     device: torch.device | str = "cpu"
@@ -207,7 +320,8 @@ class WeightsFileModel:
     def build(self) -> nn.Module:
         """The architecture, freshly initialised on the current default device (no weights loaded)."""
         return build_architecture(self.arch, num_classes=self.num_classes, in_channels=self.in_channels,
-                                  depth=self.depth, width=self.width, normalize=self.normalize)
+                                  depth=self.depth, width=self.width, normalize=self.normalize,
+                                  image_size=self.image_size)
 
     def layers(self, types: Any = PAPER_LAYER_TYPES) -> list[Layer]:
         with torch.device("meta"):

@@ -127,8 +127,8 @@ def test_resnet_with_imagenet_normalisation_is_torchvisions_on_normalised_pixels
 def test_normalisation_is_a_resnet_option_with_known_names() -> None:
     with pytest.raises(UserError, match="normalize 'imagenet' is not available for wrn.*resnet18"):
         build_model("wrn", num_classes=10, depth=10, width=1, normalize="imagenet")
-    with pytest.raises(UserError, match="unknown normalize 'cifar10': choose one of none, imagenet"):
-        build_model("resnet18", num_classes=10, normalize="cifar10")
+    with pytest.raises(UserError, match="unknown normalize 'cifar': choose one of none, imagenet, cifar10"):
+        build_model("resnet18", num_classes=10, normalize="cifar")
 
 
 @pytest.mark.parametrize("depth", [27, 4, 0, 11])

@@ -155,7 +155,7 @@ def test_a_rayrs_wrn_from_a_weights_file_and_unknown_names_are_one_line(tmp_path
         torch.testing.assert_close(model(_inputs()), saved(_inputs()), rtol=0, atol=0)
     with pytest.raises(UserError, match=r"unknown torchvision model 'resnet19': choose one of .*resnet18"):
         WeightsFileModel.of("torchvision:resnet19", path, num_classes=10, image_size=32).load()
-    with pytest.raises(UserError, match=r"unknown architecture family 'timmm' in 'timmm:vit': write torchvision:<name>"):
+    with pytest.raises(UserError, match=r"architecture 'timmm:vit': no module 'timmm' to import; write torchvision:<name>, timm:<name>"):
         WeightsFileModel.of("timmm:vit", path, num_classes=10, image_size=32).load()
     with pytest.raises(UserError, match=r"no weights file for epoch 5 \(have \[0\]\)"):
         WeightsFileModel.of("wrn", path, num_classes=10, image_size=32, depth=10, width=1).load(5)

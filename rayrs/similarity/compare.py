@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from rayrs.data import to_float
-from rayrs.models import ALL_LAYER_TYPES, BLOCK, PAPER_LAYER_TYPES, Layer, comparable_layers, layer_types
+from rayrs.models import BLOCK, PAPER_LAYER_TYPES, Layer, check_layer_spec, comparable_layers
 from rayrs.schema import SECONDS_FIELD
 from rayrs.similarity.cka import JACKKNIFE_GROUPS, MinibatchCKA
 from rayrs.similarity.grams import GramRecorder, channels_last
@@ -47,7 +47,8 @@ def compare(
     images: (n, C, H, W) float in [0, 1], or uint8 in 0..255; n >= 4 (CKA's unbiased HSIC needs 4 examples
         a minibatch). The same images, in the same order, go through both models.
     layers: the compared layer types, some of `rayrs.models.ALL_LAYER_TYPES` (``"block"`` for residual block
-        outputs); default the paper's conv, bn, act, pool and linear.
+        outputs), and/or modules by name, ``"name:<glob>"`` (``"name:blocks.*"``: a ViT's transformer blocks;
+        `rayrs.models.name_pattern`); default the paper's conv, bn, act, pool and linear.
     batch_size, passes: the minibatch size and the number of passes over ``images``, each pass in its own
         seeded order (the paper: 1024 and 3); with one minibatch of every image, the value is full-batch
         unbiased CKA.
@@ -67,11 +68,10 @@ def compare(
     if images.ndim != 4 or images.shape[0] < 4:
         raise ValueError(f"compare: images must be (n, C, H, W) with n >= 4, got {tuple(images.shape)}")
     inputs = to_float(images) if images.dtype == torch.uint8 else images.float()
-    wanted = [layers] if isinstance(layers, str) else list(layers)
-    unknown = sorted(set(wanted) - set(ALL_LAYER_TYPES))
-    if unknown or not wanted:
-        raise ValueError(f"compare: unknown layer types {unknown}; choose from {', '.join(ALL_LAYER_TYPES)}")
-    types = layer_types(wanted)
+    try:
+        types = check_layer_spec([layers] if isinstance(layers, str) else layers)
+    except ValueError as err:
+        raise ValueError(f"compare: {err}") from None
     if BLOCK in types:
         import rayrs.resnets  # noqa: F401  (registers torchvision's BasicBlock and Bottleneck as blocks)
     started = time.perf_counter()

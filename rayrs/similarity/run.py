@@ -45,7 +45,7 @@ import torch
 
 from rayrs.config import ModelEntrySpec, TrialConfig
 from rayrs.entries import model_source
-from rayrs.models import Layer, layer_types
+from rayrs.models import Layer, layer_types, selects
 from rayrs.schema import SECONDS_FIELD
 from rayrs.similarity.cka import JACKKNIFE_GROUPS, MinibatchCKA
 from rayrs.similarity.grams import GramRecorder, channels_last, reuse_freed_memory
@@ -316,7 +316,7 @@ class _TaskRun:
         key = (trial, types)
         if key not in self._selections:
             view = self._layers[trial]
-            chosen = [layer for layer in view if layer.type in types]
+            chosen = [layer for layer in view if selects(types, layer)]  # by type or by name:<glob>
             if len(chosen) == len(view):
                 self._selections[key] = _Selection(view)
             else:
