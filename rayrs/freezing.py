@@ -7,7 +7,8 @@ a fixed epoch (``train.freeze: {through, from_epoch}``). With ``train.freeze: {a
 - After each epoch, each residual block's output (a ``block`` layer, `rayrs.models`) on a fixed probe of
   ``probe`` TRAINING images (chosen by the trial's seed, never augmented) becomes a U-centred (n, n) Gram
   (`rayrs.similarity.grams.GramRecorder`, the comparison engine's). For robust methods the same images are
-  also attacked with the trial's training attack on the current model, giving a second Gram per block.
+  also attacked on the current model by the trial's own training attack (`rayrs.train.probe_attack`: PGD-k for
+  PGD-AT, the KL attack for TRADES, the single FGSM step for fast AT), giving a second Gram per block.
 - Each Gram is compared with the previous epoch's, kept in memory (n^2 floats per block and probe, never an
   activation): linear CKA with the unbiased HSIC estimator, as `rayrs.similarity.cka` computes it. A block's
   score is the lower of its benign and adversarial CKA.

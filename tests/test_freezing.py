@@ -16,7 +16,7 @@ from rayrs.methods import METHODS
 from rayrs.similarity.cka import MinibatchCKA
 from rayrs.similarity.grams import layer_grams
 from rayrs.storage import Storage
-from rayrs.train import build_for, load_trial_data, make_attack, train_step, train_trial
+from rayrs.train import build_for, guided_freezing, load_trial_data, make_attack, train_step, train_trial
 
 # WRN-10-1 on digits: three residual blocks (block1.0, block2.0, block3.0), a few seconds an epoch on a CPU.
 TINY = {"model": {"width": 1}, "eval": {"train_subset": 32, "test_subset": 32, "attack": {"steps": 2}}}
@@ -189,3 +189,29 @@ def test_the_backward_pass_stops_at_the_frozen_boundary(method):
     frozen = {id(p) for module in prefixes[1] for p in module.parameters()}
     assert all(p.grad is None for p in model.parameters() if id(p) in frozen)
     assert all(p.grad is not None for p in model.parameters() if id(p) not in frozen)
+
+
+@pytest.mark.parametrize("method", ["pgd", "trades", "fast"])
+def test_the_adversarial_probe_is_attacked_by_the_methods_own_training_attack(method):
+    """The probe's adversarial images are the ones the method's loss would train on, from the same random starts:
+    PGD-k for PGD-AT, TRADES' KL attack (not cross-entropy PGD), fast AT's single FGSM step (not PGD-k)."""
+    spec = digits_spec("probe", train={"epochs": 4, **PGD, "method": method, "attack": {"steps": 3},
+                                       "freeze": {"auto": {"probe": 32}}}, **TINY)
+    config, epoch = spec.config, 3
+    data = load_trial_data(config, "cpu")
+    model = build_for(config, data, "cpu").eval()
+    guide = guided_freezing(config, model, data, "cpu")
+    probed = guide.attack_for(epoch)(model, guide.images, guide.labels)
+    trained_on = []  # what the training loss feeds its model, spied on its attack
+
+    def spy(*args, **kwargs):
+        trained_on.append(attack(*args, **kwargs))
+        return trained_on[-1]
+
+    attack = make_attack(config, "train", probe_generator(config.train.seed, epoch, "cpu"))
+    METHODS[method].loss(model, guide.images, guide.labels, spy, config.train)
+    assert len(trained_on) == 1 and torch.equal(probed, trained_on[0])
+    plain = make_attack(config, "train", probe_generator(config.train.seed, epoch, "cpu"))(model, guide.images, guide.labels)
+    # The cross-entropy PGD-k probe that TRADES and fast AT had before is another perturbation (PGD-AT's is this one).
+    assert torch.equal(plain, probed) == (method == "pgd")
+
