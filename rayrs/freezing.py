@@ -98,6 +98,42 @@ def block_layers(model: nn.Module, example: torch.Tensor) -> tuple[list[Layer], 
     return blocks, prefixes
 
 
+def weighted_macs(model: nn.Module, example: torch.Tensor) -> dict[int, float]:
+    """Multiply-accumulates per example of each convolution and linear layer of ``model`` (by ``id``), counted on
+    one eval-mode forward pass of ``example`` (n, C, H, W): output elements x the weights each one reads (a
+    convolution's in_channels/groups x kh x kw, a linear layer's in_features). A layer's weight gradient costs
+    as many multiply-accumulates as its forward pass, so these weigh what freezing it saves."""
+    counts: dict[int, float] = {}
+
+    def count(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        counts[id(module)] = counts.get(id(module), 0.0) + output.numel() / output.shape[0] * module.weight[0].numel()
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    modes = {module: module.training for module in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes.items():
+            module.training = training
+    return counts
+
+
+def prefix_macs_share(model: nn.Module, prefixes: list[list[nn.Module]], example: torch.Tensor) -> list[float]:
+    """For each k, the share of the model's per-example multiply-accumulates (convolutions and linear layers)
+    in the modules that freezing the first k + 1 blocks stops (`block_layers`' prefixes): (B,) floats in [0, 1]."""
+    counts = weighted_macs(model, example)
+    total = sum(counts.values())
+    shares = []
+    for modules in prefixes:
+        inside = {id(sub) for module in modules for sub in module.modules()}
+        shares.append(sum(macs for key, macs in counts.items() if key in inside) / total)
+    return shares
+
+
 class GuidedFreezing:
     """The decision state of one trial's CKA-guided freezing, and the per-epoch check (see the module doc).
 
@@ -112,6 +148,7 @@ class GuidedFreezing:
         chosen = probe_indices(seed, settings.probe, train_images.shape[0]).to(train_images.device)
         self.images, self.labels = to_float(train_images[chosen]), train_labels[chosen]
         self.blocks, self._prefixes = block_layers(model, self.images[:2])
+        self.prefix_share = prefix_macs_share(model, self._prefixes, self.images[:2])
         count = len(self.blocks)
         self.streak = [0] * count
         self.frozen = 0  # the first `frozen` blocks are frozen (with the stem)
@@ -141,7 +178,9 @@ class GuidedFreezing:
         """The check after training ``epoch``: (metrics to add, the ``freezing`` record for meta.json).
 
         Updates the streaks and, before the last epoch, the frozen prefix for the next epoch. The metrics are
-        ``frozen_blocks`` (blocks frozen DURING this epoch) and ``freeze_check_seconds`` (this check's time).
+        ``frozen_blocks`` (blocks frozen DURING this epoch), ``freeze_check_seconds`` (this check's time) and
+        ``frozen_macs_share`` (the frozen modules' share of the model's multiply-accumulates during this epoch:
+        the share of the epoch's weight-gradient work skipped, `prefix_macs_share`).
         """
         started = time.perf_counter()
         trained_frozen = self.frozen
@@ -168,8 +207,10 @@ class GuidedFreezing:
             "threshold": self.settings.threshold,
             "patience": self.settings.patience,
             "probe": int(self.images.shape[0]),
+            "prefix_macs_share": [round(share, 6) for share in self.prefix_share],
         }
-        metrics = {"frozen_blocks": trained_frozen, "freeze_check_seconds": time.perf_counter() - started}
+        metrics = {"frozen_blocks": trained_frozen, "freeze_check_seconds": time.perf_counter() - started,
+                   "frozen_macs_share": self.prefix_share[trained_frozen - 1] if trained_frozen else 0.0}
         return metrics, record
 
     def _grams(self, epoch: int) -> dict[str, torch.Tensor]:

@@ -4,15 +4,23 @@ import math
 import shutil
 
 import polars as pl
+import pyarrow as pa
 import pytest
 import torch
 
 from digits import digits_spec
+from synthetic import similarity_row
+from torch.utils.flop_counter import FlopCounterMode
+
+from analysis import findings
+from analysis.dynamics import fig6_convergence
+from analysis.load import read_metrics
 from rayrs import checkpoint
 from rayrs import storage as layout
 from rayrs.catalog import write_metrics
 from rayrs.freezing import block_layers, probe_generator, probe_indices
 from rayrs.methods import METHODS
+from rayrs.schema import SIMILARITY_SCHEMA
 from rayrs.similarity.cka import MinibatchCKA
 from rayrs.similarity.grams import layer_grams
 from rayrs.storage import Storage
@@ -215,3 +223,43 @@ def test_the_adversarial_probe_is_attacked_by_the_methods_own_training_attack(me
     # The cross-entropy PGD-k probe that TRADES and fast AT had before is another perturbation (PGD-AT's is this one).
     assert torch.equal(plain, probed) == (method == "pgd")
 
+
+def test_the_report_marks_each_blocks_freeze_epoch_on_fig6_and_states_the_weight_gradient_work_skipped(tmp_path):
+    """A real guided run that freezes every block from epoch 3 (threshold -1, patience 1): metrics.parquet holds
+    each block's freeze epoch and the frozen share of the work, Fig 6 draws a rule per frozen block at its epoch,
+    and the report's sentence states both."""
+    storage = Storage(tmp_path)
+    spec = auto_spec("guided", 4, threshold=-1, patience=1)
+    train_trial(spec, storage, "cpu", threads=1)
+    write_metrics(storage, ["guided"])
+    metrics = read_metrics(storage).sort("epoch")
+    assert metrics["freeze_blocks"].to_list()[-1] == BLOCKS
+    assert metrics["block_frozen_from"].to_list() == [[None] * 3, [3, 3, 3], [3, 3, 3], [3, 3, 3]]
+    # An independent count of the work: torch's FLOP counter per module. Freezing the three blocks (and the
+    # stem) leaves only the classifier `fc` with weight gradients.
+    data = load_trial_data(spec.config, "cpu")
+    with FlopCounterMode(display=False) as counter:
+        build_for(spec.config, data, "cpu").eval()(data.train_images[:2].float() / 255)
+    flops = {name.split(".", 1)[-1]: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    frozen_share = 1 - flops["fc"] / flops["Global"]
+    assert 0.9 < frozen_share < 1  # the classifier is a small part of a WRN's work
+    assert metrics["frozen_macs_share"].to_list() == pytest.approx([0, 0, frozen_share, frozen_share], rel=1e-6)
+
+    layers = [("conv1", "conv"), ("block1.0", "block"), ("block2.0", "block"), ("block3.0", "block"), ("fc", "linear")]
+    similarity = pl.from_arrow(pa.Table.from_pylist(
+        [similarity_row("cross_epoch", "guided", "guided", i, i, 0.5 + 0.1 * e, epoch_a=e, epoch_b=4, job="guided", layers=layers)
+         for e in range(1, 5) for i in range(len(layers))], schema=SIMILARITY_SCHEMA))
+    top = fig6_convergence(similarity, metrics).to_dict()
+    chart = top["vconcat"][0]
+    band, line, rule = chart["spec"]["layer"]
+    assert rule["mark"]["type"] == "rule" and rule["encoding"]["x"]["field"] == "epoch"
+    marks = [r for r in top["datasets"][chart["data"]["name"]] if r["mark"] == "freeze"]
+    assert sorted((r["block_a"], r["frozen_block"], r["epoch"]) for r in marks) == [
+        ("block1", "block1.0", 3), ("block2", "block2.0", 3), ("block3", "block3.0", 3)]
+
+    sentence = findings.freezing_finding(metrics)
+    assert "trained block1.0 from epoch 3, block2.0 from epoch 3, block3.0 from epoch 3 frozen" in sentence
+    # Two of the four epochs trained with the frozen share: half of it over the whole training.
+    assert f"skipping {100 * frozen_share / 2:.1f}% of its 4 epochs' weight-gradient work" in sentence
+    check = metrics["freeze_check_seconds"].sum() / metrics["epoch_seconds"].sum()
+    assert f"the check took {100 * check:.1f}% of its epochs' measured time" in sentence
