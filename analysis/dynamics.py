@@ -40,6 +40,9 @@ def fig6_convergence(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt.VCo
     A block is a stage of the network (WRN ``block1``..``block3``, ResNet ``layer1``..``layer4``) and its output
     that of the stage's last residual block (the ``block`` layer ``block1.3`` of a WRN-28), the tensor the
     paper's code records for ``block1``: "the output of the first two blocks" (§5).
+
+    Trials with CKA-guided freezing (rayrs's, the paper's §7 proposal) get a dashed rule in the stage's colour at
+    the epoch each residual block trained frozen from (`freeze_marks`), one per trial and frozen block.
     """
     rows = _cross_epoch(similarity, "Fig 6").filter(probe_a=BENIGN, probe_b=BENIGN)
     if rows.is_empty():
@@ -68,16 +71,19 @@ def fig6_convergence(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt.VCo
         "upper",
         "seeds",
     )
+    trials = rows.select(pl.col("model_a").alias("trial"), pl.col("config_a").alias("config")).unique()
+    marks = freeze_marks(metrics, trials, order)
     epoch_axis = alt.X("epoch:Q", title="epoch", axis=alt.Axis(format="d", tickMinStep=1), scale=alt.Scale(nice=False))
     base = alt.Chart().encode(
         x=epoch_axis,
         color=alt.Color("block_a:N", title="block output", sort=blocks, legend=alt.Legend(symbolOpacity=1)),
     )
-    band = base.mark_area(opacity=0.2).encode(
+    curves = alt.datum.mark == "curve"  # the facet needs one data set: curves and freeze marks share it
+    band = base.transform_filter(curves).mark_area(opacity=0.2).encode(
         y=alt.Y("lower:Q", title="CKA to final epoch", scale=alt.Scale(domain=[0, 1], clamp=True)),
         y2="upper:Q",
     )
-    line = base.mark_line(point=alt.OverlayMarkDef(size=12, filled=True)).encode(
+    line = base.transform_filter(curves).mark_line(point=alt.OverlayMarkDef(size=12, filled=True)).encode(
         y=alt.Y("cka:Q", title="CKA to final epoch", scale=alt.Scale(domain=[0, 1], clamp=True)),
         tooltip=[
             "block_a:N",
@@ -89,14 +95,21 @@ def fig6_convergence(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt.VCo
             alt.Tooltip("seeds:Q", title="seeds"),
         ],
     )
+    layers = [band, line]
+    if not marks.is_empty():
+        # CKA-guided freezing: a dashed rule, in the stage's colour, at the epoch each residual block trained frozen from.
+        layers.append(base.transform_filter(alt.datum.mark == "freeze").mark_rule(strokeDash=[4, 3], opacity=0.8).encode(
+            tooltip=["trial:N", alt.Tooltip("frozen_block:N", title="residual block"),
+                     alt.Tooltip("epoch:Q", title="trained frozen from epoch")]))
+    data = cka.with_columns(mark=pl.lit("curve"))
+    if not marks.is_empty():
+        data = pl.concat([data, marks.with_columns(mark=pl.lit("freeze"))], how="diagonal_relaxed")
     top = (
-        alt.layer(band, line, data=chart_data(cka))
+        alt.layer(*layers, data=chart_data(data))
         .properties(width=PANEL_WIDTH, height=CKA_HEIGHT)
         .facet(column=alt.Column("panel:N", title=None, header=alt.Header(labelExpr=FACET_LABEL, labelFontSize=12)))
     )
-    losses = _loss_curves(
-        metrics, rows.select(pl.col("model_a").alias("trial"), pl.col("config_a").alias("config")).unique(), order
-    )
+    losses = _loss_curves(metrics, trials, order)
     if losses.is_empty():
         return alt.vconcat(top)
     bottom = (
@@ -122,6 +135,35 @@ def fig6_convergence(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt.VCo
         .facet(column=alt.Column("panel:N", title=None, header=alt.Header(labels=False)))
     )
     return alt.vconcat(top, bottom, spacing=6).resolve_scale(x="shared", color="independent", strokeDash="independent")
+
+
+def freeze_marks(metrics: pl.DataFrame, trials: pl.DataFrame, order: list[str]) -> pl.DataFrame:
+    """Where CKA-guided freezing froze each residual block of ``trials`` (``trial, config``): one row per frozen
+    block, ``panel`` (Fig 6's), ``trial``, ``frozen_block`` ("block1.0"), its stage ``block_a`` ("block1") and
+    ``epoch``, the first epoch it trained frozen (`rayrs.schema.FREEZING_COLUMNS`, the trial's last row).
+    Empty when no trial froze a block."""
+    empty = pl.DataFrame(schema={"panel": pl.String, "trial": pl.String, "frozen_block": pl.String,
+                                 "block_a": pl.String, "epoch": pl.Int64})
+    if "block_frozen_from" not in metrics.columns:
+        return empty
+    last = metrics.filter(pl.col("block_frozen_from").is_not_null()).join(trials, on="trial")
+    last = last.filter(pl.col("epoch") == pl.col("epoch").max().over("trial"))
+    frozen = (
+        last.select("trial", "config", pl.col("freeze_blocks").alias("frozen_block"), pl.col("block_frozen_from").alias("epoch"))
+        .explode("frozen_block", "epoch")
+        .drop_nulls("epoch")
+    )
+    if frozen.is_empty():
+        return empty
+    names = frozen["frozen_block"].unique(maintain_order=True).to_list()
+    stages = dict(zip(names, block_of(names)))
+    return frozen.select(
+        facet_key(frozen["config"], order).alias("panel"),
+        "trial",
+        "frozen_block",
+        pl.col("frozen_block").replace_strict(stages, return_dtype=pl.String).alias("block_a"),
+        pl.col("epoch").cast(pl.Int64),
+    )
 
 
 def stage_outputs(rows: pl.DataFrame) -> pl.DataFrame:

@@ -19,7 +19,16 @@ import polars as pl
 from analysis import uncertainty
 from analysis.adversarial import TRANSFER_CATEGORIES
 from analysis.layers import with_blocks
-from analysis.load import BENIGN, NoData, attach_trials, format_eps, last_epoch, probe_kind, threat_model_name
+from analysis.load import (
+    BENIGN,
+    NoData,
+    attach_trials,
+    format_eps,
+    last_epoch,
+    probe_kind,
+    threat_model_name,
+    trial_info,
+)
 from analysis.measures import MEASURE_NAMES, measure_costs, measure_pairs, rank_agreement
 from analysis.summary import block_structure_by_config, configurations, convergence_by_block
 from analysis.table1 import table1_frame
@@ -317,8 +326,12 @@ def transfer_cka_finding(metrics: pl.DataFrame, similarity: pl.DataFrame, summar
 
 # -- Figs 6, 25 -----------------------------------------------------------------------------------------------
 def convergence_finding(metrics: pl.DataFrame, similarity: pl.DataFrame, summary: pl.DataFrame) -> str:
+    """Fig 6's sentence: when each block converges; then, for trials with CKA-guided freezing, `freezing_finding`."""
+    freezing = freezing_finding(metrics)
     blocks = convergence_by_block(summary)
     if blocks.is_empty():
+        if freezing:
+            return freezing
         raise NoData("no convergence epochs")
     threshold = summary.filter(statistic="convergence_epoch")["threshold"].max()
     parts, outcomes = [], []
@@ -338,7 +351,43 @@ def convergence_finding(metrics: pl.DataFrame, similarity: pl.DataFrame, summary
     return (
         f"Epoch from which CKA to the final epoch stays ≥ {threshold:g} (mean per block; in brackets the earliest and "
         f"latest epochs its CKA values' 95% intervals allow): " + "; ".join(parts[:MOST]) + f" — {ordering}."
-    )
+    ) + (f" {freezing}" if freezing else "")
+
+
+def freezing_finding(metrics: pl.DataFrame) -> str:
+    """One sentence per trial with CKA-guided freezing (`rayrs.freezing`): the epoch each residual block trained
+    frozen from, the share of the training's weight-gradient work that freezing skipped, and the check's measured
+    time. "" when no trial used it.
+
+    The skipped share is counted, not timed: each epoch's ``frozen_macs_share`` (the frozen layers' share of the
+    model's multiply-accumulates, which is also their share of a training step's weight-gradient work), averaged
+    over the trial's epochs (each epoch takes the same number of steps). What that is in seconds depends on the
+    method (attack steps have no weight gradients to skip): `benchmarks/guided_freezing.py` measures it.
+    """
+    if "block_frozen_from" not in metrics.columns:
+        return ""
+    guided = metrics.filter(pl.col("block_frozen_from").is_not_null())
+    if guided.is_empty():
+        return ""
+    labels = dict(trial_info(guided).select("trial", "label").iter_rows())
+    sentences = []
+    for (trial,), rows in guided.sort("epoch").group_by(["trial"], maintain_order=True):
+        last = rows.row(-1, named=True)
+        frozen = [(block, epoch) for block, epoch in zip(last["freeze_blocks"], last["block_frozen_from"]) if epoch is not None]
+        if frozen:
+            blocks = ", ".join(f"{block} from epoch {epoch}" for block, epoch in frozen)
+            text = f"{labels.get(trial, trial)} (CKA-guided freezing) trained {blocks} frozen"
+            shares = rows["frozen_macs_share"].to_list()
+            if all(share is not None for share in shares):
+                text += (f", skipping {100 * sum(shares) / len(shares):.1f}% of its {len(shares)} epochs' weight-gradient work "
+                         "(multiply-accumulates counted, not timed)")
+        else:
+            text = f"{labels.get(trial, trial)} (CKA-guided freezing) froze no block in {rows.height} epochs"
+        check, epoch = rows["freeze_check_seconds"].drop_nulls().sum(), rows["epoch_seconds"].drop_nulls().sum()
+        if epoch > 0:
+            text += f"; the check took {100 * check / epoch:.1f}% of its epochs' measured time"
+        sentences.append(text + ".")
+    return " ".join(sentences)
 
 
 def convergence_epoch_finding(metrics: pl.DataFrame, similarity: pl.DataFrame, summary: pl.DataFrame) -> str:

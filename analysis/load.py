@@ -21,6 +21,7 @@ from rayrs.catalog import similarity_files
 from rayrs.errors import UserError
 from rayrs.schema import (
     JACKKNIFE_FIELD,
+    FREEZING_COLUMNS,
     METRICS_SCHEMA,
     SECONDS_FIELD,
     SIMILARITY_SCHEMA,
@@ -66,13 +67,20 @@ def read_metrics(storage: Storage, models: bool = False) -> pl.DataFrame:
     """``metrics.parquet`` as a frame with `METRICS_SCHEMA`'s columns: one row per trial x epoch (empty if absent).
 
     Files written before rayrs counted the evaluated examples get null ``train_examples`` / ``test_examples``
-    (`rayrs.schema.OPTIONAL_EPOCH_COLUMNS`): their accuracies are shown without an interval.
+    (`rayrs.schema.OPTIONAL_EPOCH_COLUMNS`): their accuracies are shown without an interval. A file of a sweep
+    with CKA-guided freezing keeps `rayrs.schema.FREEZING_COLUMNS` after those (what Fig 6 marks).
     ``models``: add a row per model entry of the sweep (`read_models`), so that `attach_trials` names and
     labels them as it does trials (for comparisons; accuracies over training are of trials alone)."""
     if not storage.exists(METRICS):
         metrics = _empty(METRICS_SCHEMA)
     else:
-        metrics = pl.from_arrow(_conform(storage, METRICS, METRICS_SCHEMA))
+        table = storage.read_table(METRICS)
+        conformed = _conform(storage, METRICS, METRICS_SCHEMA, table)
+        if "frozen_blocks" in table.column_names:  # CKA-guided freezing's columns, kept (null where an older file lacks one)
+            for name, kind in FREEZING_COLUMNS.items():
+                present = name in table.column_names
+                conformed = conformed.append_column(name, table.column(name).cast(kind) if present else pa.nulls(table.num_rows, kind))
+        metrics = pl.from_arrow(conformed)
         _check_experiment(storage, metrics)
     if models:
         given = read_models(storage)

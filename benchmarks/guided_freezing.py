@@ -5,7 +5,7 @@ in alternating order (`benchmarks/timing.py`: A B C, then C B A, ...), so a burs
 falls on every contender alike:
 
     unfrozen   no freezing
-    guided     train.freeze.auto at the defaults (or --threshold / --patience / --probe)
+    guided     train.freeze.auto at the defaults (or --threshold / --adversarial-threshold / --patience / --probe)
     static     the paper's App. D.5 form: every layer through block1 frozen from a fixed epoch (--static-epoch,
                default 20% of training + 1, as block1 from epoch 20 of a 100-epoch run)
 
@@ -17,8 +17,8 @@ seeds' pooled test predictions (3 x 450 trials of a coin: the interval of the me
 wider, the per-seed values are printed too). ``saved`` is the median over seeds of 1 - (training seconds of the
 contender / of the unfrozen trial with the same seed): a paired ratio, as timing.py's headlines are.
 
-    uv run python benchmarks/guided_freezing.py                    # digits, standard + PGD-AT, 3 seeds: ~6 min on 2 busy cores
-    uv run python benchmarks/guided_freezing.py --methods standard,pgd,trades --epochs 10
+    uv run python benchmarks/guided_freezing.py                    # digits, standard + PGD-AT + TRADES, 3 seeds
+    uv run python benchmarks/guided_freezing.py --methods pgd --epochs 10   # one method (run methods in parallel)
 
 The last line printed is one JSON object (also written to --out); the markdown table before it goes into
 benchmarks/README.md.
@@ -81,8 +81,9 @@ class TrainingClock:
 
 
 def trial_config(args: argparse.Namespace, method: str, seed: int, mode: str) -> TrialConfig:
-    freeze = {"unfrozen": None, "guided": {"auto": {k: v for k, v in (("threshold", args.threshold), ("patience", args.patience),
-                                                                       ("probe", args.probe)) if v is not None}},
+    guided = {"threshold": args.threshold, "adversarial_threshold": args.adversarial_threshold, "patience": args.patience,
+              "probe": args.probe}
+    freeze = {"unfrozen": None, "guided": {"auto": {k: v for k, v in guided.items() if v is not None}},
               "static": {"through": "block1", "from_epoch": args.static_epoch or args.epochs // 5 + 1}}[mode]
     robust = {} if method == "standard" else {"eps": args.eps, "attack": {"steps": args.train_steps}}
     return TrialConfig.model_validate({
@@ -120,10 +121,12 @@ def run_trial(args: argparse.Namespace, method: str, seed: int, mode: str, root:
     record = {"method": method, "seed": seed, "mode": mode, "train_seconds": sum(clock.seconds), "wall_seconds": wall,
               "epoch_train_seconds": clock.seconds, "clean_correct": clean, "robust_correct": robust, "n": n}
     if mode == "guided":
-        last = checkpoint.read_meta(storage, spec.name, args.epochs)["freezing"]
-        record.update(check_seconds=sum(m["freeze_check_seconds"] for m in history), frozen_from=last["frozen_from"],
-                      blocks=last["blocks"], cka_benign=[checkpoint.read_meta(storage, spec.name, e)["freezing"]["cka_benign"]
-                                                         for e in range(1, args.epochs + 1)])
+        # The per-block probe CKA trace of every epoch, benign and (robust methods) adversarial: what decided.
+        trace = [checkpoint.read_meta(storage, spec.name, e)["freezing"] for e in range(1, args.epochs + 1)]
+        record.update(check_seconds=sum(m["freeze_check_seconds"] for m in history), frozen_from=trace[-1]["frozen_from"],
+                      blocks=trace[-1]["blocks"], cka_benign=[t["cka_benign"] for t in trace],
+                      cka_adversarial=[t.get("cka_adversarial") for t in trace],
+                      macs_share=[m.get("frozen_macs_share") for m in history])
     return record
 
 
@@ -169,7 +172,7 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--methods", default="standard,pgd")
+    parser.add_argument("--methods", default="standard,pgd,trades")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--width", type=int, default=1)
@@ -177,6 +180,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=3)
     parser.add_argument("--eval-steps", type=int, default=10)
     parser.add_argument("--threshold", type=float, default=None)
+    parser.add_argument("--adversarial-threshold", type=float, default=None)
     parser.add_argument("--patience", type=int, default=None)
     parser.add_argument("--probe", type=int, default=None)
     parser.add_argument("--static-epoch", type=int, default=None)

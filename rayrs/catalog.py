@@ -105,7 +105,9 @@ def metrics_rows(storage: Storage, trials: Iterable[str]) -> list[dict]:
             if "frozen_blocks" in metrics:  # CKA-guided freezing: its columns, the trace from meta.json
                 freezing = checkpoint.read_meta(storage, trial, metrics["epoch"]).get("freezing") or {}
                 row.update(frozen_blocks=metrics["frozen_blocks"], freeze_check_seconds=metrics.get("freeze_check_seconds"),
-                           probe_cka_benign=freezing.get("cka_benign"), probe_cka_adversarial=freezing.get("cka_adversarial"))
+                           probe_cka_benign=freezing.get("cka_benign"), probe_cka_adversarial=freezing.get("cka_adversarial"),
+                           frozen_macs_share=metrics.get("frozen_macs_share"), freeze_blocks=freezing.get("blocks"),
+                           block_frozen_from=freezing.get("frozen_from"))
             rows.append(row)
     return rows
 

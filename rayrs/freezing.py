@@ -7,15 +7,43 @@ a fixed epoch (``train.freeze: {through, from_epoch}``). With ``train.freeze: {a
 - After each epoch, each residual block's output (a ``block`` layer, `rayrs.models`) on a fixed probe of
   ``probe`` TRAINING images (chosen by the trial's seed, never augmented) becomes a U-centred (n, n) Gram
   (`rayrs.similarity.grams.GramRecorder`, the comparison engine's). For robust methods the same images are
-  also attacked with the trial's training attack on the current model, giving a second Gram per block.
+  also attacked on the current model by the trial's own training attack (`rayrs.train.freeze_probe_attack`: PGD-k for
+  PGD-AT, the KL attack for TRADES, the single FGSM step for fast AT), giving a second Gram per block.
 - Each Gram is compared with the previous epoch's, kept in memory (n^2 floats per block and probe, never an
-  activation): linear CKA with the unbiased HSIC estimator, as `rayrs.similarity.cka` computes it. A block's
-  score is the lower of its benign and adversarial CKA.
-- A block's streak counts the consecutive epochs its score stayed >= ``threshold``. The longest prefix of blocks
+  activation): linear CKA with the unbiased HSIC estimator, as `rayrs.similarity.cka` computes it. An epoch
+  counts as stable for a block when its benign CKA is >= ``threshold`` and (robust methods) its adversarial CKA
+  >= ``adversarial_threshold``.
+- A block's streak counts the consecutive stable epochs. The longest prefix of blocks
   whose streaks reached ``patience`` is frozen from the next epoch on (its weights and BatchNorm statistics,
   with everything that runs before it, exactly as static freezing), and never unfrozen. The first score is
   after epoch 2 (against epoch 1): a block never freezes before epoch ``patience + 2``. No decision is taken
   after the last epoch.
+
+Defaults, from measurement (digits, WRN-10-1, 10 epochs; `benchmarks/guided_freezing.py` and its README):
+
+- ``threshold`` 0.995: a block that still learns moves to CKA 0.85-0.99 between epochs; >= 0.995 comes once it
+  has settled (standard training: after the first learning-rate drop).
+- ``adversarial_threshold`` 0.99, apart from the benign one. The adversarial probe is attacked from the same
+  random start after every epoch (`probe_generator`): with a fresh start each epoch, two starts on one
+  UNCHANGED model already gave adversarial CKA 0.986-0.995 (PGD-3), so PGD-AT could never reach 0.995 and froze
+  nothing. With one start an unchanged model scores 1, yet the attack, recrafted on each epoch's model, still
+  lags: when the benign CKA of PGD-AT's blocks was >= 0.9998 (epochs 8-10), the adversarial one was 0.991-0.997.
+  0.99 is the level of the attack's own randomness: an adversarial change smaller than a re-draw of the attack's
+  start does not hold freezing back, a larger one does (epochs 5-6: benign 0.995, adversarial 0.91-0.95).
+- ``patience`` 2: one quiet epoch does not freeze a block.
+- ``probe`` 256 images, at most 1/20 of the training set (`default_probe_size`; digits: 67). The CKA's sampling
+  noise at 64 images, near the threshold, is a standard deviation of 0.0001-0.001 over random probes (digits,
+  standard training, epochs 6-9), a tenth of the step between two epochs' CKA as a block settles: a decision
+  moves by at most an epoch.
+
+Cost. Where a check's time goes (digits, 256 images, PGD-3, one thread): the attack on the probe 77%, the two
+Gram passes 22%, the CKA under 1%; standard training has only the benign pass. The check costs about what
+training on the probe costs, so its share is ~ probe / training-set size: on digits (1347 images) 10-16% of an
+epoch's training time at 256 images, 6-7% at 128, 1.7-3.4% at 64 (standard / PGD-AT / TRADES, measured under
+heavy load); on CIFAR-sized inputs (WRN-16-4, 32 x 32, 50,000 images, per-image costs measured on 256 and
+scaled) 0.15% at 256 images for standard training. Hence the default probe; at it (67 images) the benchmark
+measured 2.7% (standard), 3.7% (TRADES) and 4.7% (PGD-AT) of digits' training time: the goal of 3% holds for
+standard training, not quite for robust methods on a dataset this small.
 
 Resume. The decision state (streaks, frozen count, the epoch each block froze, the CKA trace) is in each
 epoch's ``meta.json`` under ``freezing``; the previous epoch's Grams are recomputed from its checkpoint, the
@@ -53,6 +81,7 @@ from rayrs.similarity.grams import layer_grams
 
 Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, images, labels) -> adversarial
 PROBE_SEED_OFFSET = 7_919  # the probe's images: a stream of its own, apart from the data order's
+DEFAULT_PROBE = 256  # probe images when the training set is large (`default_probe_size`)
 
 
 def probe_indices(seed: int, size: int, population: int) -> torch.Tensor:
@@ -61,10 +90,23 @@ def probe_indices(seed: int, size: int, population: int) -> torch.Tensor:
     return order[: min(size, population)]
 
 
-def probe_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    """The random starts of the adversarial probe after ``epoch``: apart from the epoch's training stream
-    (`rayrs.train.epoch_generator`, ``seed * 100_003 + epoch`` with epoch <= 10_000), the same on a resume."""
-    return torch.Generator(device=device).manual_seed(seed * 100_003 + 50_000 + epoch)
+def probe_generator(seed: int, device: torch.device) -> torch.Generator:
+    """The random starts of the adversarial probe: the SAME after every epoch, apart from the training streams
+    (`rayrs.train.epoch_generator`, ``seed * 100_003 + epoch`` with epoch <= 10_000).
+
+    Why the same: two random starts on one unchanged model already give adversarial representations whose CKA
+    is only 0.986-0.995 (PGD-3 on digits, measured), so with a fresh start each epoch the adversarial CKA could
+    never pass a threshold of 0.995, whatever the model did. With one start, an unchanged model scores exactly 1."""
+    return torch.Generator(device=device).manual_seed(seed * 100_003 + 50_000)
+
+
+def default_probe_size(population: int) -> int:
+    """``probe`` when unset: 256 images ("a few hundred", the issue's), at most 1/20 of the training set, at least 32.
+
+    Why: the check costs about what training on the probe costs (a forward pass for standard training; the
+    attack for robust methods, which is most of an epoch's work), so a probe of 1/20 of the data keeps it near
+    3% of an epoch on a small dataset (digits: 67 of 1347 images), and 256 of CIFAR-10's 50,000 costs ~0.2%."""
+    return max(min(DEFAULT_PROBE, population // 20), min(32, population))
 
 
 def paired_cka(now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
@@ -97,20 +139,59 @@ def block_layers(model: nn.Module, example: torch.Tensor) -> tuple[list[Layer], 
     return blocks, prefixes
 
 
+def weighted_macs(model: nn.Module, example: torch.Tensor) -> dict[int, float]:
+    """Multiply-accumulates per example of each convolution and linear layer of ``model`` (by ``id``), counted on
+    one eval-mode forward pass of ``example`` (n, C, H, W): output elements x the weights each one reads (a
+    convolution's in_channels/groups x kh x kw, a linear layer's in_features). A layer's weight gradient costs
+    as many multiply-accumulates as its forward pass, so these weigh what freezing it saves."""
+    counts: dict[int, float] = {}
+
+    def count(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        counts[id(module)] = counts.get(id(module), 0.0) + output.numel() / output.shape[0] * module.weight[0].numel()
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    modes = {module: module.training for module in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes.items():
+            module.training = training
+    return counts
+
+
+def prefix_macs_share(model: nn.Module, prefixes: list[list[nn.Module]], example: torch.Tensor) -> list[float]:
+    """For each k, the share of the model's per-example multiply-accumulates (convolutions and linear layers)
+    in the modules that freezing the first k + 1 blocks stops (`block_layers`' prefixes): (B,) floats in [0, 1]."""
+    counts = weighted_macs(model, example)
+    total = sum(counts.values())
+    shares = []
+    for modules in prefixes:
+        inside = {id(sub) for module in modules for sub in module.modules()}
+        shares.append(sum(macs for key, macs in counts.items() if key in inside) / total)
+    return shares
+
+
 class GuidedFreezing:
     """The decision state of one trial's CKA-guided freezing, and the per-epoch check (see the module doc).
 
     model: the trial's (uncompiled) model. train_images: (N, C, H, W) uint8 and train_labels (N,) on the
-    model's device. attack_for: epoch -> the trial's training attack for the adversarial probe, or None for
-    standard training (benign probe only).
+    model's device. probe_attack: () -> the trial's training attack for the adversarial probe, with the same
+    random starts at every call (`probe_generator`), or None for standard training (benign probe only).
     """
 
     def __init__(self, settings: AutoFreezeConfig, model: nn.Module, train_images: torch.Tensor,
-                 train_labels: torch.Tensor, seed: int, epochs: int, attack_for: Callable[[int], Attack] | None) -> None:
-        self.settings, self.model, self.epochs, self.attack_for = settings, model, epochs, attack_for
-        chosen = probe_indices(seed, settings.probe, train_images.shape[0]).to(train_images.device)
+                 train_labels: torch.Tensor, seed: int, epochs: int, probe_attack: Callable[[], Attack] | None) -> None:
+        self.settings, self.model, self.epochs, self.probe_attack = settings, model, epochs, probe_attack
+        population = train_images.shape[0]
+        size = settings.probe if settings.probe is not None else default_probe_size(population)
+        chosen = probe_indices(seed, size, population).to(train_images.device)
         self.images, self.labels = to_float(train_images[chosen]), train_labels[chosen]
         self.blocks, self._prefixes = block_layers(model, self.images[:2])
+        self.prefix_share = prefix_macs_share(model, self._prefixes, self.images[:2])
         count = len(self.blocks)
         self.streak = [0] * count
         self.frozen = 0  # the first `frozen` blocks are frozen (with the stem)
@@ -119,7 +200,14 @@ class GuidedFreezing:
 
     @property
     def probes(self) -> tuple[str, ...]:
-        return ("benign", "adversarial") if self.attack_for is not None else ("benign",)
+        return ("benign", "adversarial") if self.probe_attack is not None else ("benign",)
+
+    def threshold(self, probe: str) -> float:
+        """The CKA a block must reach on ``probe`` ("benign" or "adversarial") for an epoch to count as stable."""
+        settings = self.settings
+        if probe == "adversarial" and settings.adversarial_threshold is not None:
+            return settings.adversarial_threshold
+        return settings.threshold
 
     def frozen_modules(self) -> list[nn.Module]:
         """The modules to keep frozen this epoch (empty before the first block freezes)."""
@@ -134,24 +222,27 @@ class GuidedFreezing:
         self.streak = list(record["streak"])
         self.frozen = int(record["frozen_blocks"])
         self.frozen_from = list(record["frozen_from"])
-        self._previous = self._grams(epoch)
+        self._previous = self._grams()
 
     def after_epoch(self, epoch: int) -> tuple[dict[str, float], dict[str, Any]]:
         """The check after training ``epoch``: (metrics to add, the ``freezing`` record for meta.json).
 
         Updates the streaks and, before the last epoch, the frozen prefix for the next epoch. The metrics are
-        ``frozen_blocks`` (blocks frozen DURING this epoch) and ``freeze_check_seconds`` (this check's time).
+        ``frozen_blocks`` (blocks frozen DURING this epoch), ``freeze_check_seconds`` (this check's time) and
+        ``frozen_macs_share`` (the frozen modules' share of the model's multiply-accumulates during this epoch:
+        the share of the epoch's weight-gradient work skipped, `prefix_macs_share`).
         """
         started = time.perf_counter()
         trained_frozen = self.frozen
-        grams = self._grams(epoch)
+        grams = self._grams()
         cka = {probe: [math.nan] * len(self.blocks) for probe in self.probes}
         if self._previous is not None:
             for probe in self.probes:
                 cka[probe] = paired_cka(grams[probe], self._previous[probe]).tolist()
             for b in range(len(self.blocks)):
-                score = min(cka[probe][b] for probe in self.probes)
-                self.streak[b] = self.streak[b] + 1 if score >= self.settings.threshold else 0  # NaN: never stable
+                # NaN (a block constant on the probe) compares False: never stable.
+                stable = all(cka[probe][b] >= self.threshold(probe) for probe in self.probes)
+                self.streak[b] = self.streak[b] + 1 if stable else 0
         self._previous = grams
         if epoch < self.epochs:
             stable = next((b for b, streak in enumerate(self.streak) if streak < self.settings.patience), len(self.blocks))
@@ -165,21 +256,24 @@ class GuidedFreezing:
             "frozen_blocks": self.frozen,  # after this epoch's decision: frozen from the next epoch on
             "frozen_from": list(self.frozen_from),
             "threshold": self.settings.threshold,
+            **({"adversarial_threshold": self.threshold("adversarial")} if "adversarial" in self.probes else {}),
             "patience": self.settings.patience,
             "probe": int(self.images.shape[0]),
+            "prefix_macs_share": [round(share, 6) for share in self.prefix_share],
         }
-        metrics = {"frozen_blocks": trained_frozen, "freeze_check_seconds": time.perf_counter() - started}
+        metrics = {"frozen_blocks": trained_frozen, "freeze_check_seconds": time.perf_counter() - started,
+                   "frozen_macs_share": self.prefix_share[trained_frozen - 1] if trained_frozen else 0.0}
         return metrics, record
 
-    def _grams(self, epoch: int) -> dict[str, torch.Tensor]:
+    def _grams(self) -> dict[str, torch.Tensor]:
         """probe -> (B, n, n) float32 U-centred Grams of every block of the current model (eval mode, fp32)."""
         grams = {"benign": layer_grams(self.model, self.blocks, self.images)}
-        if self.attack_for is not None:
+        if self.probe_attack is not None:
             # Attacked in eval mode whatever the attack's bn_eval: the check must not move a running statistic.
             modes = {module: module.training for module in self.model.modules()}
             self.model.eval()
             try:
-                adversarial = self.attack_for(epoch)(self.model, self.images, self.labels)
+                adversarial = self.probe_attack()(self.model, self.images, self.labels)
             finally:
                 for module, training in modes.items():
                     module.training = training

@@ -29,20 +29,30 @@ def standard_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     return F.cross_entropy(model(images), labels)
 
 
+def pgd_adversarial(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, train: TrainConfig) -> torch.Tensor:
+    """PGD-AT's inner maximiser: the trial's attack as configured (PGD-k on the cross-entropy)."""
+    return attack(model, images, labels)
+
+
 def pgd_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, train: TrainConfig) -> torch.Tensor:
     """Madry et al. (2018), eq. 1 of the paper: risk on the inner maximiser found by PGD-k."""
-    adversarial = attack(model, images, labels)
+    adversarial = pgd_adversarial(model, images, labels, attack, train)
     return F.cross_entropy(model(adversarial), labels)
+
+
+def fast_adversarial(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, train: TrainConfig) -> torch.Tensor:
+    """Fast AT's inner maximiser: one FGSM step of 1.25 eps from a uniform random start (Wong et al. 2020)."""
+    return attack(model, images, labels, steps=1, step_size=1.25 * train.eps, random_start=True)
 
 
 def fast_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, train: TrainConfig) -> torch.Tensor:
     """Wong et al. (2020), "Fast is better than free": FGSM from a uniform random start, one step of 1.25 eps."""
-    adversarial = attack(model, images, labels, steps=1, step_size=1.25 * train.eps, random_start=True)
+    adversarial = fast_adversarial(model, images, labels, attack, train)
     return F.cross_entropy(model(adversarial), labels)
 
 
-def trades_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, train: TrainConfig) -> torch.Tensor:
-    """Zhang et al. (2019): CE(f(x), y) + beta * KL(f(x) || f(x')), x' maximising the KL term in the ball.
+def trades_adversarial(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, train: TrainConfig) -> torch.Tensor:
+    """TRADES' inner maximiser: x' maximising KL(f(x) || f(x')) in the ball, f(x) taken once, without gradient.
 
     The inner maximisation starts uniformly inside the ball (as PGD does) rather than at x + 0.001 N(0, I):
     both only serve to leave x' = x, where the KL term has zero gradient.
@@ -54,7 +64,13 @@ def trades_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, at
         log_probabilities = F.log_softmax(adversarial_logits.float(), dim=1)
         return F.kl_div(log_probabilities, benign_probabilities, reduction="sum")
 
-    adversarial = attack(model, images, labels, objective=divergence_from_benign)
+    return attack(model, images, labels, objective=divergence_from_benign)
+
+
+def trades_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, train: TrainConfig) -> torch.Tensor:
+    """Zhang et al. (2019): CE(f(x), y) + beta * KL(f(x) || f(x')), x' maximising the KL term in the ball
+    (`trades_adversarial`)."""
+    adversarial = trades_adversarial(model, images, labels, attack, train)
     logits = model(images)
     adversarial_log_probabilities = F.log_softmax(model(adversarial).float(), dim=1)
     robust_term = F.kl_div(adversarial_log_probabilities, F.softmax(logits.float(), dim=1), reduction="batchmean")
@@ -68,6 +84,9 @@ class TrainingMethod:
     loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, Attack, TrainConfig], torch.Tensor]
     weight_decay: float  # the method's default (train.weight_decay overrides)
     schedule: str  # the method's default learning-rate schedule (train.schedule overrides)
+    # The adversarial images the loss trains on, from the same arguments (None: standard training has none).
+    # CKA-guided freezing attacks its probe with it (`rayrs.freezing`), so each method is probed by its own attack.
+    adversarial: Callable[[nn.Module, torch.Tensor, torch.Tensor, Attack, TrainConfig], torch.Tensor] | None = None
 
 
 METHODS: dict[str, TrainingMethod] = {
@@ -75,10 +94,10 @@ METHODS: dict[str, TrainingMethod] = {
     for method in (
         TrainingMethod("standard", "non-robust training on benign inputs", standard_loss, 5e-4, "piecewise"),
         TrainingMethod("pgd", "PGD adversarial training, k steps from a random start (Madry et al. 2018)", pgd_loss,
-                       5e-4, "piecewise"),
+                       5e-4, "piecewise", pgd_adversarial),
         TrainingMethod("trades", "TRADES: CE + beta * KL(f(x) || f(x')) (Zhang et al. 2019; weight decay 2e-4)",
-                       trades_loss, 2e-4, "piecewise"),
+                       trades_loss, 2e-4, "piecewise", trades_adversarial),
         TrainingMethod("fast", "FGSM from a random start, step 1.25 eps, cyclic lr (Wong et al. 2020)", fast_loss,
-                       5e-4, "cyclic"),
+                       5e-4, "cyclic", fast_adversarial),
     )
 }

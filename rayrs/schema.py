@@ -147,12 +147,19 @@ OPTIONAL_EPOCH_COLUMNS = frozenset({"train_examples", "test_examples"})
 # during the epoch (block k froze at the first epoch where frozen_blocks > k); ``freeze_check_seconds``: the
 # check's time after the epoch (included in ``epoch_seconds``); ``probe_cka_benign`` / ``probe_cka_adversarial``:
 # per block in network order, the linear CKA of its output on the probe with the previous epoch's (null at
-# epoch 1, and adversarial null for standard training). Block names are in each epoch's meta.json.
+# epoch 1, and adversarial null for standard training). ``frozen_macs_share``: the frozen modules' share of
+# the model's multiply-accumulates during the epoch (= the share of its weight-gradient work skipped; null in
+# files from before it). ``freeze_blocks`` / ``block_frozen_from``: the residual blocks in network order and,
+# per block, the first epoch it trained frozen as decided by the end of this epoch (null: not frozen); the
+# trial's last row holds its final decisions (what Fig 6 marks).
 FREEZING_COLUMNS = {
     "frozen_blocks": pa.int32(),
     "freeze_check_seconds": pa.float64(),
     "probe_cka_benign": pa.list_(pa.float64()),
     "probe_cka_adversarial": pa.list_(pa.float64()),
+    "frozen_macs_share": pa.float64(),
+    "freeze_blocks": pa.list_(pa.string()),
+    "block_frozen_from": pa.list_(pa.int32()),
 }
 METRICS_SCHEMA = pa.schema(list(TRIAL_COLUMNS.items()) + list(EPOCH_COLUMNS.items()) + [("best_epoch", pa.int32())])
 

@@ -183,12 +183,20 @@ def frozen_prefix(model: nn.Module, example: torch.Tensor, through: str) -> list
     return list({id(m): m for m in (modules[layer.module_name] for layer in layers[: matches[-1] + 1])}.values())
 
 
+def freeze_probe_attack(config: TrialConfig, device: torch.device) -> Attack:
+    """The adversarial probe's attack: the method's own inner maximiser (`TrainingMethod.adversarial`: PGD-k for
+    PGD-AT, the KL attack for TRADES, one FGSM step for fast AT) with the trial's training attack settings, its
+    random starts from `probe_generator` (the same at every call). Only for robust trials."""
+    method = METHODS[config.train.method]
+    attack = make_attack(config, "train", probe_generator(config.train.seed, device))
+    return lambda model, images, labels: method.adversarial(model, images, labels, attack, config.train)
+
+
 def guided_freezing(config: TrialConfig, model: nn.Module, data: ImageDataset, device: torch.device) -> GuidedFreezing:
-    """The trial's CKA-guided freezing (`rayrs.freezing`), probing with its training attack when it is robust."""
-    attack_for = (lambda epoch: make_attack(config, "train", probe_generator(config.train.seed, epoch, device))) \
-        if config.train.robust else None
+    """The trial's CKA-guided freezing (`rayrs.freezing`), probing with its training method's attack when it is robust."""
+    attack = (lambda: freeze_probe_attack(config, device)) if config.train.robust else None
     return GuidedFreezing(config.train.freeze.auto, model, data.train_images, data.train_labels, config.train.seed,
-                          config.train.epochs, attack_for)
+                          config.train.epochs, attack)
 
 
 def load_trial_data(config: TrialConfig, device: torch.device) -> ImageDataset:

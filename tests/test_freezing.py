@@ -4,19 +4,27 @@ import math
 import shutil
 
 import polars as pl
+import pyarrow as pa
 import pytest
 import torch
 
 from digits import digits_spec
+from synthetic import similarity_row
+from torch.utils.flop_counter import FlopCounterMode
+
+from analysis import findings
+from analysis.dynamics import fig6_convergence
+from analysis.load import read_metrics
 from rayrs import checkpoint
 from rayrs import storage as layout
 from rayrs.catalog import write_metrics
-from rayrs.freezing import block_layers, probe_generator, probe_indices
+from rayrs.freezing import block_layers, default_probe_size, probe_generator, probe_indices
 from rayrs.methods import METHODS
+from rayrs.schema import SIMILARITY_SCHEMA
 from rayrs.similarity.cka import MinibatchCKA
 from rayrs.similarity.grams import layer_grams
 from rayrs.storage import Storage
-from rayrs.train import build_for, load_trial_data, make_attack, train_step, train_trial
+from rayrs.train import build_for, guided_freezing, load_trial_data, make_attack, train_step, train_trial
 
 # WRN-10-1 on digits: three residual blocks (block1.0, block2.0, block3.0), a few seconds an epoch on a CPU.
 TINY = {"model": {"width": 1}, "eval": {"train_subset": 32, "test_subset": 32, "attack": {"steps": 2}}}
@@ -26,8 +34,9 @@ PREFIX = ("conv1.", "block1.", "block2.", "block3.")  # every tensor of the thre
 
 
 def auto_spec(name, epochs, threshold, patience, probe=128, checkpoint=None, **train):
-    return digits_spec(name, train={"epochs": epochs, "freeze": {"auto": {"threshold": threshold, "patience": patience,
-                                                                          "probe": probe}}, **train},
+    """A guided WRN-10-1 trial; one ``threshold`` for the benign and the adversarial probe."""
+    auto = {"threshold": threshold, "adversarial_threshold": threshold, "patience": patience, "probe": probe}
+    return digits_spec(name, train={"epochs": epochs, "freeze": {"auto": auto}, **train},
                        **TINY, **({"checkpoint": checkpoint} if checkpoint else {}))
 
 
@@ -130,7 +139,7 @@ def test_the_checks_cka_is_the_comparison_engines_on_the_same_probe_and_checkpoi
         model = build_for(spec.config, data, "cpu")
         model.load_state_dict(checkpoint.load_weights(storage, "engine", epoch))
         blocks, _ = block_layers(model, images[:2])
-        adversarial = make_attack(spec.config, "train", probe_generator(spec.config.train.seed, epoch, "cpu"))(
+        adversarial = make_attack(spec.config, "train", probe_generator(spec.config.train.seed, "cpu"))(
             model.eval(), images, labels)
         grams[epoch] = {"benign": layer_grams(model, blocks, images), "adversarial": layer_grams(model, blocks, adversarial)}
     for epoch in (2, 3):
@@ -189,3 +198,90 @@ def test_the_backward_pass_stops_at_the_frozen_boundary(method):
     frozen = {id(p) for module in prefixes[1] for p in module.parameters()}
     assert all(p.grad is None for p in model.parameters() if id(p) in frozen)
     assert all(p.grad is not None for p in model.parameters() if id(p) not in frozen)
+
+
+@pytest.mark.parametrize("method", ["pgd", "trades", "fast"])
+def test_the_adversarial_probe_is_attacked_by_the_methods_own_training_attack(method):
+    """The probe's adversarial images are the ones the method's loss would train on, from the same random starts:
+    PGD-k for PGD-AT, TRADES' KL attack (not cross-entropy PGD), fast AT's single FGSM step (not PGD-k)."""
+    spec = digits_spec("probe", train={"epochs": 4, **PGD, "method": method, "attack": {"steps": 3},
+                                       "freeze": {"auto": {"probe": 32}}}, **TINY)
+    config = spec.config
+    data = load_trial_data(config, "cpu")
+    model = build_for(config, data, "cpu").eval()
+    guide = guided_freezing(config, model, data, "cpu")
+    probed = guide.probe_attack()(model, guide.images, guide.labels)
+    trained_on = []  # what the training loss feeds its model, spied on its attack
+
+    def spy(*args, **kwargs):
+        trained_on.append(attack(*args, **kwargs))
+        return trained_on[-1]
+
+    attack = make_attack(config, "train", probe_generator(config.train.seed, "cpu"))
+    METHODS[method].loss(model, guide.images, guide.labels, spy, config.train)
+    assert len(trained_on) == 1 and torch.equal(probed, trained_on[0])
+    plain = make_attack(config, "train", probe_generator(config.train.seed, "cpu"))(model, guide.images, guide.labels)
+    # The cross-entropy PGD-k probe that TRADES and fast AT had before is another perturbation (PGD-AT's is this one).
+    assert torch.equal(plain, probed) == (method == "pgd")
+
+
+def test_the_report_marks_each_blocks_freeze_epoch_on_fig6_and_states_the_weight_gradient_work_skipped(tmp_path):
+    """A real guided run that freezes every block from epoch 3 (threshold -1, patience 1): metrics.parquet holds
+    each block's freeze epoch and the frozen share of the work, Fig 6 draws a rule per frozen block at its epoch,
+    and the report's sentence states both."""
+    storage = Storage(tmp_path)
+    spec = auto_spec("guided", 4, threshold=-1, patience=1)
+    train_trial(spec, storage, "cpu", threads=1)
+    write_metrics(storage, ["guided"])
+    metrics = read_metrics(storage).sort("epoch")
+    assert metrics["freeze_blocks"].to_list()[-1] == BLOCKS
+    assert metrics["block_frozen_from"].to_list() == [[None] * 3, [3, 3, 3], [3, 3, 3], [3, 3, 3]]
+    # An independent count of the work: torch's FLOP counter per module. Freezing the three blocks (and the
+    # stem) leaves only the classifier `fc` with weight gradients.
+    data = load_trial_data(spec.config, "cpu")
+    with FlopCounterMode(display=False) as counter:
+        build_for(spec.config, data, "cpu").eval()(data.train_images[:2].float() / 255)
+    flops = {name.split(".", 1)[-1]: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    frozen_share = 1 - flops["fc"] / flops["Global"]
+    assert 0.9 < frozen_share < 1  # the classifier is a small part of a WRN's work
+    assert metrics["frozen_macs_share"].to_list() == pytest.approx([0, 0, frozen_share, frozen_share], rel=1e-6)
+
+    layers = [("conv1", "conv"), ("block1.0", "block"), ("block2.0", "block"), ("block3.0", "block"), ("fc", "linear")]
+    similarity = pl.from_arrow(pa.Table.from_pylist(
+        [similarity_row("cross_epoch", "guided", "guided", i, i, 0.5 + 0.1 * e, epoch_a=e, epoch_b=4, job="guided", layers=layers)
+         for e in range(1, 5) for i in range(len(layers))], schema=SIMILARITY_SCHEMA))
+    top = fig6_convergence(similarity, metrics).to_dict()
+    chart = top["vconcat"][0]
+    band, line, rule = chart["spec"]["layer"]
+    assert rule["mark"]["type"] == "rule" and rule["encoding"]["x"]["field"] == "epoch"
+    marks = [r for r in top["datasets"][chart["data"]["name"]] if r["mark"] == "freeze"]
+    assert sorted((r["block_a"], r["frozen_block"], r["epoch"]) for r in marks) == [
+        ("block1", "block1.0", 3), ("block2", "block2.0", 3), ("block3", "block3.0", 3)]
+
+    sentence = findings.freezing_finding(metrics)
+    assert "trained block1.0 from epoch 3, block2.0 from epoch 3, block3.0 from epoch 3 frozen" in sentence
+    # Two of the four epochs trained with the frozen share: half of it over the whole training.
+    assert f"skipping {100 * frozen_share / 2:.1f}% of its 4 epochs' weight-gradient work" in sentence
+    check = metrics["freeze_check_seconds"].sum() / metrics["epoch_seconds"].sum()
+    assert f"the check took {100 * check:.1f}% of its epochs' measured time" in sentence
+
+
+def test_an_unchanged_model_scores_an_adversarial_cka_of_one():
+    """The adversarial probe is attacked from the same random start after every epoch: a model that did not
+    change between two checks has the same adversarial representations (CKA 1), not those of another random
+    start (CKA 0.986-0.995 for PGD-3 on digits, which kept a 0.995 threshold from ever being reached)."""
+    spec = digits_spec("still", train={"epochs": 4, **PGD, "freeze": {"auto": {"probe": 64}}}, **TINY)
+    data = load_trial_data(spec.config, "cpu")
+    guide = guided_freezing(spec.config, build_for(spec.config, data, "cpu"), data, "cpu")
+    guide.after_epoch(1)
+    _, record = guide.after_epoch(2)  # no training in between
+    assert record["cka_adversarial"] == pytest.approx([1.0] * 3, abs=1e-6)
+    assert record["cka_benign"] == pytest.approx([1.0] * 3, abs=1e-6)
+
+
+def test_the_default_probe_is_256_images_or_a_twentieth_of_a_small_training_set():
+    spec = digits_spec("probe", train={"epochs": 4, "freeze": {"auto": {}}}, **TINY)
+    data = load_trial_data(spec.config, "cpu")
+    guide = guided_freezing(spec.config, build_for(spec.config, data, "cpu"), data, "cpu")
+    assert data.train_images.shape[0] == 1347 and guide.images.shape[0] == 1347 // 20
+    assert default_probe_size(50_000) == 256 and default_probe_size(100) == 32 and default_probe_size(10) == 10
