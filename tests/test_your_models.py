@@ -257,7 +257,7 @@ def test_a_malicious_pickle_in_weights_is_refused_at_the_door_and_nothing_in_it_
 @pytest.mark.parametrize("entry, expected", [
     ("{name: m, arch: wrn, depth: 10, width: 1, weights: absent.safetensors}",
      "models.0 (m): weights file {cwd}/absent.safetensors does not exist"),
-    ("{name: m, arch: 'nosuch:net', weights: w.pt}", "models.0: unknown architecture family 'nosuch' in 'nosuch:net'"),
+    ("{name: m, arch: 'nosuch:net', weights: w.pt}", "models.0: architecture 'nosuch:net': no module 'nosuch' to import; write torchvision:<name>, timm:<name>"),
     ("{name: m, arch: wrn, depth: 10, width: 2, weights: {tmp}/w.safetensors}",
      "models.0 (m): weights file {tmp}/w.safetensors does not fit the architecture"),
 ])
