@@ -2,7 +2,9 @@
 
 A sweep file has a base trial (``data``, ``model``, ``train``, ``eval``), a ``grid`` whose axes override
 fields of the base trial (the product of the axes gives the trials; a list of grids gives the union of their
-products), the comparisons to compute (``compare``), the CKA settings and the resources of a trial::
+products), the comparisons to compute (``compare``), the CKA settings and the resources of a trial; and,
+beside or instead of the grid, networks rayrs did not train (``models``: `ModelEntry`, compared as trials are)
+and where to track the trials (``tracking``: MLflow / W&B, `TrackingConfig`)::
 
     name: quickstart
     data: {dataset: digits}
@@ -21,7 +23,7 @@ in its threat model's range (`rayrs.attacks.ThreatModel.max_eps`), ``train.freez
 counted against limits (`MAX_SWEEP_FILE_BYTES`, `MAX_YAML_VALUES`, ``max_trials``, ``max_jobs``) before anything
 is expanded.
 
-Why one module of ~1000 lines: it is the sweep file's whole grammar, and a reader checking what a field means,
+Why one module of ~1250 lines: it is the sweep file's whole grammar, and a reader checking what a field means,
 how it is validated and how it reaches a trial's fingerprint or name wants it in one place; the registries it
 validates against (methods, threat models, layer listing, datasets) live on the floor below.
 """

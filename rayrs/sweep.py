@@ -1,8 +1,9 @@
 """Running a sweep: the Ray wiring, in one place.
 
-    expand the sweep (its grid's trials, and its `models:` entries: `rayrs.entries`) ──► train every unfinished trial (Ray Tune, one trial per grid point; or one by one with
-    --local) ──► rebuild metrics.parquet from the checkpoints ──► every unfinished comparison job, one Ray
-    (generator) task per home trial, streaming progress ──► the report.
+    expand the sweep (its grid's trials; its `models:` entries, `rayrs.entries`) ──► train every unfinished
+    trial (Ray Tune, one trial per grid point; or one by one with --local) ──► rebuild metrics.parquet from the
+    checkpoints ──► every unfinished comparison job, one Ray (generator) task per home trial, streaming
+    progress ──► the report.
 
 Every stage reads only what the stage before it left on storage, and skips what is already there: finished
 trials are not retrained, a trial interrupted mid-way resumes from its last checkpoint (Tune's retries rely
