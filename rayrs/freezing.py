@@ -76,7 +76,7 @@ from torch import nn
 
 from rayrs.config import AutoFreezeConfig
 from rayrs.data import to_float
-from rayrs.models import ALL_LAYER_TYPES, BLOCK, Layer, comparable_layers
+from rayrs.models import ALL_LAYER_TYPES, BLOCK, Layer, comparable_layers, forward_once
 from rayrs.similarity.grams import layer_grams
 
 Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, images, labels) -> adversarial
@@ -149,17 +149,7 @@ def weighted_macs(model: nn.Module, example: torch.Tensor) -> dict[int, float]:
     def count(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
         counts[id(module)] = counts.get(id(module), 0.0) + output.numel() / output.shape[0] * module.weight[0].numel()
 
-    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    modes = {module: module.training for module in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, training in modes.items():
-            module.training = training
+    forward_once(model, example, {m: count for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)})
     return counts
 
 

@@ -443,6 +443,23 @@ def check_layer_spec(items: Iterable[str]) -> tuple[str, ...]:
     return layer_types(items)
 
 
+def forward_once(model: nn.Module, example: torch.Tensor, hooks: dict[nn.Module, Callable[..., Any]]) -> None:
+    """One forward pass of ``example`` through ``model`` in eval mode, without gradients, with each of ``hooks``
+    (module -> forward hook) registered for it alone: the pass changes nothing in the model (BatchNorm
+    statistics untouched, every module's train/eval flag restored, the hooks removed), whatever it raises."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
+    modes = {module: module.training for module in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes.items():
+            module.training = training
+
+
 def comparable_layers(
     model: nn.Module, example: torch.Tensor, types: Iterable[str] = PAPER_LAYER_TYPES
 ) -> list[Layer]:
@@ -467,21 +484,12 @@ def comparable_layers(
         raise ValueError(f"unknown layer types {sorted(unknown)}; choose from {', '.join(ALL_LAYER_TYPES)}, "
                          f"or {NAME_PATTERN}<glob>")
     executed: list[str] = []
-    handles = []
+    hooks = {}
     for module_name, module in model.named_modules():
         by_name = module_name and any(p.fullmatch(module_name) for p in patterns.values())  # never the model itself
         if layer_type(module) in wanted or by_name:
-            handles.append(module.register_forward_hook(_recorder(executed, module_name)))
-    modes = {module: module.training for module in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, training in modes.items():
-            module.training = training
+            hooks[module] = _recorder(executed, module_name)
+    forward_once(model, example, hooks)
     for item, pattern in sorted(patterns.items()):
         if not any(pattern.fullmatch(name) for name in executed):
             raise UserError(f"layer pattern {item!r} matches no module that runs; {_some_names(model, item)} "
