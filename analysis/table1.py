@@ -253,7 +253,7 @@ def table1_latex(metrics: pl.DataFrame) -> str:
             cell = _percent(row[column]).removesuffix("%")
             if row[f"{column}_lower"] is not None:
                 cell += " {\\scriptsize " + _interval(row[f"{column}_lower"], row[f"{column}_upper"]) + "}"
-            cells.append(latex_text(cell) if row[column] is None else cell.replace("–", "--"))
+            cells.append(latex_text(cell) if row[column] is None else latex_number(cell))
         cells.append(str(row["seeds"]))
         lines.append(" & ".join(cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", ""]
@@ -292,6 +292,12 @@ def latex_text(text: str) -> str:
             out.append(text[i])
             i += 1
     return "".join(out)
+
+
+def latex_number(text: str) -> str:
+    """A numeric cell ("-3.2 {\\scriptsize [-5.1, 0.4]}") for LaTeX: a minus sign in math mode, since a bare
+    "-" in text mode prints as a hyphen, shorter than the sign and misaligned in a column of numbers."""
+    return text.replace("-", "$-$").replace("–", "--")
 
 
 def _percent(value: float | None) -> str:

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 import synthetic
 from analysis.load import read_metrics, trial_info
 from analysis.report import FIGURES, render_report
-from analysis.table1 import COLUMNS, latex_text, table1_frame
+from analysis.table1 import COLUMNS, latex_number, latex_text, table1_frame
 from rayrs.cli import app
 from rayrs.console import figures_line
 
@@ -127,12 +127,18 @@ def test_table1_latex_has_one_row_per_configuration_and_checkpoint_with_its_numb
         assert cells[:3] == [row["dataset"], latex_text(row["config"]), f"{row['checkpoint']} (epoch {row['epochs']})".replace("–", "--")]
         for cell, column in zip(cells[3:], COLUMNS):
             value, lower, upper = (100 * row[f"{column}{s}"] for s in ("", "_lower", "_upper"))
-            assert cell == f"{value:.1f} {{\\scriptsize [{lower:.1f}, {upper:.1f}]}}", (row["config"], column)
+            expected = f"{value:.1f} {{\\scriptsize [{lower:.1f}, {upper:.1f}]}}".replace("-", "$-$")
+            assert cell == expected, (row["config"], column)
         assert cells[-1] == str(row["seeds"])
     # Labels with LaTeX's specials and the paper's symbols arrive escaped (pdfLaTeX reads no raw "ε" or "_").
     assert "PGD-AT $\\ell$2 $\\varepsilon$=" in tex
     body = "\n".join(" & ".join(cells) for cells in rows)
     assert "ε" not in body and "ℓ" not in body and "_" not in body.replace("\\_", "")
+
+
+def test_latex_numbers_carry_a_minus_sign_not_a_hyphen():
+    assert latex_number("-3.2 {\\scriptsize [-5.1, 0.4]}") == "$-$3.2 {\\scriptsize [$-$5.1, 0.4]}"
+    assert latex_number("– {\\scriptsize –}") == "-- {\\scriptsize --}"  # unknown: an en dash, as in latex_text
 
 
 def test_latex_text_escapes_specials_once_and_writes_symbols_in_math_mode():
