@@ -49,44 +49,26 @@ def fig4_benign_vs_adversarial(similarity: pl.DataFrame, metrics: pl.DataFrame) 
         panel=facet_key(rows["dataset_a"].fill_null("?"), None),
     ).sort(["order_a", "probe_b", "layer_a"])
     data = lines.select("panel", "line", "training", "layer_a", "name_a", "type_a", "value", "lower", "upper", "epoch_a")
-    base = alt.Chart().encode(
-        x=alt.X("layer_a:Q", axis=layer_axis(layer_table(data, "a"), quantitative=True), scale=alt.Scale(nice=False)),
-        color=alt.Color(
+    return _cka_by_layer(
+        data,
+        alt.Color(
             "line:N",
             title="model",
             sort=lines["line"].unique(maintain_order=True).to_list(),
             legend=alt.Legend(labelLimit=300, symbolOpacity=1),
         ),
-    )
-    y_scale = alt.Scale(domain=[0, 1], clamp=True)
-    band = base.mark_area(opacity=0.15).encode(
-        y=alt.Y("lower:Q", title="CKA(benign, adversarial)", scale=y_scale), y2="upper:Q"
-    )
-    line = base.mark_line().encode(  # no point overlay: it would blank the dash legend's symbols
-        y=alt.Y("value:Q", title="CKA(benign, adversarial)", scale=y_scale),
+        "CKA(benign, adversarial)",
+        alt.Tooltip("value:Q", format=".3f", title="CKA"),
+        ["line:N"],
+        ["epoch_a:Q"],
+        width=LINE_WIDTH,
+        points=False,  # a point overlay would blank the dash legend's symbols
         strokeDash=alt.StrokeDash(
             "training:N",
             title=None,
             scale=alt.Scale(domain=["non-robust", "robust"], range=[[6, 3], [1, 0]]),
             legend=alt.Legend(symbolType="stroke", symbolStrokeColor="#555"),
         ),
-        tooltip=[
-            "line:N",
-            "name_a:N",
-            "type_a:N",
-            alt.Tooltip("value:Q", format=".3f", title="CKA"),
-            alt.Tooltip("lower:Q", format=".3f", title="95% interval from"),
-            alt.Tooltip("upper:Q", format=".3f", title="95% interval to"),
-            "epoch_a:Q",
-        ],
-    )
-    chart = (
-        alt.layer(band, line, data=chart_data(data))
-        .transform_filter(layer_type_filter("type_a"))
-        .properties(width=LINE_WIDTH, height=LINE_HEIGHT)
-    )
-    return with_layer_dropdown(
-        chart.facet(column=alt.Column("panel:N", title=None, header=alt.Header(labelExpr=FACET_LABEL)))
     )
 
 
@@ -174,35 +156,62 @@ def fig5bcd_transfer_cka(similarity: pl.DataFrame, metrics: pl.DataFrame) -> alt
         "upper",
         "seeds",
     )
-    base = alt.Chart().encode(
-        x=alt.X("layer_a:Q", axis=layer_axis(layer_table(data, "a"), quantitative=True), scale=alt.Scale(nice=False)),
-        color=alt.Color(
+    return _cka_by_layer(
+        data,
+        alt.Color(
             "pair:N",
             title="source → target",
             sort=rows["pair"].unique(maintain_order=True).to_list(),
             legend=alt.Legend(labelLimit=400, symbolOpacity=1),
         ),
+        "CKA(source, target)",
+        alt.Tooltip("value:Q", format=".3f", title="CKA (mean over seeds)"),
+        ["pair:N"],
+        [alt.Tooltip("seeds:Q", title="pairs of trials")],
+        width=LINE_WIDTH * 3 // 4,
+        points=True,
+    )
+
+
+def _cka_by_layer(
+    data: pl.DataFrame,
+    color: alt.Color,
+    y_title: str,
+    value_tooltip: alt.Tooltip,
+    tooltip_head: list,
+    tooltip_tail: list,
+    *,
+    width: int,
+    points: bool,
+    **line_encoding,
+) -> alt.TopLevelMixin:
+    """Fig 4's and Fig 5b-d's shared form: one panel per ``panel`` of ``data``, x = ``layer_a`` in network order,
+    one line per ``color`` value with its 95% band (``lower`` to ``upper``), y = CKA on [0, 1]; the layer-type
+    dropdown filters the layers shown. ``line_encoding`` adds channels to the line (Fig 4's dash)."""
+    base = alt.Chart().encode(
+        x=alt.X("layer_a:Q", axis=layer_axis(layer_table(data, "a"), quantitative=True), scale=alt.Scale(nice=False)),
+        color=color,
     )
     y_scale = alt.Scale(domain=[0, 1], clamp=True)
-    band = base.mark_area(opacity=0.15).encode(
-        y=alt.Y("lower:Q", title="CKA(source, target)", scale=y_scale), y2="upper:Q"
-    )
-    line = base.mark_line(point=alt.OverlayMarkDef(size=14, filled=True)).encode(
-        y=alt.Y("value:Q", title="CKA(source, target)", scale=y_scale),
+    band = base.mark_area(opacity=0.15).encode(y=alt.Y("lower:Q", title=y_title, scale=y_scale), y2="upper:Q")
+    mark = base.mark_line(point=alt.OverlayMarkDef(size=14, filled=True)) if points else base.mark_line()
+    line = mark.encode(
+        y=alt.Y("value:Q", title=y_title, scale=y_scale),
+        **line_encoding,
         tooltip=[
-            "pair:N",
+            *tooltip_head,
             "name_a:N",
             "type_a:N",
-            alt.Tooltip("value:Q", format=".3f", title="CKA (mean over seeds)"),
+            value_tooltip,
             alt.Tooltip("lower:Q", format=".3f", title="95% interval from"),
             alt.Tooltip("upper:Q", format=".3f", title="95% interval to"),
-            alt.Tooltip("seeds:Q", title="pairs of trials"),
+            *tooltip_tail,
         ],
     )
     chart = (
         alt.layer(band, line, data=chart_data(data))
         .transform_filter(layer_type_filter("type_a"))
-        .properties(width=LINE_WIDTH * 3 // 4, height=LINE_HEIGHT)
+        .properties(width=width, height=LINE_HEIGHT)
     )
     return with_layer_dropdown(
         chart.facet(column=alt.Column("panel:N", title=None, header=alt.Header(labelExpr=FACET_LABEL)))
