@@ -51,11 +51,12 @@ Cost. Where a check's time goes (digits, 256 images, PGD-3, one thread): the att
 Gram passes 22%, the CKA under 1%; standard training has only the benign pass. The check costs about what
 training on the probe costs, so its share is ~ probe / training-set size: on digits (1347 images) 10-16% of an
 epoch's training time at 256 images, 6-7% at 128, 1.7-3.4% at 64 (standard / PGD-AT / TRADES, measured under
-heavy load); on CIFAR-sized inputs (WRN-16-4, 32 x 32, 50,000 images, per-image costs measured on 256 and
-scaled) 0.15% at 256 images for standard training. Hence the default probe; at it (67 images) the benchmark
-measured 2.7% (standard), 3.7% (TRADES) and 4.7% (PGD-AT) of digits' training time with every probe image
-attacked, over the goal of 3% for robust methods; hence the default ``adversarial_probe`` (half), which brings
-them to about 2%.
+heavy load); on CIFAR-sized inputs (WRN-16-4, 32 x 32, 50,000 images, per-image training costs measured on
+128-256 synthetic images and scaled; `benchmarks/freeze_check_cost.py`) 0.15% at 256 images for standard
+training, and with half of them attacked 0.16% for PGD-AT, 0.27% for TRADES (0.28% and 0.48% with all 256
+attacked). Hence the default probe; at it (67 images) the benchmark measured 2.7% (standard), 3.7% (TRADES) and
+4.7% (PGD-AT) of digits' training time with every probe image attacked, over the goal of 3% for robust methods;
+hence the default ``adversarial_probe`` (half), which brings them to 2.2-2.7%.
 
 Resume. The decision state (streaks, frozen count, the epoch each block froze, the CKA trace) is in each
 epoch's ``meta.json`` under ``freezing``; the previous epoch's Grams are recomputed from its checkpoint, the
