@@ -82,7 +82,7 @@ class TrainingClock:
 
 def trial_config(args: argparse.Namespace, method: str, seed: int, mode: str) -> TrialConfig:
     guided = {"threshold": args.threshold, "adversarial_threshold": args.adversarial_threshold, "patience": args.patience,
-              "probe": args.probe}
+              "probe": args.probe, "adversarial_probe": args.adversarial_probe}
     freeze = {"unfrozen": None, "guided": {"auto": {k: v for k, v in guided.items() if v is not None}},
               "static": {"through": "block1", "from_epoch": args.static_epoch or args.epochs // 5 + 1}}[mode]
     robust = {} if method == "standard" else {"eps": args.eps, "attack": {"steps": args.train_steps}}
@@ -133,7 +133,7 @@ def run_trial(args: argparse.Namespace, method: str, seed: int, mode: str, root:
 def summarise(records: list[dict], method: str, mode: str) -> dict:
     mine = [r for r in records if r["method"] == method and r["mode"] == mode]
     base = {r["seed"]: r for r in records if r["method"] == method and r["mode"] == "unfrozen"}
-    saved = [1 - r["train_seconds"] / base[r["seed"]]["train_seconds"] for r in mine]
+    saved = [1 - r["train_seconds"] / base[r["seed"]]["train_seconds"] for r in mine if r["seed"] in base] or [math.nan]
     n = sum(r["n"] for r in mine)
     clean, robust = sum(r["clean_correct"] for r in mine), sum(r["robust_correct"] for r in mine)
     out = {
@@ -173,6 +173,7 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", default="standard,pgd,trades")
+    parser.add_argument("--modes", default="unfrozen,guided,static", help="a subset, e.g. guided (no 'saved' then)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--width", type=int, default=1)
@@ -183,11 +184,12 @@ def main() -> None:
     parser.add_argument("--adversarial-threshold", type=float, default=None)
     parser.add_argument("--patience", type=int, default=None)
     parser.add_argument("--probe", type=int, default=None)
+    parser.add_argument("--adversarial-probe", type=int, default=None)
     parser.add_argument("--static-epoch", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    methods, modes = args.methods.split(","), ["unfrozen", "guided", "static"]
+    methods, modes = args.methods.split(","), args.modes.split(",")
     records = []
     with tempfile.TemporaryDirectory(prefix="guided_freezing_") as root:
         # One untimed epoch first: the first trial of a process pays for lazy initialisation (kernels, caches).

@@ -203,6 +203,10 @@ class AutoFreezeConfig(Section):
     # Training images (fixed by the seed); the Grams are probe^2 floats. None: 256, at most 1/20 of the training
     # set (rayrs.freezing.default_probe_size), which keeps the check near 3% of an epoch on a small dataset.
     probe: Int | None = Field(default=None, ge=4, le=1024)
+    # Robust methods: how many of the probe's images (its first ones) are also attacked for the adversarial Gram.
+    # None: half the probe, at least 32 (rayrs.freezing.default_adversarial_probe): the attack is most of the
+    # check's cost, and the adversarial threshold (0.99) is coarser than the benign one.
+    adversarial_probe: Int | None = Field(default=None, ge=4, le=1024)
 
 
 class FreezeConfig(Section):

@@ -6,9 +6,10 @@ a fixed epoch (``train.freeze: {through, from_epoch}``). With ``train.freeze: {a
 
 - After each epoch, each residual block's output (a ``block`` layer, `rayrs.models`) on a fixed probe of
   ``probe`` TRAINING images (chosen by the trial's seed, never augmented) becomes a U-centred (n, n) Gram
-  (`rayrs.similarity.grams.GramRecorder`, the comparison engine's). For robust methods the same images are
-  also attacked on the current model by the trial's own training attack (`rayrs.train.freeze_probe_attack`: PGD-k for
-  PGD-AT, the KL attack for TRADES, the single FGSM step for fast AT), giving a second Gram per block.
+  (`rayrs.similarity.grams.GramRecorder`, the comparison engine's). For robust methods the first
+  ``adversarial_probe`` of those images (default half, `default_adversarial_probe`) are also attacked on the
+  current model by the trial's own training attack (`rayrs.train.freeze_probe_attack`: PGD-k for PGD-AT, the KL
+  attack for TRADES, the single FGSM step for fast AT), giving a second, (a, a) Gram per block.
 - Each Gram is compared with the previous epoch's, kept in memory (n^2 floats per block and probe, never an
   activation): linear CKA with the unbiased HSIC estimator, as `rayrs.similarity.cka` computes it. An epoch
   counts as stable for a block when its benign CKA is >= ``threshold`` and (robust methods) its adversarial CKA
@@ -31,6 +32,16 @@ Defaults, from measurement (digits, WRN-10-1, 10 epochs; `benchmarks/guided_free
   0.99 is the level of the attack's own randomness: an adversarial change smaller than a re-draw of the attack's
   start does not hold freezing back, a larger one does (epochs 5-6: benign 0.995, adversarial 0.91-0.95).
 - ``patience`` 2: one quiet epoch does not freeze a block.
+- ``adversarial_probe`` half the probe, at least 32 (digits: 33 of 67): the attack is most of a robust check's
+  cost. Halving it took the check on digits from 4.7% to 2.2% (PGD-AT) and 3.7% to 2.3% (TRADES) of the
+  training time (benchmark, 3 seeds; side by side in one process: `benchmarks/freeze_check_cost.py`). The price
+  is noise: on the same weights (epochs 7-9 of PGD-AT and TRADES, 3 seeds, 3 blocks) the adversarial CKA of the
+  first 33 images differs from that of all 67 by +0.003 on average (SD 0.004, at most 0.013), against a
+  threshold 0.01 below 1, so a decision near it moves by an epoch, here both ways: PGD-AT froze blocks 1-2 from
+  epoch 10 in seeds 0 and 2 before, blocks 1-3 from epoch 10 in seed 2 after; TRADES froze nothing before,
+  blocks 1-3 from epoch 10 (seed 0) and 1-2 from epoch 9 (seed 2) after; final clean and robust accuracies
+  stayed within a point of the unfrozen trials' (`benchmarks/README.md`). ``adversarial_probe`` = ``probe``
+  restores the check before.
 - ``probe`` 256 images, at most 1/20 of the training set (`default_probe_size`; digits: 67). The CKA's sampling
   noise at 64 images, near the threshold, is a standard deviation of 0.0001-0.001 over random probes (digits,
   standard training, epochs 6-9), a tenth of the step between two epochs' CKA as a block settles: a decision
@@ -40,10 +51,12 @@ Cost. Where a check's time goes (digits, 256 images, PGD-3, one thread): the att
 Gram passes 22%, the CKA under 1%; standard training has only the benign pass. The check costs about what
 training on the probe costs, so its share is ~ probe / training-set size: on digits (1347 images) 10-16% of an
 epoch's training time at 256 images, 6-7% at 128, 1.7-3.4% at 64 (standard / PGD-AT / TRADES, measured under
-heavy load); on CIFAR-sized inputs (WRN-16-4, 32 x 32, 50,000 images, per-image costs measured on 256 and
-scaled) 0.15% at 256 images for standard training. Hence the default probe; at it (67 images) the benchmark
-measured 2.7% (standard), 3.7% (TRADES) and 4.7% (PGD-AT) of digits' training time: the goal of 3% holds for
-standard training, not quite for robust methods on a dataset this small.
+heavy load); on CIFAR-sized inputs (WRN-16-4, 32 x 32, 50,000 images, per-image training costs measured on
+128-256 synthetic images and scaled; `benchmarks/freeze_check_cost.py`) 0.15% at 256 images for standard
+training, and with half of them attacked 0.16% for PGD-AT, 0.27% for TRADES (0.28% and 0.48% with all 256
+attacked). Hence the default probe; at it (67 images) the benchmark measured 2.7% (standard), 3.7% (TRADES) and
+4.7% (PGD-AT) of digits' training time with every probe image attacked, over the goal of 3% for robust methods;
+hence the default ``adversarial_probe`` (half), which brings them to 2.2-2.7%.
 
 Resume. The decision state (streaks, frozen count, the epoch each block froze, the CKA trace) is in each
 epoch's ``meta.json`` under ``freezing``; the previous epoch's Grams are recomputed from its checkpoint, the
@@ -107,6 +120,19 @@ def default_probe_size(population: int) -> int:
     attack for robust methods, which is most of an epoch's work), so a probe of 1/20 of the data keeps it near
     3% of an epoch on a small dataset (digits: 67 of 1347 images), and 256 of CIFAR-10's 50,000 costs ~0.2%."""
     return max(min(DEFAULT_PROBE, population // 20), min(32, population))
+
+
+def default_adversarial_probe(probe: int) -> int:
+    """``adversarial_probe`` when unset: how many of the probe's ``probe`` images a robust method also attacks.
+    Half of them, at least 32 (all of them when the probe is smaller): digits' 67 -> 33, a 256-image probe -> 128.
+
+    Why: the attack is most of a robust check's cost (PGD-3: 77% at 256 images) and it costs what the training
+    attack costs per image, so halving the attacked images about halves the check (digits: PGD-AT 4.7% -> 2.2%,
+    TRADES 3.7% -> 2.3% of the training time; `benchmarks/README.md`). The adversarial CKA is held to 0.99, the
+    level of a re-drawn attack start (0.986-0.995); half the images move it by ~0.004 (SD, measured on the same
+    weights), so a decision near the threshold can move by an epoch (module doc). The benign probe, held to
+    0.995, keeps every image."""
+    return min(probe, max(probe // 2, 32))
 
 
 def paired_cka(now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
@@ -180,6 +206,8 @@ class GuidedFreezing:
         size = settings.probe if settings.probe is not None else default_probe_size(population)
         chosen = probe_indices(seed, size, population).to(train_images.device)
         self.images, self.labels = to_float(train_images[chosen]), train_labels[chosen]
+        wanted = settings.adversarial_probe or default_adversarial_probe(self.images.shape[0])
+        self.adversarial_count = min(wanted, self.images.shape[0])  # the first ones of the probe are attacked
         self.blocks, self._prefixes = block_layers(model, self.images[:2])
         self.prefix_share = prefix_macs_share(model, self._prefixes, self.images[:2])
         count = len(self.blocks)
@@ -249,6 +277,7 @@ class GuidedFreezing:
             **({"adversarial_threshold": self.threshold("adversarial")} if "adversarial" in self.probes else {}),
             "patience": self.settings.patience,
             "probe": int(self.images.shape[0]),
+            **({"adversarial_probe": self.adversarial_count} if "adversarial" in self.probes else {}),
             "prefix_macs_share": [round(share, 6) for share in self.prefix_share],
         }
         metrics = {"frozen_blocks": trained_frozen, "freeze_check_seconds": time.perf_counter() - started,
@@ -256,14 +285,16 @@ class GuidedFreezing:
         return metrics, record
 
     def _grams(self) -> dict[str, torch.Tensor]:
-        """probe -> (B, n, n) float32 U-centred Grams of every block of the current model (eval mode, fp32)."""
+        """probe -> U-centred float32 Grams of every block of the current model (eval mode, fp32): "benign"
+        (B, n, n) on the whole probe, "adversarial" (B, a, a) on its first a = ``adversarial_count`` images."""
         grams = {"benign": layer_grams(self.model, self.blocks, self.images)}
         if self.probe_attack is not None:
+            count = self.adversarial_count
             # Attacked in eval mode whatever the attack's bn_eval: the check must not move a running statistic.
             modes = {module: module.training for module in self.model.modules()}
             self.model.eval()
             try:
-                adversarial = self.probe_attack()(self.model, self.images, self.labels)
+                adversarial = self.probe_attack()(self.model, self.images[:count], self.labels[:count])
             finally:
                 for module, training in modes.items():
                     module.training = training

@@ -273,7 +273,8 @@ def test_guided_freezing_is_part_of_the_fingerprint_and_a_static_freeze_keeps_it
     del before["train"]["freeze"]["auto"]
     assert static.fingerprint() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
     autos = [TrialConfig.model_validate({"train": {"epochs": 5, "freeze": {"auto": auto}}})
-             for auto in ({}, {"threshold": 0.9}, {"adversarial_threshold": 0.995}, {"patience": 3}, {"probe": 128})]
-    assert len({config.fingerprint() for config in autos + [static]}) == 6
+             for auto in ({}, {"threshold": 0.9}, {"adversarial_threshold": 0.995}, {"patience": 3}, {"probe": 128},
+                          {"adversarial_probe": 64})]
+    assert len({config.fingerprint() for config in autos + [static]}) == 7
     assert autos[0].train.freeze.auto.model_dump() == {"threshold": 0.995, "adversarial_threshold": 0.99, "patience": 2,
-                                                       "probe": None}
+                                                       "probe": None, "adversarial_probe": None}

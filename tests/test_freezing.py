@@ -18,7 +18,8 @@ from analysis.load import read_metrics
 from rayrs import checkpoint
 from rayrs import storage as layout
 from rayrs.catalog import write_metrics
-from rayrs.freezing import block_layers, default_probe_size, probe_generator, probe_indices
+from rayrs.config import FreezeConfig
+from rayrs.freezing import block_layers, default_adversarial_probe, default_probe_size, probe_generator, probe_indices
 from rayrs.methods import METHODS
 from rayrs.schema import SIMILARITY_SCHEMA
 from rayrs.similarity.cka import MinibatchCKA
@@ -126,7 +127,8 @@ def test_blocks_freeze_only_after_their_cka_stayed_above_the_threshold_for_the_p
 
 def test_the_checks_cka_is_the_comparison_engines_on_the_same_probe_and_checkpoints(tmp_path):
     """Recompute each epoch's block CKA with the comparison engine (layer_grams + MinibatchCKA) from the saved
-    checkpoints of epochs e - 1 and e, on the same probe (and the same adversarial probe for PGD-AT)."""
+    checkpoints of epochs e - 1 and e, on the same probe (and, for PGD-AT, the same adversarial probe: its first
+    64 images, half of the 128 by default)."""
     storage = Storage(tmp_path)
     spec = auto_spec("engine", 3, threshold=1.01, patience=1, **PGD)
     train_trial(spec, storage, "cpu", threads=1)
@@ -140,8 +142,9 @@ def test_the_checks_cka_is_the_comparison_engines_on_the_same_probe_and_checkpoi
         model.load_state_dict(checkpoint.load_weights(storage, "engine", epoch))
         blocks, _ = block_layers(model, images[:2])
         adversarial = make_attack(spec.config, "train", probe_generator(spec.config.train.seed, "cpu"))(
-            model.eval(), images, labels)
+            model.eval(), images[:64], labels[:64])
         grams[epoch] = {"benign": layer_grams(model, blocks, images), "adversarial": layer_grams(model, blocks, adversarial)}
+    assert records[0]["adversarial_probe"] == 64 and grams[1]["adversarial"].shape == (3, 64, 64)
     for epoch in (2, 3):
         for probe in ("benign", "adversarial"):
             engine = MinibatchCKA(3, 3)
@@ -285,3 +288,25 @@ def test_the_default_probe_is_256_images_or_a_twentieth_of_a_small_training_set(
     guide = guided_freezing(spec.config, build_for(spec.config, data, "cpu"), data, "cpu")
     assert data.train_images.shape[0] == 1347 and guide.images.shape[0] == 1347 // 20
     assert default_probe_size(50_000) == 256 and default_probe_size(100) == 32 and default_probe_size(10) == 10
+
+
+def test_a_robust_check_attacks_half_the_probe_by_default_and_the_first_images_of_it():
+    """The attack is most of a robust check's cost: by default only half the probe (at least 32) is attacked,
+    the benign Gram keeps every image; ``adversarial_probe`` sets the count, at most the probe."""
+    assert [default_adversarial_probe(n) for n in (256, 67, 40, 20)] == [128, 33, 32, 20]
+    attacked = []
+
+    def spy(model, images, labels):
+        attacked.append(images)
+        return images
+
+    spec = digits_spec("probe", train={"epochs": 4, **PGD}, **TINY)
+    data = load_trial_data(spec.config, "cpu")  # neither the data nor the model depends on the freezing settings
+    model = build_for(spec.config, data, "cpu")
+    for settings, count in (({}, 33), ({"adversarial_probe": 48}, 48), ({"probe": 40, "adversarial_probe": 100}, 40)):
+        config = spec.config.model_copy(update={"train": spec.config.train.model_copy(
+            update={"freeze": FreezeConfig.model_validate({"auto": settings})})})
+        guide = guided_freezing(config, model, data, "cpu")
+        guide.probe_attack = lambda: spy
+        _, record = guide.after_epoch(1)
+        assert record["adversarial_probe"] == count and torch.equal(attacked[-1], guide.images[:count])
