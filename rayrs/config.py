@@ -853,11 +853,11 @@ class ModelEntrySpec(TrialSpec):
     def source_settings(self, dataset_classes: int | None = None, device: Any = "cpu") -> dict[str, Any]:
         """The keyword arguments of its `rayrs.sources.WeightsFileModel` on ``device``. Its classifier's width
         is the entry's ``num_classes``, else ``dataset_classes`` (the loaded probe dataset's), else the
-        registry's count for the dataset (`rayrs.data.DatasetInfo.classes`)."""
+        registry's count for the dataset (`rayrs.data.DatasetInfo.class_count`: image_folder counts its folders)."""
         dataset = DATASETS[self.config.data.dataset]
         return {
             "arch": self.config.model.arch, "weights": dict(self.weights),
-            "num_classes": self.num_classes or dataset_classes or dataset.classes,
+            "num_classes": self.num_classes or dataset_classes or dataset.class_count(self.config.data.root),
             "image_size": self.config.data.image_size or dataset.default_image_size,
             "in_channels": dataset.channels, "normalize": self.config.model.normalize,
             "depth": self.config.model.depth, "width": self.config.model.width, "device": device,
