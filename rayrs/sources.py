@@ -322,7 +322,8 @@ class WeightsFileModel:
 
     ``weights``: epoch -> weights file (safetensors, or a PyTorch state dict read with ``weights_only=True``;
     `rayrs.weights`); a single file is epoch 0. ``image_size`` sizes the layer listing's example input.
-    Models load on ``device``.
+    Models load on ``device``. ``sha256``: epoch -> the SHA-256 each file must still have (a sweep's model
+    entries: the hashes it was planned with), checked on the very bytes that are loaded; None: unchecked.
     """
 
     arch: str
@@ -334,6 +335,7 @@ class WeightsFileModel:
     depth: int | None = None
     width: int | None = None
     device: torch.device | str = "cpu"
+    sha256: Mapping[int, str] | None = None
 
     @classmethod
     def of(cls, arch: str, path: str | Path, **settings: Any) -> WeightsFileModel:
@@ -356,7 +358,8 @@ class WeightsFileModel:
         if epoch not in self.weights:
             raise UserError(f"{self.arch}: no weights file for epoch {epoch} (have {sorted(self.weights)})")
         path = Path(self.weights[epoch]).expanduser()
-        model = load_weights_into(self.build(), read_weights(path), str(path))
+        state = read_weights(path, None if self.sha256 is None else self.sha256[epoch])
+        model = load_weights_into(self.build(), state, str(path))
         return model.to(self.device).eval()
 
 

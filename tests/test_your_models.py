@@ -470,3 +470,31 @@ def test_a_sweep_of_models_compares_them_on_a_plain_image_folder(tmp_path: Path)
     # A standard model's adversarial probe: attacked as the paper attacks its ImageNet subsets (l_inf 4/255).
     (adversarial,) = _rows(tmp_path / "results" / "folder", "benign_vs_adversarial").filter(measure="cka").rows(named=True)
     assert adversarial["probe_b"].endswith(f":linf:{4 / 255:.6g}:2")  # adversarial:<model>@<epoch>:<threat>:<eps>:<steps>
+
+
+def test_a_weights_file_replaced_after_planning_fails_its_job_naming_the_file(tmp_path: Path) -> None:
+    """Planning hashes each file; the task hashes the bytes it loads. A file swapped in between (the weights of
+    another network of the same architecture, so it would load and compute silently) fails in one line."""
+    from rayrs.entries import model_specs
+    from rayrs.errors import UserError
+    from rayrs.similarity.run import run_job
+    from rayrs.storage import Storage
+
+    torch.manual_seed(0)
+    path = tmp_path / "w.safetensors"
+    save_file(build_model("wrn", num_classes=10, in_channels=1, depth=10, width=1).state_dict(), path)
+    experiment = Experiment.model_validate({
+        "name": "swap", "models": [{"name": "mine", "arch": "wrn", "depth": 10, "width": 1, "weights": str(path)}],
+        "compare": [{"kind": "cross_layer", "layer_types": ["linear"]}],
+        "cka": {"probe_size": 8, "batch_size": 8, "passes": 1},
+    })
+    (spec,) = model_specs(experiment)
+    (job,) = plan_jobs(experiment, [spec])
+    torch.manual_seed(1)  # another network's weights, same names and shapes
+    save_file(build_model("wrn", num_classes=10, in_channels=1, depth=10, width=1).state_dict(), path)
+    storage = Storage(tmp_path / "results")
+    with pytest.raises(UserError) as caught:
+        run_job(job, {spec.name: spec.config}, storage, torch.device("cpu"), {spec.name: spec})
+    line = str(caught.value)
+    assert line.startswith(f"weights file {path} changed after the sweep was planned (SHA-256 ") and "\n" not in line
+    assert not storage.exists(job.output)  # nothing computed under the planned job id
