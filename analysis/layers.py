@@ -2,7 +2,7 @@
 
 A layer is an index in the model's execution order (``layer_*`` in `rayrs.schema`), its module path
 (``name_*``, e.g. ``block2.0.conv1``) and its type (conv / bn / act / pool / linear, or block: a residual
-block's output, named by the block, ``block2.0``). Axes name blocks, not
+block's output, named by the block, ``block2.0``, a ViT's ``blocks.3``; or named: a module selected by name). Axes name blocks, not
 indices: a WRN-28 has ~100 layers, but only "stem", "block1", "block2", "block3" and "head" are worth reading.
 Every layer figure carries one dropdown, `LAYER_TYPE_PARAM`, that keeps only layers of one type (the paper's
 heatmaps mix all types); a PNG is drawn with its default, "all".
@@ -15,13 +15,20 @@ import re
 import altair as alt
 import polars as pl
 
-LAYER_TYPES = ["conv", "bn", "act", "pool", "linear", "block"]  # the types `rayrs.models.layer_type` assigns
+# Every type a layer listing gives (`rayrs.models.comparable_layers`): the paper's five, ``block`` (a residual
+# block's output) and ``named`` (a module selected by ``name:<glob>`` that has none of those types). Spelled
+# out, not imported: rayrs.models imports torch, which `rayrs analyze` does without (tests/test_zoo.py checks
+# that the two lists agree).
+LAYER_TYPES = ["conv", "bn", "act", "pool", "linear", "block", "named"]
 ALL = "all"
 LAYER_TYPE_PARAM = "layer_type"
 
 # A residual stage of a network: WRN's block1..3, torchvision ResNet's layer1..4. Anything before the first
 # stage is the "stem", anything after the last the "head".
 _STAGE = re.compile(r"^(block|layer|stage|group)\d+$")
+# A stage held in a numbered container, as timm names them: a ViT's blocks.<i> (stage "block<i>", one a
+# transformer block), a ConvNeXt's stages.<i>.blocks.<j> (stage "stage<i>"), a Swin's layers.<i>.
+_NUMBERED_STAGE = re.compile(r"^(block|layer|stage|group)s\.(\d+)(\.|$)")
 
 
 def layer_type_param() -> alt.Parameter:
@@ -51,7 +58,9 @@ def block_of(names: list[str]) -> list[str]:
     """The block of each layer, for layer names in network order: its stage ("block2"), else "stem" / "head".
 
     ``["conv1", "block1.0.bn1", "block1.0.conv1", "block2.0.bn1", "bn", "fc"]`` ->
-    ``["stem", "block1", "block1", "block2", "head", "head"]``. A network without stages is one block, "network".
+    ``["stem", "block1", "block1", "block2", "head", "head"]``; timm's numbered containers too: a ViT's
+    ``["patch_embed.proj", "blocks.0", "blocks.11", "head"]`` -> ``["stem", "block0", "block11", "head"]``, a
+    ConvNeXt's ``stages.2.blocks.5`` -> ``"stage2"``. A network without stages is one block, "network".
     """
     stages = [_stage(name) for name in names]
     if not any(stages):
@@ -151,8 +160,12 @@ def layer_axis(
 
 
 def _stage(name: str) -> str | None:
-    first = name.split("#", 1)[0].split(".", 1)[0]
-    return first if _STAGE.match(first) else None
+    module = name.split("#", 1)[0]
+    first = module.split(".", 1)[0]
+    if _STAGE.match(first):
+        return first
+    numbered = _NUMBERED_STAGE.match(module)
+    return f"{numbered[1]}{numbered[2]}" if numbered else None
 
 
 def _quote(text: str) -> str:

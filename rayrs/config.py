@@ -833,11 +833,13 @@ class ModelEntrySpec(TrialSpec):
     """A model entry (`ModelEntry`) resolved for planning and running: ``config`` describes it as a trial
     (`ModelEntry.trial_config`), ``weights`` maps each epoch to its file's absolute path, ``num_classes`` is
     its classifier's width (None: the dataset's). ``digest`` is its fingerprint, a hash of its settings and
-    its weights files' bytes (`rayrs.entries`): a changed file gives new comparison job ids."""
+    its weights files' bytes (`rayrs.entries`): a changed file gives new comparison job ids. ``weights_sha256``:
+    each epoch's file's SHA-256 at planning, checked again where the file is read to compute (`rayrs.weights`)."""
 
     weights: dict[int, str]
     num_classes: int | None = None
     digest: str | None = None
+    weights_sha256: dict[int, str] | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -857,14 +859,15 @@ class ModelEntrySpec(TrialSpec):
     def source_settings(self, dataset_classes: int | None = None, device: Any = "cpu") -> dict[str, Any]:
         """The keyword arguments of its `rayrs.sources.WeightsFileModel` on ``device``. Its classifier's width
         is the entry's ``num_classes``, else ``dataset_classes`` (the loaded probe dataset's), else the
-        registry's count for the dataset (`rayrs.data.DatasetInfo.classes`)."""
+        registry's count for the dataset (`rayrs.data.DatasetInfo.class_count`: image_folder counts its folders)."""
         dataset = DATASETS[self.config.data.dataset]
         return {
             "arch": self.config.model.arch, "weights": dict(self.weights),
-            "num_classes": self.num_classes or dataset_classes or dataset.classes,
+            "num_classes": self.num_classes or dataset_classes or dataset.class_count(self.config.data.root),
             "image_size": self.config.data.image_size or dataset.default_image_size,
             "in_channels": dataset.channels, "normalize": self.config.model.normalize,
             "depth": self.config.model.depth, "width": self.config.model.width, "device": device,
+            "sha256": self.weights_sha256,
         }
 
 

@@ -24,6 +24,7 @@ prepares it:
   RandomHorizontalFlip()`` (`RandomResizedCrop`), drawn per minibatch on the device from the training images
   stored once, whole, in an `ImageCanvas`.
 - ``digits`` (not in the paper; the quickstart's data): the CIFAR-10 transform scaled to 16 pixels, no flip.
+- ``image_folder`` (not in the paper; a user's own images): as Imagenette, with any classes.
 
 Datasets are never downloaded: loaders read the standard on-disk formats and, when files are missing,
 raise a one-line `UserError` saying which path was searched, what was expected and where to get it.
@@ -37,6 +38,9 @@ the batched transforms themselves live in `rayrs.augment`.
   with an unpickler that admits nothing but data (a file that asks to run code is refused, and nothing runs).
 - ``imagenette``, ``imagewoof``: fast.ai's ImageNet subsets as ``train/<wnid>/*.JPEG`` and
   ``val/<wnid>/*.JPEG`` folder trees, decoded by torchvision.
+- ``image_folder``: any folder in torchvision's ImageFolder layout, ``root/<class>/<image>`` (the probe for
+  comparisons) or ``root/train/<class>/`` + ``root/val/<class>/`` (to train too); classes are the class
+  folders sorted by name, label i the i-th, as torchvision's ImageFolder numbers them.
 
 torchvision and scikit-learn are imported inside the loaders that need them: each costs seconds to
 import, and ``rayrs --help`` or the digits quickstart should not pay for the other datasets' readers.
@@ -269,6 +273,15 @@ class DatasetInfo:
     classes: int = 10  # label classes, known before anything is loaded (a model entry's default classifier width)
     # ``(root) -> None``: as ``check``, for the test split alone (a sweep that only compares models reads no more)
     check_test: Callable[[Path], object] = lambda root: None
+    # ``(root) -> int``: the class count read from the files, for datasets whose classes are the user's
+    # (image_folder); None: ``classes``
+    count_classes: Callable[[Path], int] | None = None
+
+    def class_count(self, root: str | Path | None) -> int:
+        """Label classes before anything is decoded: ``classes``, or counted under ``root`` (~ expands)."""
+        if self.count_classes is None or root is None:
+            return self.classes
+        return self.count_classes(Path(root).expanduser())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -728,36 +741,84 @@ class _TrainViews:
         )
 
 
+@dataclass(frozen=True)
+class _Unreadable:
+    """An image file PIL could not decode (its path and PIL's reason), passed back in place of its views."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class _DecodeFile:
+    """Open one image file as torchvision's ImageFolder does (PIL, converted to RGB) and apply `transform`.
+
+    A picklable loader (DataLoader workers receive it). A file PIL cannot decode becomes an `_Unreadable`
+    rather than an exception: an exception raised in a worker reaches the main process as a multi-line
+    traceback, and the user needs one line naming the file (`_decode_folder` raises it).
+    """
+
+    transform: Callable[[Any], tuple[torch.Tensor, ...]]
+
+    def __call__(self, path: str) -> tuple[torch.Tensor, ...] | _Unreadable:
+        from PIL import Image
+
+        try:
+            with open(path, "rb") as file:
+                image = Image.open(file)
+                image = image.convert("RGB")  # decodes the whole file: a truncated one fails here
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            return _Unreadable(path, " ".join(str(err).split()) or type(err).__name__)
+        return self.transform(image)
+
+
+def _collate_views(samples: list[tuple[Any, int]]) -> Any:
+    """torch's default collation of ``(views, label)`` samples, or the batch's first `_Unreadable` file."""
+    from torch.utils.data import default_collate
+
+    for views, _ in samples:
+        if isinstance(views, _Unreadable):
+            return views
+    return default_collate(samples)
+
+
 def _decode_folder(
-    name: str, folder: Path, transform: Callable[[Any], tuple[torch.Tensor, ...]]
+    name: str, folder: Path, transform: Callable[[Any], tuple[torch.Tensor, ...]], way_out: str
 ) -> tuple[list[torch.Tensor], torch.Tensor, list[str]]:
     """Decode every image under ``folder/<class>/`` with torchvision's ImageFolder (RGB), through `transform`.
 
     `transform` maps one PIL image to a tuple of tensors (`_TestView`, `_TrainViews`); each is stacked over the
     images into one tensor allocated once (no concatenation: the canvas alone is 4.4 GB for Imagenette).
+    `way_out`: the end of the one-line error for a folder without class folders or images (what was expected).
 
     Returns:
         one ``(N, ...)`` tensor per transform output on the CPU, labels ``(N,)`` int64 (class folders in
         sorted order, as ImageFolder numbers them), and the class folder names.
+
+    Raises:
+        UserError: no class folders, a class folder without image files (naming it), or a file PIL cannot
+            decode (naming it).
     """
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
 
     try:
-        dataset = ImageFolder(str(folder), transform=transform)
+        dataset = ImageFolder(str(folder), loader=_DecodeFile(transform))
     except FileNotFoundError as err:  # no class folders, or a class folder without images
         reason = " ".join(str(err).split())
-        raise UserError(
-            f"{name}: no images at {folder} ({reason}); expected {_FOLDER_LAYOUT}; {_folder_hint(name, folder.parent)}"
-        ) from err
+        raise UserError(f"{name}: no images at {folder} ({reason}); {way_out}") from err
     # JPEG decoding dominates; worker processes decode in parallel. Below a few hundred images starting
     # the workers costs more than it saves.
     workers = min(8, os.cpu_count() or 1) if len(dataset) >= 512 else 0
-    loader = DataLoader(dataset, batch_size=128, shuffle=False, num_workers=workers)
+    loader = DataLoader(dataset, batch_size=128, shuffle=False, num_workers=workers, collate_fn=_collate_views)
     outputs: list[torch.Tensor] = []
     labels = torch.empty(len(dataset), dtype=torch.int64)
     done = 0
-    for views, batch_labels in loader:
+    for batch in loader:
+        if isinstance(batch, _Unreadable):
+            raise UserError(f"{name}: cannot read image {batch.path} ({batch.reason}); "
+                            "replace or remove the file (any format PIL reads: JPEG, PNG, ...)")
+        views, batch_labels = batch
         if not outputs:
             outputs = [torch.empty((len(dataset), *view.shape[1:]), dtype=view.dtype) for view in views]
         for output, view in zip(outputs, views, strict=True):
@@ -795,12 +856,24 @@ def _load_image_folders(
     """
     assert root is not None  # load_dataset guarantees it (needs_root)
     root = _image_folder_root(root, name=name)
-    train_views, train_y, train_classes = _decode_folder(name, root / "train", _TrainViews(image_size))
-    (test_x,), test_y, test_classes = _decode_folder(name, root / "val", _TestView(image_size))
+    return _decode_splits(
+        name, root, image_size, device, class_names, way_out=f"expected {_FOLDER_LAYOUT}; {_folder_hint(name, root)}",
+        mismatch_fix=f"re-extract the archive from {IMAGENETTE_SOURCE}",
+    )
+
+
+def _decode_splits(
+    name: str, root: Path, image_size: int, device: torch.device, class_names: dict[str, str], *, way_out: str,
+    mismatch_fix: str,
+) -> ImageDataset:
+    """``root/train/<class>/`` and ``root/val/<class>/`` decoded as `_load_image_folders` describes (val is the
+    test split); `way_out` and `mismatch_fix` end the one-line errors (no images; different class folders)."""
+    train_views, train_y, train_classes = _decode_folder(name, root / "train", _TrainViews(image_size), way_out)
+    (test_x,), test_y, test_classes = _decode_folder(name, root / "val", _TestView(image_size), way_out)
     if train_classes != test_classes:
         raise UserError(
             f"{name}: train/ and val/ under {root} hold different class folders "
-            f"({len(train_classes)} vs {len(test_classes)}); re-extract the archive from {IMAGENETTE_SOURCE}"
+            f"({len(train_classes)} vs {len(test_classes)}); {mismatch_fix}"
         )
     train_x, *canvas = train_views
     return ImageDataset(
@@ -809,7 +882,7 @@ def _load_image_folders(
         train_labels=train_y.to(device),
         test_images=test_x.to(device),
         test_labels=test_y.to(device),
-        classes=tuple(class_names.get(wnid, wnid) for wnid in train_classes),
+        classes=tuple(class_names.get(folder, folder) for folder in train_classes),
         train_canvas=ImageCanvas(*canvas).to(device),
     )
 
@@ -821,8 +894,82 @@ def _load_image_folder_test(
     is neither decoded nor required."""
     assert root is not None  # load_test_split guarantees it (needs_root)
     root = _image_folder_root(root, name=name, splits=("val",))
-    (test_x,), test_y, test_classes = _decode_folder(name, root / "val", _TestView(image_size))
+    way_out = f"expected {_FOLDER_LAYOUT}; {_folder_hint(name, root)}"
+    (test_x,), test_y, test_classes = _decode_folder(name, root / "val", _TestView(image_size), way_out)
     return TestSplit(name, test_x.to(device), test_y.to(device), tuple(class_names.get(w, w) for w in test_classes))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# image_folder: the user's own images in torchvision's ImageFolder layout
+
+IMAGE_FOLDER_LAYOUT = "<root>/<class>/<image> or <root>/train/<class>/ and <root>/val/<class>/"
+_IMAGE_FOLDER_NAME = "image_folder"
+
+
+def _class_folders(folder: Path) -> list[str]:
+    """The class folders of `folder`, sorted by name: ImageFolder's classes and label order (label i is the
+    i-th name); hidden folders count, as they do for ImageFolder."""
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+
+
+def _plain_test_folder(root: Path) -> Path:
+    """The folder of class folders a plain image folder's test split (the probe) is read from: ``root/val/``
+    where there is one (the split layout), else ``root`` itself (every image is a probe image).
+
+    Raises:
+        UserError: no folder ``root``, or no class folders in it.
+    """
+    if not root.is_dir():
+        raise UserError(f"{_IMAGE_FOLDER_NAME}: no folder {root}; set data.root to a folder of images laid out as "
+                        f"{IMAGE_FOLDER_LAYOUT}")
+    folder = root / "val" if (root / "val").is_dir() else root
+    if not _class_folders(folder):
+        raise UserError(f"{_IMAGE_FOLDER_NAME}: no class folders in {folder}; put each class's images in a "
+                        f"folder of its own ({IMAGE_FOLDER_LAYOUT})")
+    return folder
+
+
+def _plain_split_root(root: Path) -> Path:
+    """``root``, checked to hold both ``train/`` and ``val/`` of class folders (what training reads).
+
+    Raises:
+        UserError: a missing folder, or a flat ``root/<class>/`` tree, which is probe data for comparisons only.
+    """
+    if _plain_test_folder(root) == root or not (root / "train").is_dir():
+        raise UserError(f"{_IMAGE_FOLDER_NAME}: training reads {root / 'train'}/<class>/ and {root / 'val'}/<class>/ "
+                        f"(the test split), found no {'val' if not (root / 'val').is_dir() else 'train'}/ there; a "
+                        "flat <root>/<class>/ folder is probe data for comparisons (models:) only")
+    if not _class_folders(root / "train"):
+        raise UserError(f"{_IMAGE_FOLDER_NAME}: no class folders in {root / 'train'}; put each class's images in a "
+                        f"folder of its own ({IMAGE_FOLDER_LAYOUT})")
+    return root
+
+
+def _count_plain_classes(root: Path) -> int:
+    """How many classes a plain image folder has (its test split's class folders), read without decoding."""
+    return len(_class_folders(_plain_test_folder(root)))
+
+
+_PLAIN_WAY_OUT = (f"expected {IMAGE_FOLDER_LAYOUT}, each class folder holding image files "
+                  "(.jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp)")
+
+
+def _load_plain_folders(root: Path | None, image_size: int, device: torch.device) -> ImageDataset:
+    """Load ``root/{train,val}/<class>/<image>`` as Imagenette is loaded (`_load_image_folders`: the same
+    test transform, `ImageCanvas` and `RandomResizedCrop`), any number of classes, named by their folders."""
+    assert root is not None  # load_dataset guarantees it (needs_root)
+    root = _plain_split_root(root)
+    return _decode_splits(_IMAGE_FOLDER_NAME, root, image_size, device, {}, way_out=_PLAIN_WAY_OUT,
+                          mismatch_fix="give train/ and val/ the same class folders")
+
+
+def _load_plain_folder_test(root: Path | None, image_size: int, device: torch.device) -> TestSplit:
+    """The test split of a plain image folder: ``root/val/<class>/`` or, without ``val/``, ``root/<class>/``,
+    prepared as Imagenette's test images are (``Resize(int(1.14 s)) + CenterCrop(s)``)."""
+    assert root is not None  # load_test_split guarantees it (needs_root)
+    folder = _plain_test_folder(root)
+    (test_x,), test_y, classes = _decode_folder(_IMAGE_FOLDER_NAME, folder, _TestView(image_size), _PLAIN_WAY_OUT)
+    return TestSplit(_IMAGE_FOLDER_NAME, test_x.to(device), test_y.to(device), tuple(classes))
 
 
 def _load_digits_test(root: Path | None, image_size: int, device: torch.device) -> TestSplit:
@@ -891,6 +1038,20 @@ DATASETS: dict[str, DatasetInfo] = {
             source=f"{IMAGENETTE_SOURCE} (imagewoof2-320.tgz)",
             check=partial(_image_folder_root, name="imagewoof"),
             check_test=partial(_image_folder_root, name="imagewoof", splits=("val",)),
+        ),
+        DatasetInfo(
+            name=_IMAGE_FOLDER_NAME,
+            description="your own images, any classes, at 224x224 (as Imagenette): <root>/<class>/<image>, or "
+            "train/ and val/ of those to train; classes sorted by folder name",
+            load=_load_plain_folders,
+            load_test=_load_plain_folder_test,
+            default_image_size=224,
+            augmentation=RandomResizedCrop(),  # as Imagenette: the paper's transform for ImageNet-like images
+            needs_root=True,
+            source=f"your own images ({IMAGE_FOLDER_LAYOUT}, torchvision's ImageFolder layout)",
+            check=_plain_split_root,
+            check_test=_plain_test_folder,
+            count_classes=_count_plain_classes,
         ),
     )
 }

@@ -7,7 +7,9 @@ epoch as ``train.epochs``), so every planner of `rayrs.similarity.plan` runs unc
 only the run side picks the model source, `rayrs.sources.WeightsFileModel` for an entry (`model_source`).
 
 Its fingerprint (``digest``) is a SHA-256 over its settings and its weights files' bytes: a changed file gives
-new comparison job ids and a freshly crafted adversarial probe, never a stale match. At the door
+new comparison job ids and a freshly crafted adversarial probe, never a stale match. Each file's SHA-256 travels
+with the entry (``weights_sha256``) to the Ray task, which hashes the bytes it loads and refuses a file replaced
+after planning (one line naming it) rather than compute, under the planned job ids, with other weights. At the door
 (`model_specs`, before anything is written) every weights file is read as `rayrs.weights` reads it (a file that
 needs arbitrary unpickling is refused unread) and loaded into the architecture (mismatched names are named), so
 a sweep never starts on weights it cannot use. The sweep records its entries in ``models.json`` (settings,
@@ -61,29 +63,30 @@ def model_specs(experiment: Experiment, source: str | Path | None = None) -> lis
     for index, spec in enumerate(model_entries(experiment, source or "sweep")):
         where = f"{f'{source}: ' if source else ''}models.{index} ({spec.name})"
         model = None
+        files = {}
         for epoch, path in sorted(spec.weights.items()):
             if not Path(path).is_file():
                 raise UserError(f"{where}: weights file {path} does not exist; give the path of a .safetensors or "
                                 "PyTorch state dict file (relative paths start at the working directory)")
             try:
-                state = read_weights(path)  # refuses a file that needs arbitrary unpickling before running any of it
+                files[epoch] = file_sha256(path)
+                # Refuses a file that needs arbitrary unpickling before running any of it; the hash is checked
+                # again on the bytes read, so the weights checked here are the weights hashed.
+                state = read_weights(path, files[epoch])
                 if model is None:  # built once, on the CPU, for every epoch's file
                     model = WeightsFileModel(**spec.source_settings()).build()
                 load_weights_into(model, state, path)
             except UserError as error:
                 raise UserError(f"{where}: {error}") from None
             del state
-        files = {epoch: file_sha256(path) for epoch, path in spec.weights.items()}
-        specs.append(spec.model_copy(update={"digest": entry_digest(spec, files)}))
+        specs.append(spec.model_copy(update={"digest": entry_digest(spec, files), "weights_sha256": files}))
     return specs
 
 
 def write_models(storage: Storage, specs: list[ModelEntrySpec]) -> None:
-    """Record the entries in ``models.json``: each one's spec, its files' SHA-256 and its digest."""
-    storage.write_json(layout.MODELS, [
-        {**spec.model_dump(mode="json"), "weights_sha256": {str(e): file_sha256(p) for e, p in spec.weights.items()}}
-        for spec in specs
-    ])
+    """Record the entries in ``models.json``: each one's spec, its files' SHA-256 (``weights_sha256``, as
+    planned: the files are not read again) and its digest."""
+    storage.write_json(layout.MODELS, [spec.model_dump(mode="json") for spec in specs])
 
 
 def stored_models(storage: Storage, experiment: Experiment) -> list[ModelEntrySpec]:

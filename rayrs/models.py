@@ -9,7 +9,9 @@ pooling, activation, and batch-normalization layers" (§2, "Representation simil
   (``NORMALIZATIONS``; by default none, as in the paper's code).
 - ``comparable_layers``: the ordered list of compared layers of a built model, found by tracing one forward
   pass; a module that runs twice (torchvision's ``BasicBlock.relu``) is two layers. By default the paper's
-  types (`PAPER_LAYER_TYPES`); ``block``, each residual block's output, is a type of its own to ask for.
+  types (`PAPER_LAYER_TYPES`); ``block``, each residual block's output, is a type of its own to ask for
+  (`RESIDUAL_BLOCKS`: WRN's, torchvision's ResNets' via `rayrs.resnets`, timm's ViT / ConvNeXt / ResNet blocks
+  via `rayrs.sources`, each registered when such a model is first built).
 """
 
 from __future__ import annotations

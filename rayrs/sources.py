@@ -44,6 +44,7 @@ from rayrs.models import (
     layer_types,
     model_layers,
     normalization_stats,
+    register_residual_block,
 )
 from rayrs.storage import Storage
 from rayrs.weights import load_weights_into, read_weights
@@ -176,7 +177,29 @@ def _timm_model(name: str, num_classes: int, in_channels: int, image_size: int |
     settings = {"pretrained": False, "num_classes": num_classes, "in_chans": in_channels}
     if image_size is not None and _takes_img_size(timm, name):
         settings["img_size"] = image_size
+    _register_timm_blocks()
     return timm.create_model(name, **settings)
+
+
+# timm's residual blocks, by module and class name, whose outputs are `block` layers (as torchvision's
+# BasicBlock / Bottleneck are, `rayrs.resnets`): a vision transformer's ``blocks.<i>`` (attention and MLP, each
+# added to the residual stream), a ConvNeXt's ``stages.<i>.blocks.<j>`` (its output after the addition), timm's
+# ResNets' ``layer<i>.<j>``. Names a timm version lacks are skipped.
+TIMM_RESIDUAL_BLOCKS: dict[str, tuple[str, ...]] = {
+    "timm.models.vision_transformer": ("Block", "ResPostBlock", "ParallelScalingBlock", "ParallelThingsBlock"),
+    "timm.models.convnext": ("ConvNeXtBlock",),
+    "timm.models.resnet": ("BasicBlock", "Bottleneck"),
+}
+
+
+def _register_timm_blocks() -> None:
+    """Make the classes of `TIMM_RESIDUAL_BLOCKS` residual blocks (`rayrs.models.register_residual_block`)."""
+    for module_name, class_names in TIMM_RESIDUAL_BLOCKS.items():
+        module = importlib.import_module(module_name)
+        for class_name in class_names:
+            cls = getattr(module, class_name, None)
+            if isinstance(cls, type) and issubclass(cls, nn.Module):
+                register_residual_block(cls)
 
 
 def _takes_img_size(timm: Any, name: str) -> bool:
@@ -299,7 +322,8 @@ class WeightsFileModel:
 
     ``weights``: epoch -> weights file (safetensors, or a PyTorch state dict read with ``weights_only=True``;
     `rayrs.weights`); a single file is epoch 0. ``image_size`` sizes the layer listing's example input.
-    Models load on ``device``.
+    Models load on ``device``. ``sha256``: epoch -> the SHA-256 each file must still have (a sweep's model
+    entries: the hashes it was planned with), checked on the very bytes that are loaded; None: unchecked.
     """
 
     arch: str
@@ -311,6 +335,7 @@ class WeightsFileModel:
     depth: int | None = None
     width: int | None = None
     device: torch.device | str = "cpu"
+    sha256: Mapping[int, str] | None = None
 
     @classmethod
     def of(cls, arch: str, path: str | Path, **settings: Any) -> WeightsFileModel:
@@ -333,7 +358,8 @@ class WeightsFileModel:
         if epoch not in self.weights:
             raise UserError(f"{self.arch}: no weights file for epoch {epoch} (have {sorted(self.weights)})")
         path = Path(self.weights[epoch]).expanduser()
-        model = load_weights_into(self.build(), read_weights(path), str(path))
+        state = read_weights(path, None if self.sha256 is None else self.sha256[epoch])
+        model = load_weights_into(self.build(), state, str(path))
         return model.to(self.device).eval()
 
 

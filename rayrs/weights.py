@@ -19,13 +19,15 @@ every name and shape must fit as for any file.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import pickle
 import re
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from rayrs.errors import UserError
@@ -66,27 +68,35 @@ def _convert_hint(path: Path) -> str:
     )
 
 
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+def read_weights(path: str | Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
     """The state dict in the weights file ``path``, on the CPU: name -> tensor.
 
     safetensors files by their ``.safetensors`` suffix, every other file as a PyTorch file read with
     ``weights_only=True``; the state dict is unwrapped from ``state_dict`` / ``model_state_dict`` and stripped
     of DataParallel's ``module.`` prefix (`rayrs.weights` module docstring).
 
+    ``sha256``: the hex SHA-256 the file had when the sweep was planned (`rayrs.entries`), or None. The file is
+    read once, into memory, and both hashed and parsed from those bytes: a file replaced after planning is
+    refused, and one replaced between a check and a second read cannot slip through (there is no second read).
+
     Raises:
         UserError: a missing or unreadable file, a file that needs arbitrary unpickling (refused unread),
-            or one whose content is not a state dict.
+            one whose content is not a state dict, or one whose bytes are not those of ``sha256``.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist; give the path of a .safetensors or PyTorch state dict file")
+    data = path.read_bytes()
+    if sha256 is not None and (found := hashlib.sha256(data).hexdigest()) != sha256:
+        raise UserError(f"weights file {path} changed after the sweep was planned (SHA-256 {found[:12]}..., planned "
+                        f"{sha256[:12]}...): put the planned file back, or run the sweep again to compare the new one")
     if path.suffix == SAFETENSORS_SUFFIX:
         try:
-            return _state_dict(load_file(path), path)
+            return _state_dict(load_safetensors(data), path)
         except SafetensorError as err:
             raise UserError(f"weights file {path} is not a readable safetensors file ({err}); write it again") from None
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        content = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         wanted = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         what = f"it names {wanted.group(1)}" if wanted else "it holds more than tensors"

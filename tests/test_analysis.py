@@ -273,6 +273,11 @@ def test_blocks_come_from_layer_names_with_stem_and_head_around_the_stages():
     assert block_of(names) == ["stem", "block1", "block1", "block2", "head", "head", "head"]
     assert block_of(["layer1.0.conv1", "layer4.1.bn2", "avgpool"]) == ["layer1", "layer4", "head"]
     assert block_of(["features.0", "classifier"]) == ["network", "network"]
+    # timm's numbered containers: a ViT's transformer blocks, a ConvNeXt's stages.
+    assert block_of(["patch_embed.proj", "blocks.0", "blocks.11.mlp.fc2", "norm", "head"]) == [
+        "stem", "block0", "block11", "head", "head"]
+    assert block_of(["stem.0", "stages.0.blocks.1", "stages.3.blocks.0.conv_dw", "head.fc"]) == [
+        "stem", "stage0", "stage3", "head"]
 
 
 def test_block_labels_follow_the_layer_type_dropdown():
@@ -331,6 +336,7 @@ def test_fig2_shows_each_trial_once_in_label_order_at_its_last_epoch(golden):
         "pool",
         "linear",
         "block",
+        "named",
     ]
 
 

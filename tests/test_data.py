@@ -33,13 +33,13 @@ def assert_one_line_error(err: pytest.ExceptionInfo[UserError], *parts: str) -> 
 
 
 def test_registry_entries_are_complete_and_one_line() -> None:
-    assert list(DATASETS) == ["digits", "cifar10", "imagenette", "imagewoof"]
+    assert list(DATASETS) == ["digits", "cifar10", "imagenette", "imagewoof", "image_folder"]
     for key, info in DATASETS.items():
         assert info.name == key
         assert info.description and "\n" not in info.description
         assert info.source and info.default_image_size > 0
     assert not DATASETS["digits"].needs_root
-    assert all(DATASETS[n].needs_root for n in ("cifar10", "imagenette", "imagewoof"))
+    assert all(DATASETS[n].needs_root for n in ("cifar10", "imagenette", "imagewoof", "image_folder"))
 
 
 def test_each_dataset_trains_with_the_papers_augmentation() -> None:
@@ -57,7 +57,7 @@ def test_unknown_dataset_lists_the_valid_names() -> None:
     assert_one_line_error(err, "'mnist'", "digits, cifar10, imagenette, imagewoof")
 
 
-@pytest.mark.parametrize("name", ["cifar10", "imagenette", "imagewoof"])
+@pytest.mark.parametrize("name", ["cifar10", "imagenette", "imagewoof", "image_folder"])
 def test_dataset_needing_a_root_says_so(name: str) -> None:
     with pytest.raises(UserError) as err:
         load_dataset(name)

@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -349,3 +350,151 @@ def test_a_full_size_wrn_under_the_papers_and_robustbenchs_names_fits_rayrs_wrn(
     state = _state_dict({"state_dict": saved, "epoch": 200}, Path("Gowal2020Uncovering.pt"))
     load_weights_into(model, state, "Gowal2020Uncovering.pt")  # raises on any missing, unexpected or reshaped tensor
     assert len(state) == len(model.state_dict()) == (155 if depth == 28 else 191)
+
+
+# -- a plain ImageFolder as probe data (and training data) ----------------------------------------------------------
+CLASS_SIZES = {"zebra": [(30, 20), (21, 40)], "apple": [(24, 24)], "mole": [(40, 25), (19, 33), (26, 26)]}
+
+
+def _write_image_folder(root: Path, seed: int = 0, fmt: str = "png") -> dict[Path, str]:
+    """``root/<class>/<i>.<fmt>``: seeded random RGB images of the (width, height) in `CLASS_SIZES`; path -> class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    written = {}
+    for name, sizes in CLASS_SIZES.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i, (width, height) in enumerate(sizes):
+            path = root / name / f"{i}.{fmt}"
+            Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+            written[path] = name
+    return written
+
+
+def _reference_view(path: Path, size: int) -> torch.Tensor:
+    """PIL alone, written out: the short side bilinearly resized to int(1.14 size), then the centre size x size
+    (torchvision's Resize + CenterCrop arithmetic, the paper's Imagenette test transform); (3, size, size) uint8."""
+    from PIL import Image
+
+    image = Image.open(path).convert("RGB")
+    short = int(1.14 * size)
+    width, height = image.size
+    new = (short, int(short * height / width)) if width <= height else (int(short * width / height), short)
+    image = image.resize(new, Image.BILINEAR)
+    left, top = int(round((new[0] - size) / 2)), int(round((new[1] - size) / 2))
+    pixels = np.asarray(image.crop((left, top, left + size, top + size)))
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+
+
+def test_a_plain_image_folder_is_probe_data_with_classes_sorted_by_folder_name(tmp_path: Path) -> None:
+    written = _write_image_folder(tmp_path / "mine")
+    probe = load_test_split("image_folder", root=tmp_path / "mine", image_size=16)
+    assert probe.classes == ("apple", "mole", "zebra")  # sorted folder names, as torchvision's ImageFolder
+    # Within a class, files in sorted order too: the expected images in the loader's order.
+    order = sorted(written, key=lambda path: (written[path], path.name))
+    assert probe.test_labels.tolist() == [probe.classes.index(written[path]) for path in order]
+    expected = torch.stack([_reference_view(path, 16) for path in order])
+    assert torch.equal(probe.test_images, expected)
+
+
+def test_an_image_folder_with_train_and_val_trains_as_imagenette_does(tmp_path: Path) -> None:
+    from rayrs.data import DATASETS, load_dataset
+
+    _write_image_folder(tmp_path / "mine" / "train", seed=1, fmt="jpg")
+    _write_image_folder(tmp_path / "mine" / "val", seed=2)
+    data = load_dataset("image_folder", root=tmp_path / "mine", image_size=16)
+    assert data.classes == ("apple", "mole", "zebra") and data.train_images.shape == (6, 3, 16, 16)
+    assert torch.equal(data.test_images, load_test_split("image_folder", root=tmp_path / "mine", image_size=16).test_images)
+    batch = DATASETS["image_folder"].augmentation(data, torch.arange(6), torch.Generator().manual_seed(0))
+    assert batch.shape == (6, 3, 16, 16) and 0 <= batch.min() and batch.max() <= 1
+    assert DATASETS["image_folder"].class_count(tmp_path / "mine") == 3
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("absent", "image_folder: no folder {root}; set data.root to a folder of images laid out as <root>/<class>/<image>"),
+    ("no_classes", "image_folder: no class folders in {root}; put each class's images in a folder of its own"),
+    ("no_images", "image_folder: no images at {root} (Found no valid file for the classes mole."),
+    ("unreadable", "image_folder: cannot read image {root}/zebra/1.png (cannot identify image file"),
+    ("truncated", "image_folder: cannot read image {root}/apple/0.png ("),
+    ("train_flat", "image_folder: training reads {root}/train/<class>/ and {root}/val/<class>/ (the test split), "
+                   "found no val/ there; a flat <root>/<class>/ folder is probe data for comparisons (models:) only"),
+])
+def test_a_broken_image_folder_is_one_line_naming_the_path(tmp_path: Path, damage: str, expected: str) -> None:
+    from rayrs.data import load_dataset
+    from rayrs.errors import UserError
+
+    root = tmp_path / "mine"
+    if damage != "absent":
+        root.mkdir()
+    if damage == "no_classes":
+        (root / "readme.txt").write_text("no class folders here")
+    if damage in ("no_images", "unreadable", "truncated", "train_flat"):
+        _write_image_folder(root)
+    if damage == "no_images":
+        for path in (root / "mole").iterdir():
+            path.rename(path.with_suffix(".txt"))  # not an image extension: the class has no image files
+    if damage == "unreadable":
+        (root / "zebra" / "1.png").write_bytes(b"not an image at all")
+    if damage == "truncated":
+        data = (root / "apple" / "0.png").read_bytes()
+        (root / "apple" / "0.png").write_bytes(data[: len(data) // 2])
+    load = load_dataset if damage == "train_flat" else load_test_split
+    with pytest.raises(UserError) as caught:
+        load("image_folder", root=root, image_size=16)
+    line = str(caught.value)
+    assert "\n" not in line
+    assert expected.format(root=root) in line
+
+
+def test_a_sweep_of_models_compares_them_on_a_plain_image_folder(tmp_path: Path) -> None:
+    """The probe of a `models:` sweep read from an image folder: the rows are CKA on exactly those images, and
+    the entry's classifier width is the folder's class count (3), not a registry default."""
+    _write_image_folder(tmp_path / "mine")
+    torch.manual_seed(0)
+    model = build_model("wrn", num_classes=3, depth=10, width=1).eval()
+    save_file(model.state_dict(), tmp_path / "w.safetensors")
+    sweep = tmp_path / "folder.yaml"
+    sweep.write_text(f"data: {{dataset: image_folder, root: {tmp_path / 'mine'}, image_size: 16}}\n"
+                     f"models: [{{name: mine, arch: wrn, depth: 10, width: 1, weights: {tmp_path}/w.safetensors}}]\n"
+                     "compare: [{kind: cross_layer, trials: [mine], layer_types: [conv, linear]},\n"
+                     "          {kind: benign_vs_adversarial, trials: [mine], layer_types: [linear]}]\n"
+                     "eval: {attack: {steps: 2}}\n"
+                     "cka: {probe_size: 6, batch_size: 6, passes: 1}\n")
+    result = CliRunner().invoke(app, ["sweep", str(sweep), "--results", str(tmp_path / "results"), "--local",
+                                      "--no-report"])
+    assert result.exit_code == 0, result.output
+    rows = _rows(tmp_path / "results" / "folder", "cross_layer").filter(measure="cka")
+    images = to_float(load_test_split("image_folder", root=tmp_path / "mine", image_size=16).test_images)
+    activations = _activations(model, images, (torch.nn.Conv2d, torch.nn.Linear))
+    _close_to_reference(rows, _reference(activations, activations))
+    # A standard model's adversarial probe: attacked as the paper attacks its ImageNet subsets (l_inf 4/255).
+    (adversarial,) = _rows(tmp_path / "results" / "folder", "benign_vs_adversarial").filter(measure="cka").rows(named=True)
+    assert adversarial["probe_b"].endswith(f":linf:{4 / 255:.6g}:2")  # adversarial:<model>@<epoch>:<threat>:<eps>:<steps>
+
+
+def test_a_weights_file_replaced_after_planning_fails_its_job_naming_the_file(tmp_path: Path) -> None:
+    """Planning hashes each file; the task hashes the bytes it loads. A file swapped in between (the weights of
+    another network of the same architecture, so it would load and compute silently) fails in one line."""
+    from rayrs.entries import model_specs
+    from rayrs.errors import UserError
+    from rayrs.similarity.run import run_job
+    from rayrs.storage import Storage
+
+    torch.manual_seed(0)
+    path = tmp_path / "w.safetensors"
+    save_file(build_model("wrn", num_classes=10, in_channels=1, depth=10, width=1).state_dict(), path)
+    experiment = Experiment.model_validate({
+        "name": "swap", "models": [{"name": "mine", "arch": "wrn", "depth": 10, "width": 1, "weights": str(path)}],
+        "compare": [{"kind": "cross_layer", "layer_types": ["linear"]}],
+        "cka": {"probe_size": 8, "batch_size": 8, "passes": 1},
+    })
+    (spec,) = model_specs(experiment)
+    (job,) = plan_jobs(experiment, [spec])
+    torch.manual_seed(1)  # another network's weights, same names and shapes
+    save_file(build_model("wrn", num_classes=10, in_channels=1, depth=10, width=1).state_dict(), path)
+    storage = Storage(tmp_path / "results")
+    with pytest.raises(UserError) as caught:
+        run_job(job, {spec.name: spec.config}, storage, torch.device("cpu"), {spec.name: spec})
+    line = str(caught.value)
+    assert line.startswith(f"weights file {path} changed after the sweep was planned (SHA-256 ") and "\n" not in line
+    assert not storage.exists(job.output)  # nothing computed under the planned job id

@@ -58,17 +58,49 @@ def test_a_timm_vit_from_safetensors_compares_its_blocks_like_the_float64_refere
     with torch.no_grad():
         torch.testing.assert_close(model_a(images), first.eval()(images), rtol=0, atol=0)
     blocks = [f"blocks.{i}" for i in range(12)]
-    # The listing needs no weights (meta device): the twelve transformer blocks, not their insides.
-    assert [(layer.name, layer.type) for layer in a.layers(["name:blocks.*"])] == [(n, "named") for n in blocks]
+    # The listing needs no weights (meta device): the twelve transformer blocks, not their insides, are the
+    # `block` layers (residual blocks' outputs), by type or by name; a module of no type selected by name is "named".
+    assert [(layer.name, layer.type) for layer in a.layers(["block"])] == [(n, "block") for n in blocks]
+    assert [(layer.name, layer.type) for layer in a.layers(["name:blocks.*"])] == [(n, "block") for n in blocks]
 
-    rows = rayrs.compare(model_a, model_b, images, layers="name:blocks.*", batch_size=24)
-    reference = _reference(_named_outputs(model_a, images, blocks), _named_outputs(model_b, images, blocks),
+    rows = rayrs.compare(model_a, model_b, images, layers=["block", "name:norm"], batch_size=24)
+    names = [*blocks, "norm"]
+    reference = _reference(_named_outputs(model_a, images, names), _named_outputs(model_b, images, names),
                            [torch.arange(24)])
     got = {(r["name_a"], r["name_b"]): r["value"] for r in rows.iter_rows(named=True)}
-    assert got.keys() == reference.keys() and len(got) == 144
+    assert got.keys() == reference.keys() and len(got) == 13 * 13
     # float32 Grams against float64 activations: ~1e-6 apart; 1e-4 is far above that, far below layer differences.
     assert max(abs(got[key] - reference[key]) for key in reference) < 1e-4
-    assert set(rows["type_a"]) == set(rows["type_b"]) == {"named"}
+    assert set(rows["type_a"]) == set(rows["type_b"]) == {"block", "named"}
+
+    # The rows draw: the heatmap's axis names each transformer block, under the dropdown's every type.
+    from analysis.heatmaps import cross_layer_heatmap
+    from analysis.layers import layer_table
+
+    assert layer_table(rows)["block"].to_list() == [f"block{i}" for i in range(12)] + ["head"]
+    spec = cross_layer_heatmap(rows, title="ViT").to_dict()
+    labels = spec["encoding"]["x"]["axis"]["labelExpr"]
+    assert "layer_type == 'named' ? (datum.value == 12 ? 'head' : '')" in labels
+    assert "layer_type == 'block' ? (datum.value == 0 ? 'block0' : datum.value == 1 ? 'block1'" in labels
+
+
+def test_block_layers_are_the_residual_blocks_of_timm_convnext_and_torchvision_resnets() -> None:
+    pytest.importorskip("timm")
+    example = torch.empty(1, 3, 32, 32, device="meta")
+    with torch.device("meta"):
+        convnext = build_architecture("timm:convnext_atto", num_classes=10)  # stages of 2, 2, 6, 2 blocks
+        resnet = build_architecture("torchvision:resnet50", num_classes=10)  # stages of 3, 4, 6, 3 bottlenecks
+    listed = [layer.name for layer in comparable_layers(convnext, example, ["block"])]
+    assert listed == [f"stages.{s}.blocks.{b}" for s, depth in enumerate((2, 2, 6, 2)) for b in range(depth)]
+    listed = [layer.name for layer in comparable_layers(resnet, example, ["block"])]
+    assert listed == [f"layer{s + 1}.{b}" for s, depth in enumerate((3, 4, 6, 3)) for b in range(depth)]
+
+
+def test_the_analysis_layer_types_are_every_type_a_listing_gives() -> None:
+    from analysis.layers import LAYER_TYPES
+    from rayrs.models import ALL_LAYER_TYPES, NAMED
+
+    assert LAYER_TYPES == [*ALL_LAYER_TYPES, NAMED]
 
 
 def test_timm_cnns_are_built_without_an_image_size_and_unknown_names_get_close_ones() -> None:

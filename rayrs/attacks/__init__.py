@@ -216,9 +216,18 @@ THREAT_MODELS: dict[str, ThreatModel] = {
 }
 
 
+# Datasets attacked with another's settings: a user's own image folder (rayrs.data's image_folder) is resized
+# to 224 px as the paper's ImageNet subsets are, so it takes their budgets and steps.
+SETTINGS_OF = {"image_folder": "imagenette"}
+
+
+def _defaults(threat: ThreatModel, dataset: str) -> AttackDefaults:
+    return threat.defaults[SETTINGS_OF.get(dataset, dataset)]
+
+
 def default_eps(threat_model: str, dataset: str) -> float:
-    """The paper's eps for this threat model and dataset (ours for digits)."""
-    return THREAT_MODELS[threat_model].defaults[dataset].eps
+    """The paper's eps for this threat model and dataset (ours for digits; Imagenette's for image_folder)."""
+    return _defaults(THREAT_MODELS[threat_model], dataset).eps
 
 
 def attack_schedule(threat_model: str, dataset: str, phase: str, eps: float, steps: int | None,
@@ -231,7 +240,7 @@ def attack_schedule(threat_model: str, dataset: str, phase: str, eps: float, ste
     factor for threat models whose variables do not live in the eps-ball: Gabor, Snow).
     """
     threat = THREAT_MODELS[threat_model]
-    defaults = threat.defaults[dataset]
+    defaults = _defaults(threat, dataset)
     default_steps = defaults.train_steps if phase == "train" else defaults.eval_steps
     default_step = defaults.train_step_size if phase == "train" else defaults.eval_step_size
     steps = steps if steps is not None else default_steps
