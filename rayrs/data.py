@@ -29,7 +29,7 @@ prepares it:
 Datasets are never downloaded: loaders read the standard on-disk formats and, when files are missing,
 raise a one-line `UserError` saying which path was searched, what was expected and where to get it.
 
-Why one module of ~950 lines: each dataset's reader, its safety checks (the CIFAR-10 restricted unpickler) and
+Why one module of ~1100 lines: each dataset's reader, its safety checks (the CIFAR-10 restricted unpickler) and
 its one-line errors sit next to the registry entry that names them, so adding a dataset touches one file;
 the batched transforms themselves live in `rayrs.augment`.
 
