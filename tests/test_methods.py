@@ -83,9 +83,10 @@ def test_freezing_a_prefix_stops_its_weights_and_batchnorm_statistics(tmp_path):
 @pytest.mark.parametrize("method", ["pgd", "trades"])
 def test_freezing_survives_the_attacks_of_adversarial_training(tmp_path, method):
     """Every attack step switches the model to eval mode and back: the frozen prefix must come back in eval
-    mode too, or its BatchNorm layers return to batch statistics and keep updating their running ones."""
+    mode too, or its BatchNorm layers return to batch statistics and keep updating their running ones. Two attack
+    steps switch it as every attack does (the count does not matter, only that there is an attack)."""
     storage = Storage(tmp_path)
-    spec = digits_spec("frozen", train={"method": method, "eps": 0.1, "epochs": 3,
+    spec = digits_spec("frozen", train={"method": method, "eps": 0.1, "epochs": 3, "attack": {"steps": 2},
                                         "freeze": {"through": "block1", "from_epoch": 2}}, **TINY)
     train_trial(spec, storage, "cpu")
     epochs = [checkpoint.load_weights(storage, "frozen", epoch) for epoch in (1, 2, 3)]
