@@ -198,6 +198,7 @@ def _check_trained(storage: Storage, trials: list[TrialSpec]) -> None:
 def _forget_trial(storage: Storage, trial: str, jobs: list[SimilarityJob]) -> None:
     """Delete a trial's checkpoints, the adversarial probes crafted on it and every comparison involving it."""
     storage.delete_dir(layout.trial_dir(trial))
+    tracking.forget_runs(storage, trial)  # its tracked runs stay, but the retrained trial starts new ones
     for probe in storage.list_dir(layout.PROBES_DIR):
         if probe.startswith(f"adversarial:{trial}@"):
             storage.delete_file(f"{layout.PROBES_DIR}/{probe}")
@@ -398,7 +399,8 @@ def _train_with_tune(pending: list[TrialSpec], storage: Storage, experiment: Exp
             storage_path=storage.child(layout.RAY_DIR).root,
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
             verbose=0,
-            callbacks=[EpochProgress(), *tracking.callbacks(experiment, storage)],  # MLflow / W&B, if asked
+            # MLflow / W&B, if asked, before the bars: an epoch is logged even if the driver stops at its event.
+            callbacks=[*tracking.callbacks(experiment, storage), EpochProgress()],
         ),
     )
     results = tuner.fit()
