@@ -1,12 +1,16 @@
 """Where the lab already looks: TensorBoard event files, MLflow and Weights & Biases runs of a real sweep.
 
-One tiny sweep through Ray Tune (digits, WRN-10-1, 2 epochs, standard and PGD training) with both trackers,
-stopped after the first epoch of its first trial and finished with ``--resume``; each tracker's own files are then
-read back with its own package (MLflow's client on its local file store, W&B's offline run files: W&B never
-touches the network here) and held against ``metrics.parquet``: one run per trial, the resumed trial's included.
+One tiny sweep through Ray Tune (digits, WRN-10-1, 2 epochs, standard and PGD training) with both trackers;
+each tracker's own files are then read back with its own package (MLflow's client on its local file store,
+W&B's offline run files: W&B never touches the network here) and held against ``metrics.parquet``.
+
+On demand (``RAYRS_TEST_TRACKING_RESUME=1``, about 50 s more on 2 loaded cores) the same tests run on the sweep
+stopped after the first epoch of its first trial and finished with ``--resume``: one run per trial in each tracker,
+the resumed trial's included, its steps going on at epoch 2.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,11 +33,12 @@ train: {{epochs: 2, batch_size: 128, lr: 0.05, attack: {{steps: 1}}}}
 eval: {{eps: 0.1, attack: {{steps: 2}}, train_subset: 64, test_subset: 64}}
 grid: {{method: [standard, pgd]}}
 compare: []
-resources: {{cpus_per_trial: 2}}
+resources: {{cpus_per_trial: {cpus}}}
 tracking:
   mlflow: {{tracking_uri: "{mlruns}", experiment: rayrs-tests, tags: {{lab: tests}}}}
   wandb: {{project: rayrs-tests, mode: offline, dir: "{wandb}"}}
 """
+STOP_AND_RESUME = os.environ.get("RAYRS_TEST_TRACKING_RESUME") == "1"
 EPOCH_METRICS = ["train_clean_acc", "train_robust_acc", "test_clean_acc", "test_robust_acc", "test_robust_loss"]
 
 
@@ -43,16 +48,17 @@ class Stopped(Exception):
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory, ray_session):
-    """The tracked sweep, stopped once and resumed: ``(outcome, metrics frame, MLflow URI, W&B folder, stopped trial)``.
+    """The tracked sweep: ``(outcome, metrics frame, MLflow URI, W&B folder, stopped trial or None)``.
 
-    The driver stops as the first trial's first epoch reaches it. The trials run one at a time (2 CPUs each of the
-    session's 2), and a Tune trial waits in its report until the driver asks for more, so at that moment no other
-    epoch exists: the stopped trial has epoch 1 of 2, the other none.
+    With ``STOP_AND_RESUME`` the driver stops as the first trial's first epoch reaches it, and ``--resume`` finishes
+    the sweep. The trials then run one at a time (2 CPUs each of the session's 2), and a Tune trial waits in its
+    report until the driver asks for more, so at that moment no other epoch exists: the stopped trial has epoch 1
+    of 2, the other none.
     """
     folder = tmp_path_factory.mktemp("tracked")
     mlruns, wandb_dir = (folder / "mlruns").as_uri(), folder / "wandb"
     sweep_file = folder / "tracked.yaml"
-    sweep_file.write_text(TRACKED.format(mlruns=mlruns, wandb=wandb_dir))
+    sweep_file.write_text(TRACKED.format(mlruns=mlruns, wandb=wandb_dir, cpus=2 if STOP_AND_RESUME else 1))
     reported = sweep._Progress.epoch
     stopped = []
 
@@ -67,6 +73,10 @@ def tracked(tmp_path_factory, ray_session):
         env.setenv("WANDB_SILENT", "true")
         env.setenv("WANDB_DIR", str(wandb_dir))
         experiment, results = load_experiment(sweep_file), str(folder / "results")
+        if not STOP_AND_RESUME:
+            outcome = run_sweep(experiment, SweepOptions(), results=results)
+            yield outcome, pl.read_parquet(outcome.storage.local_path(layout.METRICS)), mlruns, wandb_dir, None
+            return
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(sweep._Progress, "epoch", stop_at_first_epoch)
             with pytest.raises(Exception) as raised:
@@ -233,7 +243,7 @@ def test_a_sweep_without_tracking_imports_neither_package(tmp_path):
 
 def test_a_missing_tracker_package_is_one_line_and_nothing_is_written(tmp_path, monkeypatch):
     sweep_file = tmp_path / "tracked.yaml"
-    sweep_file.write_text(TRACKED.format(mlruns=(tmp_path / "mlruns").as_uri(), wandb=tmp_path / "wandb"))
+    sweep_file.write_text(TRACKED.format(mlruns=(tmp_path / "mlruns").as_uri(), wandb=tmp_path / "wandb", cpus=1))
     monkeypatch.setitem(sys.modules, "wandb", None)  # what Python does for a package that is not installed
     result = CliRunner().invoke(app, ["sweep", str(sweep_file), "--results", str(tmp_path / "results")])
     assert result.exit_code == 1
