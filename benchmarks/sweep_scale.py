@@ -22,6 +22,10 @@ Then, over the resulting tree (nothing running), as a user runs them (a fresh `p
                          in-memory filesystem behind a counting handler (`tests/counting_fs.py`)
                                                                              goal: one listing per trial, not per file
 
+With ``--compare-old`` the largest count runs twice more, alternating with the current code (old, current): "old"
+undoes this session's two per-trial cuts (Tune's grid of plain dicts, deep-copied whole for every trial it creates;
+a dataset load in every trial instead of one per reused actor), so both are measured side by side under one load.
+
 Each trial count runs once (a 500-trial sweep is ~half an hour on 2 cores): the memory figures do not depend on the
 machine's load; the wall ratio does, but both its sides come from the same run (the trials time themselves under
 the load the sweep saw). The last line is one JSON object, like the other benchmarks'.
@@ -76,13 +80,29 @@ def current_rss_mb() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def drive(trials: int, results: str) -> None:
+def _trainable_loading_every_trial(config) -> None:
+    """`rayrs.sweep._tune_trainable` as before the per-actor dataset: every trial loads its own (``--compare-old``).
+
+    Defined in the driver's ``__main__``, so Tune ships it to the workers by value; there it calls the worker's own
+    (unpatched) trainable."""
+    import rayrs.sweep
+    from rayrs.train import load_trial_data
+
+    rayrs.sweep._trial_data = load_trial_data
+    rayrs.sweep._tune_trainable(config)
+
+
+def drive(trials: int, results: str, old: bool = False) -> None:
     """The child: one sweep of ``trials`` trials into ``results``; prints one JSON line of its figures."""
     import polars as pl
 
+    import rayrs.sweep
     from rayrs import storage as layout
     from rayrs.sweep import SweepOptions, run_sweep
 
+    if old:  # the Tune setup before the per-trial cuts (benchmarks/README.md)
+        rayrs.sweep._GridValue = dict
+        rayrs.sweep._tune_trainable = _trainable_loading_every_trial
     sweep = experiment(trials)
     before = current_rss_mb()  # imports done: what the driver holds before any trial
     outcome = run_sweep(sweep, SweepOptions(report=False), results=results)
@@ -131,6 +151,18 @@ def status_requests(root: Path) -> dict[str, int]:
         return dict(store.calls)
 
 
+def sweep_only(trials: int, slots: int, old: bool) -> dict[str, float]:
+    """One sweep of ``trials`` (``old``: before the per-trial cuts), its wall over ideal and nothing else."""
+    with tempfile.TemporaryDirectory() as scratch:
+        args = ["--drive", str(trials), str(Path(scratch) / "r")] + (["--old"] if old else [])
+        child = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+        if child.returncode != 0:
+            raise SystemExit(f"the {trials}-trial sweep failed:\n{child.stdout[-3000:]}{child.stderr[-3000:]}")
+        figures = json.loads(child.stdout.strip().splitlines()[-1])
+    figures["sweep_over_ideal"] = figures["sweep_s"] / (figures["trial_s_sum"] / slots)
+    return figures
+
+
 def measure(trials: int, slots: int, keep: Path | None) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as scratch:
         results = Path(keep or scratch) / f"n{trials}"
@@ -159,10 +191,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="20 and 50 trials")
     parser.add_argument("--keep", metavar="DIR", help="keep the results trees under DIR")
     parser.add_argument("--json", metavar="PATH", help="also write the final JSON object to PATH")
+    parser.add_argument("--compare-old", action="store_true",
+                        help="also run the largest count before the per-trial cuts, alternating with the current code")
     parser.add_argument("--drive", nargs=2, metavar=("TRIALS", "RESULTS"), help=argparse.SUPPRESS)
+    parser.add_argument("--old", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive:
-        drive(int(args.drive[0]), args.drive[1])
+        drive(int(args.drive[0]), args.drive[1], old=args.old)
         return
     counts = [20, 50] if args.quick else sorted(int(n) for n in args.trials.split(","))
     slots = os.cpu_count() or 1  # cpus_per_trial 1
@@ -177,6 +212,14 @@ def main() -> None:
               f"requests per trial on an object store), analyze {figures['analyze_s']:.1f} s; load "
               f"{os.getloadavg()[0]:.1f}; warm status {figures['status_warm_s']:.2f} s", flush=True)
     low, high = counts[0], counts[-1]
+    side_by_side = {}
+    if args.compare_old:  # current (above), old, current again: the same load on each side
+        runs = [("old", sweep_only(high, slots, old=True)), ("current", sweep_only(high, slots, old=False))]
+        side_by_side = {"current": [per_count[high]["sweep_over_ideal"], runs[1][1]["sweep_over_ideal"]],
+                        "old": [runs[0][1]["sweep_over_ideal"]]}
+        print(f"{high} trials side by side (current, old, current): sweep_over_ideal "
+              f"{side_by_side['current'][0]:.3f}, {side_by_side['old'][0]:.3f}, {side_by_side['current'][1]:.3f}; "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
     growth = (per_count[high]["sweep_rss_mb"] - per_count[low]["sweep_rss_mb"]) / max(high - low, 1)
     largest = per_count[high]
     print(f"driver memory grows {growth:.3f} MB per trial from {low} to {high} trials (goal < 2); at {high}: "
@@ -189,6 +232,7 @@ def main() -> None:
         "status_warm_s": largest["status_warm_s"],
         "status_listings_per_trial": largest["status_listings_per_trial"],
         "per_trials": per_count,
+        "side_by_side_over_ideal": side_by_side,
         "slots": slots,
         "machine": machine(),
     }, args.json)

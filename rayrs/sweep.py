@@ -36,12 +36,12 @@ from rayrs import catalog, checkpoint, entries, tracking
 from rayrs import storage as layout
 from rayrs.config import CkaConfig, Experiment, ModelEntrySpec, TrialConfig, TrialSpec, expand
 from rayrs.console import PlainProgress, elapsed, figures_line
-from rayrs.data import check_dataset
+from rayrs.data import ImageDataset, check_dataset
 from rayrs.errors import UserError
 from rayrs.lease import Lease
 from rayrs.similarity.jobs import JobDone, SimilarityJob, SimilarityTask, TaskProgress, plan_jobs, plan_tasks, run_task
 from rayrs.storage import Storage
-from rayrs.train import best_device, train_trial
+from rayrs.train import best_device, load_trial_data, train_trial
 
 
 @dataclass(frozen=True)
@@ -198,6 +198,7 @@ def _check_trained(storage: Storage, trials: list[TrialSpec]) -> None:
 def _forget_trial(storage: Storage, trial: str, jobs: list[SimilarityJob]) -> None:
     """Delete a trial's checkpoints, the adversarial probes crafted on it and every comparison involving it."""
     storage.delete_dir(layout.trial_dir(trial))
+    tracking.forget_runs(storage, trial)  # its tracked runs stay, but the retrained trial starts new ones
     for probe in storage.list_dir(layout.PROBES_DIR):
         if probe.startswith(f"adversarial:{trial}@"):
             storage.delete_file(f"{layout.PROBES_DIR}/{probe}")
@@ -320,6 +321,35 @@ def _train(pending: list[TrialSpec], storage: Storage, experiment: Experiment, o
     return [t.name for t in pending]
 
 
+class _GridValue(dict):
+    """A trial's spec (its JSON form) as one value of the Tuner's grid, which Tune copies as itself.
+
+    Tune's grid search deep-copies the whole param space, every grid value included, once per trial it creates
+    (`ray.tune.search.variant_generator._grid_search_generator`): with the specs as plain dicts that is quadratic in
+    the trial count, 9.6 s of the driver's CPU at 500 trials, taken from the trials on a 2-core machine
+    (benchmarks/README.md, sweep_scale). Nothing changes a spec once the grid is built, so a copy can be itself.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _GridValue:
+        return self
+
+
+# The dataset of the last trial this process trained (key: dataset, root, image size, device): Tune reuses a
+# trial's actor for the next trial (`reuse_actors`), which then skips the load (digits: ~30 ms of parsing a CSV, a
+# tenth of a 1-epoch trial's time outside its epochs). Trials only read their data (tests/test_scale.py checks that
+# two trials in one process train the bits of two fresh processes).
+_actor_data: dict[tuple[str, str | None, int | None, str], ImageDataset] = {}
+
+
+def _trial_data(config: TrialConfig, device: torch.device) -> ImageDataset:
+    """The trial's dataset, loaded once per process for consecutive trials on the same data (`_actor_data`)."""
+    key = (config.data.dataset, config.data.root, config.data.image_size, str(device))
+    if key not in _actor_data:
+        _actor_data.clear()  # one dataset held at a time: a worker's memory stays what one trial needs
+        _actor_data[key] = load_trial_data(config, device)
+    return _actor_data[key]
+
+
 def _tune_trainable(config: dict[str, Any]) -> None:
     """A Ray Tune function trainable: one trial, resuming from storage, reporting every epoch."""
     import ray
@@ -327,8 +357,20 @@ def _tune_trainable(config: dict[str, Any]) -> None:
 
     spec = TrialSpec.model_validate(config["trial"])
     node = {"ray_node": ray.get_runtime_context().get_node_id()}
-    train_trial(spec, Storage(config["storage"]), best_device(), report=tune.report, where=node,
-                threads=config["threads"])
+    device = best_device()
+    train_trial(spec, Storage(config["storage"]), device, report=tune.report, where=node,
+                threads=config["threads"], data=_trial_data(spec.config, device))
+
+
+def _param_space(pending: list[TrialSpec], storage: Storage, experiment: Experiment) -> dict[str, Any]:
+    """The Tuner's param space: a grid over the pending trials' specs (JSON form), and what every trial shares."""
+    from ray import tune
+
+    return {
+        "trial": tune.grid_search([_GridValue(t.model_dump(mode="json")) for t in pending]),
+        "storage": storage.root,
+        "threads": trial_threads(experiment),
+    }
 
 
 def _train_with_tune(pending: list[TrialSpec], storage: Storage, experiment: Experiment, options: SweepOptions,
@@ -350,18 +392,15 @@ def _train_with_tune(pending: list[TrialSpec], storage: Storage, experiment: Exp
 
     tuner = tune.Tuner(
         tune.with_resources(_tune_trainable, {"cpu": experiment.resources.cpus_per_trial, "gpu": gpus}),
-        param_space={
-            "trial": tune.grid_search([t.model_dump(mode="json") for t in pending]),
-            "storage": storage.root,
-            "threads": trial_threads(experiment),
-        },
+        param_space=_param_space(pending, storage, experiment),
         tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(
             name="train",
             storage_path=storage.child(layout.RAY_DIR).root,
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
             verbose=0,
-            callbacks=[EpochProgress(), *tracking.callbacks(experiment, storage)],  # MLflow / W&B, if asked
+            # MLflow / W&B, if asked, before the bars: an epoch is logged even if the driver stops at its event.
+            callbacks=[*tracking.callbacks(experiment, storage), EpochProgress()],
         ),
     )
     results = tuner.fit()

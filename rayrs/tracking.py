@@ -17,8 +17,15 @@ The packages are an optional extra (``uv sync --extra tracking``): a sweep witho
 and a sweep that asks for one that is not installed, or for an MLflow store this MLflow would refuse, stops in
 one line before anything is written.
 Tune's callbacks run only when Tune trains: with ``--local`` nothing is tracked (the sweep says so).
-A trial resumed by a later ``--resume`` run logs its remaining epochs as a new run of the same name (MLflow:
-same tags, steps continuing at the epoch it resumed from).
+
+A trial resumed by a later ``--resume`` run (after a Ctrl-C, a lost driver, a requeued job) goes on logging into
+the run it started, at steps = epochs continuing where they stopped: each tracker's run id is recorded for the
+trial under ``<results>/<name>/ray/tracking/<tracker>/<trial>.json`` when the run starts (`run_record`), and a
+``--redo`` of the trial deletes it, so a retrained trial starts a new run. MLflow reopens the recorded run; W&B
+is given the recorded id with ``resume="allow"`` (online, W&B's server appends to the run; offline, each
+``rayrs sweep`` run writes its own offline folder, all with the run's id and epoch steps, which ``wandb sync``
+uploads into that one run). An epoch whose report had not reached the driver when it stopped is not in the
+tracker (``metrics.parquet`` has it); the trial's later epochs are.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import urllib.parse
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +87,32 @@ def trial_metrics(result: dict[str, Any]) -> dict[str, float]:
 def run_tags(experiment: Experiment, storage: Storage, trial: str) -> dict[str, str]:
     """rayrs's tags on a trial's run: where to find its sweep, its results and (once drawn) its report."""
     return {"rayrs.experiment": experiment.name, "rayrs.trial": trial, "rayrs.results": storage.root}
+
+
+def run_record(tracker: str, trial: str) -> str:
+    """Where the id of ``trial``'s run in ``tracker`` is kept, relative to the experiment's folder."""
+    return f"{layout.RAY_DIR}/tracking/{tracker}/{layout.trial_dir(trial).rsplit('/', 1)[-1]}.json"
+
+
+def recorded_run(storage: Storage, tracker: str, trial: str) -> str | None:
+    """The id of the run ``trial`` started in ``tracker`` in an earlier run of the sweep, if any (`run_record`)."""
+    rel = run_record(tracker, trial)
+    if not storage.exists(rel):
+        return None
+    try:
+        return str(storage.read_json(rel)["run_id"])
+    except (UserError, KeyError, TypeError):  # unreadable: the trial starts a new run, as before the record
+        return None
+
+
+def record_run(storage: Storage, tracker: str, trial: str, run_id: str) -> None:
+    storage.write_json(run_record(tracker, trial), {"run_id": run_id, "trial": trial})
+
+
+def forget_runs(storage: Storage, trial: str) -> None:
+    """Drop ``trial``'s recorded runs (a ``--redo``: the retrained trial logs into new runs)."""
+    for tracker in TRACKERS:
+        storage.delete_file(run_record(tracker, trial))
 
 
 # -- the trackers -----------------------------------------------------------------------------------------------
@@ -140,10 +174,30 @@ def _mlflow_callback(experiment: Experiment, storage: Storage) -> Any:
             if trial in self._trial_runs:  # a trial restarted by Tune (a retry) keeps its run
                 return
             spec = TrialSpec.model_validate(trial.config["trial"])
+            resumed = self._reopen(recorded_run(storage, "mlflow", spec.name))
+            if resumed is not None:  # a trial resumed by a later run of the sweep: its parameters are there
+                self._trial_runs[trial] = resumed
+                return
             tags = {**self.tags, **run_tags(experiment, storage, spec.name), "trial_name": spec.name}
             run = self.mlflow_util.start_run(run_name=spec.name, tags=tags)
             self._trial_runs[trial] = run.info.run_id
+            record_run(storage, "mlflow", spec.name, run.info.run_id)
             self.mlflow_util.log_params(run_id=run.info.run_id, params_to_log=trial_params(spec))
+
+        def _reopen(self, run_id: str | None) -> str | None:
+            """The recorded run, marked running again; None if there is none on this tracking server."""
+            if run_id is None:
+                return None
+            from mlflow.exceptions import MlflowException
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=settings.tracking_uri)
+            try:
+                client.get_run(run_id)
+            except MlflowException:  # deleted, or another server: a new run
+                return None
+            client.update_run(run_id, status="RUNNING")
+            return run_id
 
         def log_trial_result(self, iteration, trial, result):
             self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=trial_metrics(result),
@@ -183,12 +237,36 @@ def _wandb_callback(experiment: Experiment, storage: Storage) -> Any:
         offline mode, a run folder without its history or exit record. ``wandb.teardown()`` waits for them.
         """
 
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._wandb = _EpochSteps(self._wandb)
+
         def run(self):
             super().run()
             self._wandb.teardown()
 
     class TrialRuns(WandbLoggerCallback):
+        """Tune's W&B callback; a trial resumed by a later run of the sweep continues its W&B run (`run_record`)."""
+
         _logger_actor_cls = FlushedRunActor
+
+        def _start_logging_actor(self, trial, exclude_results, **wandb_init_kwargs):
+            if trial not in self._trial_logging_futures:  # else Tune restarted the trial: its actor is still there
+                name = trial.config["trial"]["name"]
+                run_id = recorded_run(storage, "wandb", name)
+                if run_id is None:  # Tune's trial id is new in every run of the sweep: W&B's id is rayrs's own
+                    run_id = uuid.uuid4().hex[:16]
+                    record_run(storage, "wandb", name, run_id)
+                wandb_init_kwargs.update(id=run_id, resume="allow")
+            super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
+
+        def on_experiment_end(self, trials, **info):
+            # A sweep that stops early (its driver failed, a trial raised) ends Tune with trials that never ended:
+            # their actors would wait for more results and Tune for them, up to its upload timeout (30 minutes).
+            # Every run is told it has all it gets, and written out.
+            for trial in list(self._trial_logging_futures):
+                self._signal_logging_actor_stop(trial)
+            super().on_experiment_end(trials, **info)
 
     settings = experiment.tracking.wandb
     options = {key: value for key, value in (("entity", settings.entity), ("mode", settings.mode)) if value is not None}
@@ -203,6 +281,23 @@ def _wandb_callback(experiment: Experiment, storage: Storage) -> Any:
     return TrialRuns(project=settings.project, group=settings.group or experiment.name,
                      excludes=sorted(TUNE_RESULT_KEYS | {"storage", "threads"}), notes=notes,
                      tags=[experiment.name], **options)
+
+
+class _EpochSteps:
+    """The ``wandb`` module for Tune's W&B logging actor, logging each result at step = its epoch.
+
+    Tune logs at step = its iteration count, which restarts at 1 when a later run of the sweep resumes the trial
+    (and, as rayrs keeps Tune's keys out of the run, it passes no step at all: W&B counts from 0 in each process).
+    """
+
+    def __init__(self, wandb: Any):
+        self._module = wandb
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+    def log(self, data: dict[str, Any], step: int | None = None, **kwargs: Any) -> None:
+        self._module.log(data, step=int(data["epoch"]) if "epoch" in data else step, **kwargs)
 
 
 def _wandb_finish(experiment: Experiment, storage: Storage, report: Path | None) -> None:

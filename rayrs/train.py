@@ -262,24 +262,27 @@ def train_trial(
     report: Callable[[dict[str, Any]], None] = lambda metrics: None,
     where: dict[str, Any] | None = None,
     threads: int | None = None,
+    data: ImageDataset | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``spec`` to its last epoch, checkpointing every epoch under ``storage``; resume if started before.
 
     ``report`` receives each new epoch's metrics (Ray Tune's ``tune.report`` in a sweep). ``where`` (e.g. the
     Ray node) is recorded in each epoch's meta.json next to the device. ``threads``: CPU threads to train
     with (`cpu_threads`; a sweep passes its ``resources.cpus_per_trial`` in every mode); None keeps the
-    process's. Returns the metrics of the epochs trained by this call.
+    process's. ``data``: the trial's dataset (`load_trial_data`) on ``device``, already loaded (a reused Ray
+    actor's, `rayrs.sweep`), which the trial only reads; None loads it. Returns the metrics of the epochs trained
+    by this call.
     """
     device = torch.device(device) if device is not None else best_device()
     with cpu_threads(device, threads):
-        return _train_trial(spec, storage, device, report, where)
+        return _train_trial(spec, storage, device, report, where, data)
 
 
 def _train_trial(spec: TrialSpec, storage: Storage, device: torch.device, report: Callable[[dict[str, Any]], None],
-                 where: dict[str, Any] | None) -> list[dict[str, Any]]:
+                 where: dict[str, Any] | None, data: ImageDataset | None = None) -> list[dict[str, Any]]:
     config = spec.config
     _claim_trial(storage, spec)
-    data = load_trial_data(config, device)
+    data = data if data is not None else load_trial_data(config, device)
     model = build_for(config, data, device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.train.lr, momentum=config.train.momentum, weight_decay=config.train.weight_decay

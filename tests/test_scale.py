@@ -5,6 +5,7 @@ from typer.testing import CliRunner
 
 from counting_fs import copy_tree, object_store
 from rayrs import checkpoint
+from rayrs import storage as layout
 from rayrs.cli import app
 from rayrs.config import expand, load_experiment
 from rayrs.storage import Storage
@@ -47,3 +48,55 @@ def test_reading_a_sweep_and_planning_its_comparisons_never_imports_torch_dynamo
     assert done.returncode == 0, done.stderr[-2000:]
     jobs, imported = done.stdout.split()
     assert int(jobs) > 0 and imported == "False"
+
+
+def _tiny(name: str, **train):
+    from digits import digits_spec
+
+    return digits_spec(name, model={"arch": "wrn", "depth": 10, "width": 1},
+                       train={"epochs": 1, "batch_size": 256, "attack": {"steps": 1}, **train},
+                       eval={"attack": {"steps": 1}, "train_subset": 32, "test_subset": 32})
+
+
+def test_trials_on_one_reused_worker_share_its_dataset_and_train_the_bits_of_a_fresh_load(tmp_path):
+    # Tune reuses a trial's actor for the next one, and the actor keeps the dataset it loaded (`_trial_data`): the
+    # second trial must train exactly what it trains on data of its own, and the first must leave the data as read.
+    import torch
+
+    from rayrs import sweep
+    from rayrs.train import load_trial_data, train_trial
+
+    first, second = _tiny("first", method="pgd", eps=0.1, seed=1), _tiny("second", seed=2)
+    sweep._actor_data.clear()
+    shared = sweep._trial_data(first.config, torch.device("cpu"))
+    pristine = load_trial_data(first.config, "cpu")
+    reused = Storage(tmp_path / "reused")
+    train_trial(first, reused, "cpu", threads=1, data=shared)
+    for split in ("train_images", "train_labels", "test_images", "test_labels"):
+        assert torch.equal(getattr(shared, split), getattr(pristine, split)), split  # read, never written
+    assert sweep._trial_data(second.config, torch.device("cpu")) is shared  # not loaded again
+    train_trial(second, reused, "cpu", threads=1, data=shared)
+    fresh = Storage(tmp_path / "fresh")
+    train_trial(second, fresh, "cpu", threads=1)
+    assert reused.read_bytes(layout.weights("second", 1)) == fresh.read_bytes(layout.weights("second", 1))
+    sweep._actor_data.clear()
+
+
+def test_tune_creates_each_trial_without_copying_every_spec_of_the_grid(tmp_path):
+    # Tune deep-copies its whole param space, grid values included, for each trial it creates: quadratic in the
+    # trials with the specs as plain dicts (9.6 s of driver CPU at 500: benchmarks/README.md). Each trial's config
+    # must hold its own spec, the very object given (not a copy), and every pending trial exactly once.
+    from ray.tune.search.variant_generator import generate_variants
+
+    from rayrs.config import Experiment
+    from rayrs.sweep import _param_space
+
+    experiment = Experiment.model_validate({"name": "grid", "data": {"dataset": "digits"}, "grid": {"seed": list(range(40))}})
+    pending = expand(experiment)
+    space = _param_space(pending, Storage(tmp_path), experiment)
+    given = space["trial"]["grid_search"]
+    configs = [config for _, config in generate_variants(space)]
+    assert [c["trial"]["name"] for c in configs] == [t.name for t in pending]
+    assert all(c["trial"] is spec for c, spec in zip(configs, given))
+    assert [c["trial"] for c in configs] == [t.model_dump(mode="json") for t in pending]
+    assert all(c["storage"] == str(tmp_path) and c["threads"] == 1 for c in configs)

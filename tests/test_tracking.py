@@ -3,9 +3,14 @@
 One tiny sweep through Ray Tune (digits, WRN-10-1, 2 epochs, standard and PGD training) with both trackers;
 each tracker's own files are then read back with its own package (MLflow's client on its local file store,
 W&B's offline run files: W&B never touches the network here) and held against ``metrics.parquet``.
+
+On demand (``RAYRS_TEST_TRACKING_RESUME=1``, about 50 s more on 2 loaded cores) the same tests run on the sweep
+stopped after the first epoch of its first trial and finished with ``--resume``: one run per trial in each tracker,
+the resumed trial's included, its steps going on at epoch 2.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +19,10 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from rayrs import checkpoint, sweep
 from rayrs import storage as layout
 from rayrs.cli import app
-from rayrs.config import load_experiment
+from rayrs.config import expand, load_experiment
 from rayrs.sweep import SweepOptions, run_sweep
 
 TRACKED = """
@@ -27,38 +33,79 @@ train: {{epochs: 2, batch_size: 128, lr: 0.05, attack: {{steps: 1}}}}
 eval: {{eps: 0.1, attack: {{steps: 2}}, train_subset: 64, test_subset: 64}}
 grid: {{method: [standard, pgd]}}
 compare: []
+resources: {{cpus_per_trial: {cpus}}}
 tracking:
   mlflow: {{tracking_uri: "{mlruns}", experiment: rayrs-tests, tags: {{lab: tests}}}}
   wandb: {{project: rayrs-tests, mode: offline, dir: "{wandb}"}}
 """
+STOP_AND_RESUME = os.environ.get("RAYRS_TEST_TRACKING_RESUME") == "1"
 EPOCH_METRICS = ["train_clean_acc", "train_robust_acc", "test_clean_acc", "test_robust_acc", "test_robust_loss"]
+
+
+class Stopped(Exception):
+    """The driver stopped mid-sweep (as by a lost driver): raised from its progress callback."""
 
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory, ray_session):
-    """The tracked sweep, run once: ``(outcome, metrics frame, MLflow tracking URI, W&B folder)``."""
+    """The tracked sweep: ``(outcome, metrics frame, MLflow URI, W&B folder, stopped trial or None)``.
+
+    With ``STOP_AND_RESUME`` the driver stops as the first trial's first epoch reaches it, and ``--resume`` finishes
+    the sweep. The trials then run one at a time (2 CPUs each of the session's 2), and a Tune trial waits in its
+    report until the driver asks for more, so at that moment no other epoch exists: the stopped trial has epoch 1
+    of 2, the other none.
+    """
     folder = tmp_path_factory.mktemp("tracked")
     mlruns, wandb_dir = (folder / "mlruns").as_uri(), folder / "wandb"
     sweep_file = folder / "tracked.yaml"
-    sweep_file.write_text(TRACKED.format(mlruns=mlruns, wandb=wandb_dir))
+    sweep_file.write_text(TRACKED.format(mlruns=mlruns, wandb=wandb_dir, cpus=2 if STOP_AND_RESUME else 1))
+    reported = sweep._Progress.epoch
+    stopped = []
+
+    def stop_at_first_epoch(progress, trial, metrics):
+        reported(progress, trial, metrics)
+        stopped.append(trial)
+        raise Stopped(trial)
+
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 opens its file store only when asked to
         env.setenv("WANDB_MODE", "offline")  # belt and braces: the sweep file already says offline
         env.setenv("WANDB_SILENT", "true")
         env.setenv("WANDB_DIR", str(wandb_dir))
-        outcome = run_sweep(load_experiment(sweep_file), SweepOptions(), results=str(folder / "results"))
+        experiment, results = load_experiment(sweep_file), str(folder / "results")
+        if not STOP_AND_RESUME:
+            outcome = run_sweep(experiment, SweepOptions(), results=results)
+            yield outcome, pl.read_parquet(outcome.storage.local_path(layout.METRICS)), mlruns, wandb_dir, None
+            return
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sweep._Progress, "epoch", stop_at_first_epoch)
+            with pytest.raises(Exception) as raised:
+                run_sweep(experiment, SweepOptions(), results=results)
+        assert any(isinstance(e, Stopped) for e in _chain(raised.value)), raised.value
+        storage = sweep.experiment_storage(experiment, results)
+        assert {t.name: checkpoint.completed_epochs(storage, t.name) for t in expand(experiment)} == {
+            t.name: [1] if t.name == stopped[0] else [] for t in expand(experiment)}
+        outcome = run_sweep(experiment, SweepOptions(resume=True), results=results)
         metrics = pl.read_parquet(outcome.storage.local_path(layout.METRICS))
-        yield outcome, metrics, mlruns, wandb_dir
+        yield outcome, metrics, mlruns, wandb_dir, stopped[0]
+
+
+def _chain(error: BaseException | None):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
 
 
 def test_mlflow_has_one_run_per_trial_with_its_parameters_and_epoch_metrics(tracked):
     from mlflow.tracking import MlflowClient
 
-    outcome, metrics, mlruns, _ = tracked
+    outcome, metrics, mlruns, _, _ = tracked
     client = MlflowClient(tracking_uri=mlruns)
     experiment = client.get_experiment_by_name("rayrs-tests")
-    runs = {run.data.tags["rayrs.trial"]: run for run in client.search_runs([experiment.experiment_id])}
-    assert sorted(runs) == sorted(t.name for t in outcome.trials)
+    found = client.search_runs([experiment.experiment_id])
+    runs = {run.data.tags["rayrs.trial"]: run for run in found}
+    # One run per trial: the trial stopped after epoch 1 logged epoch 2 into the run it started, not a new one.
+    assert len(found) == len(runs) and sorted(runs) == sorted(t.name for t in outcome.trials)
     for trial, run in runs.items():
         rows = metrics.filter(pl.col("trial") == trial).sort("epoch")
         assert run.info.status == "FINISHED" and run.info.run_name == trial
@@ -105,8 +152,10 @@ def _wandb_records(run_file: Path) -> list:
 
 
 def test_wandb_offline_has_one_run_per_trial_with_its_config_and_epoch_metrics(tracked):
-    outcome, metrics, _, wandb_dir = tracked
-    runs = {}
+    outcome, metrics, _, wandb_dir, stopped = tracked
+    runs, folders = {}, {}
+    # Offline, each run of the sweep writes a folder of its own (named by its start time); a resumed trial's
+    # second folder carries the same run id, and its history goes on at step = epoch.
     for folder in sorted((wandb_dir / "wandb").glob("offline-run-*")):
         records = _wandb_records(next(folder.glob("run-*.wandb")))
         run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
@@ -115,8 +164,15 @@ def test_wandb_offline_has_one_run_per_trial_with_its_config_and_epoch_metrics(t
             {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
             for r in records if r.WhichOneof("record_type") == "history"
         ]
-        runs[run.display_name] = (run, config, history)
+        assert [r.history.step.num for r in records if r.WhichOneof("record_type") == "history"] == [
+            step["epoch"] for step in history]
+        folders.setdefault(run.display_name, []).append(run.run_id)
+        earlier = runs.get(run.display_name, (None, None, []))[2]
+        runs[run.display_name] = (run, config, earlier + history)
     assert sorted(runs) == sorted(t.name for t in outcome.trials)
+    assert {trial: len(ids) for trial, ids in folders.items()} == {t.name: 1 + (t.name == stopped) for t in outcome.trials}
+    assert all(len(set(ids)) == 1 for ids in folders.values()), folders  # the resumed trial's run, continued
+    assert len({ids[0] for ids in folders.values()}) == len(folders)  # and each trial a run of its own
     for trial, (run, config, history) in runs.items():
         rows = metrics.filter(pl.col("trial") == trial).sort("epoch")
         assert run.project == "rayrs-tests" and run.run_group == "tracked"
@@ -149,12 +205,22 @@ def _event_scalars(event_file: Path) -> dict[str, list[tuple[int, float]]]:
 
 def test_tune_writes_tensorboard_event_files_of_every_epoch(tracked):
     """The README's `tensorboard --logdir <results>/<name>/ray` finds each trial's per-epoch metrics there."""
-    outcome, metrics, _, _ = tracked
+    outcome, metrics, _, _, _ = tracked
     root = outcome.storage.local_path(layout.RAY_DIR)
     for trial in outcome.trials:
         rows = metrics.filter(pl.col("trial") == trial.name).sort("epoch")
-        (event_file,) = root.glob(f"train/{trial.name}/events.out.tfevents.*")
-        scalars = _event_scalars(event_file)
+        # An event file per run of the sweep that trained the trial, named by its start second (two runs within
+        # one second share one), so the stopped trial's epochs may be spread over two.
+        files = sorted(root.glob(f"train/{trial.name}/events.out.tfevents.*"), key=lambda f: int(f.name.split(".")[3]))
+        assert files
+        scalars: dict[str, list] = {}
+        for event_file in files:
+            for tag, values in _event_scalars(event_file).items():
+                scalars.setdefault(tag, []).extend(values)
+        if trial.name == tracked[4]:
+            # Tune's own loggers run after rayrs's callbacks: the epoch at which the driver stopped never reached
+            # them (nor Tune's result.json). The trackers have it: they come before the progress bars.
+            rows = rows.filter(pl.col("epoch") > 1)
         for name in EPOCH_METRICS:
             assert [value for _, value in scalars[f"ray/tune/{name}"]] == pytest.approx(rows[name].to_list(), abs=1e-6)
 
@@ -178,7 +244,7 @@ def test_a_sweep_without_tracking_imports_neither_package(tmp_path):
 
 def test_a_missing_tracker_package_is_one_line_and_nothing_is_written(tmp_path, monkeypatch):
     sweep_file = tmp_path / "tracked.yaml"
-    sweep_file.write_text(TRACKED.format(mlruns=(tmp_path / "mlruns").as_uri(), wandb=tmp_path / "wandb"))
+    sweep_file.write_text(TRACKED.format(mlruns=(tmp_path / "mlruns").as_uri(), wandb=tmp_path / "wandb", cpus=1))
     monkeypatch.setitem(sys.modules, "wandb", None)  # what Python does for a package that is not installed
     result = CliRunner().invoke(app, ["sweep", str(sweep_file), "--results", str(tmp_path / "results")])
     assert result.exit_code == 1
@@ -236,3 +302,19 @@ def test_local_mode_says_it_tracks_nothing_and_logs_nothing(tmp_path, monkeypatc
     assert ("warning: tracking (mlflow) logs through Ray Tune's callbacks, which --local does not use: this run is "
             "not tracked") in result.output
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_redone_trial_forgets_its_tracked_runs_and_the_others_keep_theirs(tmp_path):
+    # --redo retrains a trial from scratch: it must start new runs (its old ones keep their history), while a trial
+    # that is resumed goes on in the run recorded for it.
+    from rayrs import tracking
+    from rayrs.storage import Storage
+
+    storage = Storage(tmp_path)
+    for trial in ("redone", "kept"):
+        tracking.record_run(storage, "mlflow", trial, f"mlflow-{trial}")
+        tracking.record_run(storage, "wandb", trial, f"wandb-{trial}")
+    sweep._forget_trial(storage, "redone", [])
+    assert [tracking.recorded_run(storage, t, "redone") for t in ("mlflow", "wandb")] == [None, None]
+    assert [tracking.recorded_run(storage, t, "kept") for t in ("mlflow", "wandb")] == ["mlflow-kept", "wandb-kept"]
+    assert (tmp_path / "ray" / "tracking" / "wandb" / "kept.json").is_file()
