@@ -6,6 +6,7 @@ can be trained against. That gabor and snow are the paper's code: tests/test_pap
 import numpy as np
 import pytest
 import torch
+from digits import train_in_processes
 from torch import nn
 
 from rayrs.attacks import THREAT_MODELS, attack_schedule, default_eps
@@ -14,7 +15,7 @@ from rayrs.checkpoint import load_weights
 from rayrs.config import TrialConfig, TrialSpec
 from rayrs.data import to_float
 from rayrs.storage import Storage
-from rayrs.train import build_for, load_trial_data, train_trial
+from rayrs.train import build_for, load_trial_data
 
 UNFORESEEN = ["jpeg", "gabor", "snow"]
 EARLIER = ["gabor_sparse", "snow_projected"]  # rayrs's earlier definitions, kept as their own threat models
@@ -257,9 +258,9 @@ def trained(tmp_path_factory):
     for name in EVERY_THREAT_MODEL:  # `train.threat_model: <name>` in a sweep file trains exactly this way
         specs[name] = spec(name, method="pgd", threat_model=name, eps=default_eps(name, "digits"), epochs=4,
                            attack={"steps": 2})
+    train_in_processes(list(specs.values()), storage.root)  # one thread each, as `one_thread` runs the rest
     models = {}
     for name, trial in specs.items():
-        train_trial(trial, storage, "cpu")
         data = load_trial_data(trial.config, torch.device("cpu"))
         model = build_for(trial.config, data, torch.device("cpu"))
         model.load_state_dict(load_weights(storage, name, trial.config.train.epochs))

@@ -150,6 +150,16 @@ def _stop(process: subprocess.Popen, sig: int = signal.SIGKILL) -> str:
     return output
 
 
+def _finish(process: subprocess.Popen) -> str:
+    """``process``'s output once it ends (at most 10 minutes); stopped if it is still running then."""
+    try:
+        output, _ = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            _stop(process)
+    return output
+
+
 @pytest.mark.slow
 def test_a_sweep_on_s3_is_killed_resumes_bit_for_bit_and_reads_back(tmp_path, s3):
     sweep = tmp_path / "s3rt.yaml"
@@ -185,20 +195,12 @@ def test_a_sweep_on_s3_is_killed_resumes_bit_for_bit_and_reads_back(tmp_path, s3
     epoch_one = remote.read_bytes(layout.epoch_meta(trial, 1))
 
     resumed = _start(["sweep", str(sweep), "--results", results, "--resume", "--no-report"])
-    try:
-        resumed_output, _ = resumed.communicate(timeout=600)
-    finally:
-        if resumed.poll() is None:
-            _stop(resumed)
+    resumed_output = _finish(resumed)
     assert resumed.returncode == 0, resumed_output
     assert "1 trials (0 already trained)" in resumed_output  # resumed mid-trial, not from an empty bucket
     assert remote.read_bytes(layout.epoch_meta(trial, 1)) == epoch_one  # a finished epoch was not retrained
     assert json.loads(remote.read_bytes(layout.epoch_meta(trial, EPOCHS)))["ray_node"]  # trained by a Ray worker
-    try:
-        reference_output, _ = reference.communicate(timeout=600)
-    finally:
-        if reference.poll() is None:
-            _stop(reference)
+    reference_output = _finish(reference)
     assert reference.returncode == 0, reference_output
     local = Storage(f"s3://{s3.bucket}/reference/s3rt")
 
