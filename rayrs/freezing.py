@@ -56,7 +56,8 @@ heavy load); on CIFAR-sized inputs (WRN-16-4, 32 x 32, 50,000 images, per-image 
 training, and with half of them attacked 0.16% for PGD-AT, 0.27% for TRADES (0.28% and 0.48% with all 256
 attacked). Hence the default probe; at it (67 images) the benchmark measured 2.7% (standard), 3.7% (TRADES) and
 4.7% (PGD-AT) of digits' training time with every probe image attacked, over the goal of 3% for robust methods;
-hence the default ``adversarial_probe`` (half), which brings them to 2.2-2.7%.
+hence the default ``adversarial_probe`` (half), which brings them to 2.2-2.9% (idle: 2.9% PGD-AT, 2.3% TRADES;
+2.5% standard).
 
 Resume. The decision state (streaks, frozen count, the epoch each block froze, the CKA trace) is in each
 epoch's ``meta.json`` under ``freezing``; the previous epoch's Grams are recomputed from its checkpoint, the
