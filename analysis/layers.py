@@ -2,8 +2,9 @@
 
 A layer is an index in the model's execution order (``layer_*`` in `rayrs.schema`), its module path
 (``name_*``, e.g. ``block2.0.conv1``) and its type (conv / bn / act / pool / linear, or block: a residual
-block's output, named by the block, ``block2.0``, a ViT's ``blocks.3``; or named: a module selected by name). Axes name blocks, not
-indices: a WRN-28 has ~100 layers, but only "stem", "block1", "block2", "block3" and "head" are worth reading.
+block's output, named by the block, ``block2.0``, a ViT's ``blocks.3``; or named: a module selected by name).
+Axes name blocks, not indices: a WRN-28 has ~100 layers, but only "stem", "block1", "block2", "block3" and
+"head" are worth reading.
 Every layer figure carries one dropdown, `LAYER_TYPE_PARAM`, that keeps only layers of one type (the paper's
 heatmaps mix all types); a PNG is drawn with its default, "all".
 """

@@ -41,10 +41,10 @@ def _train_one(spec: TrialSpec, root: str, threads: int) -> None:
 
 def train_in_processes(specs: list[TrialSpec], root: str, processes: int = 2, threads: int = 1) -> None:
     """Train ``specs`` under the results folder ``root``, ``processes`` trials at a time, each in its own fresh
-    (spawned) process on ``threads`` CPU threads. A trial's bits depend on its spec and its thread count only (its
-    initialisation is seeded by the spec's seed, `rayrs.sources`, its epochs' draws by `rayrs.train.epoch_generator`), so they are those of training
-    the specs one after another on ``threads`` threads; independent one-thread trials on 2 cores take half the
-    time this way."""
+    (spawned) process on ``threads`` CPU threads. A trial's bits depend on its spec and its thread count only
+    (its initialisation is seeded by the spec's seed, `rayrs.sources`; its epochs' draws by
+    `rayrs.train.epoch_generator`), so they are those of training the specs one after another on ``threads``
+    threads; independent one-thread trials on 2 cores take about half the time this way."""
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         for done in [pool.submit(_train_one, spec, root, threads) for spec in specs]:
             done.result()
