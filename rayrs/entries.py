@@ -33,13 +33,7 @@ from rayrs.config import Experiment, ModelEntrySpec, TrialSpec, expand, model_en
 from rayrs.errors import UserError
 from rayrs.sources import TestImages, WeightsFileModel
 from rayrs.storage import DamagedFile, Storage, way_out
-from rayrs.weights import load_weights_into, read_weights
-
-
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes (hex), read in chunks."""
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+from rayrs.weights import load_weights_into, read_weights_hashed
 
 
 def entry_digest(spec: ModelEntrySpec, files: Mapping[int, str]) -> str:
@@ -69,10 +63,9 @@ def model_specs(experiment: Experiment, source: str | Path | None = None) -> lis
                 raise UserError(f"{where}: weights file {path} does not exist; give the path of a .safetensors or "
                                 "PyTorch state dict file (relative paths start at the working directory)")
             try:
-                files[epoch] = file_sha256(path)
-                # Refuses a file that needs arbitrary unpickling before running any of it; the hash is checked
-                # again on the bytes read, so the weights checked here are the weights hashed.
-                state = read_weights(path, files[epoch])
+                # Refuses a file that needs arbitrary unpickling before running any of it; one read gives both
+                # the weights checked here and the hash the task will check its own read against.
+                state, files[epoch] = read_weights_hashed(path)
                 if model is None:  # built once, on the CPU, for every epoch's file
                     model = WeightsFileModel(**spec.source_settings()).build()
                 load_weights_into(model, state, path)
@@ -129,5 +122,5 @@ def describe_models(specs: list[ModelEntrySpec]) -> list[dict[str, Any]]:
              "epochs": ", ".join(map(str, spec.kept_epochs))} for spec in specs]
 
 
-__all__ = ["describe_models", "entry_digest", "file_sha256", "model_source", "model_specs", "stored_models",
+__all__ = ["describe_models", "entry_digest", "model_source", "model_specs", "stored_models",
            "stored_units", "write_models"]

@@ -83,13 +83,29 @@ def read_weights(path: str | Path, sha256: str | None = None) -> dict[str, torch
         UserError: a missing or unreadable file, a file that needs arbitrary unpickling (refused unread),
             one whose content is not a state dict, or one whose bytes are not those of ``sha256``.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"weights file {path} does not exist; give the path of a .safetensors or PyTorch state dict file")
-    data = path.read_bytes()
+    path, data = _file_bytes(path)
     if sha256 is not None and (found := hashlib.sha256(data).hexdigest()) != sha256:
         raise UserError(f"weights file {path} changed after the sweep was planned (SHA-256 {found[:12]}..., planned "
                         f"{sha256[:12]}...): put the planned file back, or run the sweep again to compare the new one")
+    return _parse_weights(path, data)
+
+
+def read_weights_hashed(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """`read_weights`'s state dict and the hex SHA-256 of the very bytes it was parsed from (one read: what a
+    sweep plans with, `rayrs.entries`). Raises as `read_weights`."""
+    path, data = _file_bytes(path)
+    return _parse_weights(path, data), hashlib.sha256(data).hexdigest()
+
+
+def _file_bytes(path: str | Path) -> tuple[Path, bytes]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist; give the path of a .safetensors or PyTorch state dict file")
+    return path, path.read_bytes()
+
+
+def _parse_weights(path: Path, data: bytes) -> dict[str, torch.Tensor]:
+    """The state dict in ``data``, the bytes of the weights file ``path`` (`read_weights`)."""
     if path.suffix == SAFETENSORS_SUFFIX:
         try:
             return _state_dict(load_safetensors(data), path)
