@@ -47,8 +47,9 @@ def compare(
     images: (n, C, H, W) float in [0, 1], or uint8 in 0..255; n >= 4 (CKA's unbiased HSIC needs 4 examples
         a minibatch). The same images, in the same order, go through both models.
     layers: the compared layer types, some of `rayrs.models.ALL_LAYER_TYPES` (``"block"`` for residual block
-        outputs: a ResNet's, a timm ViT's transformer blocks, a ConvNeXt's blocks), and/or modules by name, ``"name:<glob>"`` (``"name:blocks.*"``: a ViT's transformer blocks;
-        `rayrs.models.name_pattern`); default the paper's conv, bn, act, pool and linear.
+        outputs: a ResNet's, a timm ViT's transformer blocks, a ConvNeXt's blocks), and/or modules by name,
+        ``"name:<glob>"`` (``"name:norm"``; `rayrs.models.name_pattern`); default the paper's conv, bn, act,
+        pool and linear.
     batch_size, passes: the minibatch size and the number of passes over ``images``, each pass in its own
         seeded order (the paper: 1024 and 3); with one minibatch of every image, the value is full-batch
         unbiased CKA.
