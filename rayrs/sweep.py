@@ -334,16 +334,16 @@ class _GridValue(dict):
         return self
 
 
-# The dataset of the last trial this process trained (key: dataset, root, image size, device): Tune reuses a
+# The dataset of the last trial this process trained (key: its data section and device): Tune reuses a
 # trial's actor for the next trial (`reuse_actors`), which then skips the load (digits: ~30 ms of parsing a CSV, a
 # tenth of a 1-epoch trial's time outside its epochs). Trials only read their data (tests/test_scale.py checks that
 # two trials in one process train the bits of two fresh processes).
-_actor_data: dict[tuple[str, str | None, int | None, str], ImageDataset] = {}
+_actor_data: dict[tuple[str, str], ImageDataset] = {}
 
 
 def _trial_data(config: TrialConfig, device: torch.device) -> ImageDataset:
     """The trial's dataset, loaded once per process for consecutive trials on the same data (`_actor_data`)."""
-    key = (config.data.dataset, config.data.root, config.data.image_size, str(device))
+    key = (config.data.model_dump_json(), str(device))  # the whole data section: all `load_trial_data` reads
     if key not in _actor_data:
         _actor_data.clear()  # one dataset held at a time: a worker's memory stays what one trial needs
         _actor_data[key] = load_trial_data(config, device)
